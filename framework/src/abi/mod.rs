@@ -1,0 +1,23 @@
+//! The plugin ABI: everything that crosses between the host and a backend plugin.
+//!
+//! All of it is `abi_stable`: `#[repr(C)]` structures, `R*` collections, and `sabi_trait`
+//! objects for the backend, its units and their HWPTs. The host gives each unit a
+//! [`HostServices`] object; the plugin never touches memory or registers otherwise.
+
+#![allow(non_camel_case_types, non_local_definitions)]
+
+mod error;
+mod guard;
+mod host;
+mod objects;
+mod root;
+
+pub use error::{ErrorCode, PluginError};
+pub use guard::{guard, guard_or};
+pub use host::{HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
+pub use objects::{
+    Backend, BackendBox, Backend_TO, CacheInvalidation, DeviceInfo, Fault, Hwpt, HwptBox, HwptFlags,
+    HwptInfo, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit,
+    UnitBox, UnitDesc, Unit_TO,
+};
+pub use root::{InterfaceVersion, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION};

@@ -1,0 +1,24 @@
+//! # ioasis
+//!
+//! A device-centric, plugin-based IOMMU framework. A device states its [`Intent`]; the
+//! framework negotiates it with the backend of the unit the device sits behind and answers with
+//! a [`Contract`] or a [`Refusal`]. Address spaces ([`Ioas`]) and hardware page tables (HWPTs)
+//! live in a [`Context`], which owns every object by id.
+//!
+//! Backends are plugins behind a stable ABI ([`abi`]): built in (registered with `inventory`)
+//! or loaded from a `cdylib` at run time ([`loader`]).
+
+pub mod abi;
+pub mod addr;
+pub mod caps;
+pub mod format;
+pub mod intent;
+pub mod prot;
+
+pub use addr::{DeviceRef, Iova, IovaRange, Pasid, PhysAddr, RequesterId, PAGE_SIZE};
+pub use caps::{Features, PageSizes, UnitCaps};
+pub use format::PtFormat;
+pub use intent::{Intent, IntentCode, IntentItem};
+pub use prot::Prot;
+pub mod platform;
+mod services;

@@ -1,0 +1,132 @@
+//! The machine under the framework: what a host adapter provides.
+//!
+//! A [`Platform`] owns physical memory (for table pages) and routes MMIO to units. The
+//! framework wraps it into one [`crate::abi::HostServices`] object per unit, adding
+//! allocation-failure injection ([`FailNth`]), a clock and logging. A hardware model (the
+//! "model half" of a backend, [`UnitModel`]) reads what the plugin wrote, exactly as a unit
+//! would; a host adapter that simulates a machine, or offers a vIOMMU to a guest, takes models
+//! through this interface and never names a backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::abi::{Fault, HostError};
+use crate::addr::{DeviceRef, Iova, Pasid, PhysAddr};
+use crate::prot::Prot;
+
+/// Physical memory as a unit (or a plugin) sees it.
+pub trait PhysMemory: Send + Sync {
+    /// Reads `buf.len()` bytes at `pa`.
+    fn read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<(), HostError>;
+    /// Writes `data` at `pa`.
+    fn write(&self, pa: PhysAddr, data: &[u8]) -> Result<(), HostError>;
+    /// Reads an aligned u64 atomically.
+    fn read_u64(&self, pa: PhysAddr) -> Result<u64, HostError>;
+    /// Writes an aligned u64 atomically.
+    fn write_u64(&self, pa: PhysAddr, value: u64) -> Result<(), HostError>;
+    /// Atomically ORs `bits` into the u64 at `pa` (how a unit sets A/D bits); returns the old value.
+    fn fetch_or_u64(&self, pa: PhysAddr, bits: u64) -> Result<u64, HostError>;
+}
+
+/// A machine: memory for table pages and the units' register windows.
+pub trait Platform: PhysMemory {
+    /// A zeroed 4 KiB page for hardware tables.
+    fn alloc_table_page(&self) -> Result<PhysAddr, HostError>;
+    /// Frees a page from [`Platform::alloc_table_page`].
+    fn free_table_page(&self, page: PhysAddr) -> Result<(), HostError>;
+    /// Table pages allocated now (for leak checks).
+    fn table_pages(&self) -> u64;
+    /// Reads a register of the unit whose window starts at `base`.
+    fn mmio_read(&self, base: PhysAddr, offset: u64, width: u8) -> Result<u64, HostError>;
+    /// Writes a register of the unit whose window starts at `base`.
+    fn mmio_write(&self, base: PhysAddr, offset: u64, width: u8, value: u64) -> Result<(), HostError>;
+}
+
+/// One DMA access a device makes through a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRequest {
+    /// The requester.
+    pub dev: DeviceRef,
+    /// PASID prefix of the request, if any.
+    pub pasid: Option<Pasid>,
+    /// Address on the bus.
+    pub iova: Iova,
+    /// Read or write.
+    pub access: Prot,
+}
+
+/// Where a DMA access lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaTarget {
+    /// Physical address of `iova`.
+    pub pa: PhysAddr,
+    /// Bytes from `pa` to the end of the translated page (the access may not cross it).
+    pub remaining: u64,
+}
+
+/// The hardware half of a backend: a unit's registers and its translation of DMA.
+pub trait UnitModel: Send + Sync {
+    /// A register read.
+    fn mmio_read(&self, mem: &dyn PhysMemory, offset: u64, width: u8) -> Result<u64, HostError>;
+    /// A register write (may run commands: invalidations, page responses).
+    fn mmio_write(&self, mem: &dyn PhysMemory, offset: u64, width: u8, value: u64) -> Result<(), HostError>;
+    /// Translates one access as the unit would (caches, permission checks, A/D updates). On a
+    /// fault the unit records it (fault registers or queue) and returns it.
+    fn translate(&self, mem: &dyn PhysMemory, req: &DmaRequest) -> Result<DmaTarget, Fault>;
+}
+
+/// Makes the n-th allocation fail, as Linux's fail_nth does: arm it with `n`, run a scenario,
+/// and the n-th table-page allocation from then on reports no memory.
+#[derive(Debug, Default)]
+pub struct FailNth {
+    countdown: AtomicU64,
+    allocations: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl FailNth {
+    /// Fails the `n`-th allocation from now (1 = the next one); 0 disarms.
+    pub fn arm(&self, n: u64) {
+        self.countdown.store(n, Ordering::SeqCst);
+    }
+    /// Disarms.
+    pub fn disarm(&self) {
+        self.countdown.store(0, Ordering::SeqCst);
+    }
+    /// Allocations attempted since the context was made.
+    pub fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::SeqCst)
+    }
+    /// Failures injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+    /// Counts an allocation; true when this one must fail.
+    pub fn should_fail(&self) -> bool {
+        self.allocations.fetch_add(1, Ordering::SeqCst);
+        let hit = self
+            .countdown
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c > 0).then(|| c - 1))
+            .is_ok_and(|prev| prev == 1);
+        if hit {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_nth_fails_exactly_the_nth() {
+        let f = FailNth::default();
+        f.arm(3);
+        let fails: Vec<bool> = (0..5).map(|_| f.should_fail()).collect();
+        assert_eq!(fails, vec![false, false, true, false, false]);
+        assert_eq!(f.allocations(), 5);
+        assert_eq!(f.injected(), 1);
+        f.arm(0);
+        assert!(!f.should_fail());
+    }
+}
