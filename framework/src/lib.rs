@@ -22,3 +22,17 @@ pub use intent::{Intent, IntentCode, IntentItem};
 pub use prot::Prot;
 pub mod platform;
 mod services;
+pub mod loader;
+pub mod contract;
+pub mod context;
+pub mod device;
+pub mod error;
+pub mod ioas;
+pub mod object;
+
+pub use contract::{Contract, ContractKind, Refusal};
+pub use context::{Context, HwptSpec, Target};
+pub use device::{DeviceAddress, DeviceDesc};
+pub use error::{Error, Result};
+pub use ioas::UnmapMode;
+pub use object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};

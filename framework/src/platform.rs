@@ -25,6 +25,9 @@ pub trait PhysMemory: Send + Sync {
     fn write_u64(&self, pa: PhysAddr, value: u64) -> Result<(), HostError>;
     /// Atomically ORs `bits` into the u64 at `pa` (how a unit sets A/D bits); returns the old value.
     fn fetch_or_u64(&self, pa: PhysAddr, bits: u64) -> Result<u64, HostError>;
+    /// Atomically ANDs `mask` into the u64 at `pa` (how a driver clears A/D bits without losing
+    /// a bit the unit sets at the same moment); returns the old value.
+    fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> Result<u64, HostError>;
 }
 
 /// A machine: memory for table pages and the units' register windows.

@@ -66,6 +66,10 @@ impl HostServices for UnitServices {
         self.platform.write_u64(pa, value).into()
     }
 
+    fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> RResult<u64, HostError> {
+        self.platform.fetch_and_u64(pa, mask).into()
+    }
+
     fn mmio_read(&self, offset: u64, width: u8) -> RResult<u64, HostError> {
         self.platform.mmio_read(self.mmio_base, offset, width).into()
     }

@@ -92,6 +92,9 @@ pub trait HostServices: Send + Sync + Clone {
     fn read_u64(&self, pa: PhysAddr) -> RResult<u64, HostError>;
     /// Writes an aligned little-endian u64 (a table entry) atomically, as hardware sees it.
     fn write_u64(&self, pa: PhysAddr, value: u64) -> RResult<(), HostError>;
+    /// Atomically clears the bits not in `mask` of the u64 at `pa`; returns the old value
+    /// (clearing dirty bits while the unit may set them).
+    fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> RResult<u64, HostError>;
     /// Reads a register of `width` bytes (4 or 8) at `offset` in the unit's MMIO window.
     fn mmio_read(&self, offset: u64, width: u8) -> RResult<u64, HostError>;
     /// Writes a register of `width` bytes (4 or 8) at `offset` in the unit's MMIO window.

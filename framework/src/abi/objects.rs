@@ -241,7 +241,7 @@ impl PageResponse {
 
 /// A backend's hardware page table.
 #[sabi_trait]
-pub trait Hwpt: Send + Sync {
+pub trait Hwpt: Send + Sync + Clone {
     /// What it is.
     fn info(&self) -> HwptInfo;
     /// Maps `[iova, iova+len)` to `[pa, pa+len)` with `prot`, using the largest pages that the

@@ -1,0 +1,202 @@
+//! Allocating HWPTs and using them directly: dirty tracking, nested cache invalidation.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use abi_stable::std_types::{ROption, RVec};
+
+use crate::abi::{CacheInvalidation, HwptFlags, HwptInfo, HwptKind, HwptRequest, Stage1Config, Translation};
+use crate::addr::Iova;
+use crate::error::{Error, Result};
+use crate::format::PtFormat;
+use crate::object::{FaultQueueId, HwptId, IoasId, UnitId};
+
+use super::{lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
+
+/// What HWPT to allocate.
+#[derive(Clone, Debug)]
+pub enum HwptSpec {
+    /// A paging table kept in step with `ioas`.
+    Paging {
+        /// The IOAS it realises.
+        ioas: IoasId,
+        /// Dirty tracking, coherency.
+        flags: HwptFlags,
+        /// Where page requests go (sets [`HwptFlags::PAGE_FAULTS`]).
+        fault_queue: Option<FaultQueueId>,
+    },
+    /// A user stage-1 over a paging parent.
+    Nested {
+        /// The paging parent.
+        parent: HwptId,
+        /// Format and root of the stage-1.
+        format: PtFormat,
+        /// The stage-1 root, an address in the parent's IOVA space.
+        root: Iova,
+        /// Format-specific words.
+        words: Vec<u64>,
+        /// Where page requests go.
+        fault_queue: Option<FaultQueueId>,
+    },
+    /// Blocks all DMA.
+    Blocking,
+    /// Untranslated DMA.
+    Identity,
+}
+
+impl Context {
+    /// Allocates a HWPT on `unit`. A paging HWPT gets every current mapping of its IOAS.
+    pub fn alloc_hwpt(&self, unit: UnitId, spec: HwptSpec) -> Result<HwptId> {
+        let _c = self.control();
+        let unit = self.unit(unit)?;
+        self.alloc_hwpt_locked(&unit, spec, false).map(|h| h.id)
+    }
+
+    pub(super) fn alloc_hwpt_locked(&self, unit: &Arc<UnitObj>, spec: HwptSpec, auto: bool) -> Result<Arc<HwptObj>> {
+        let mut ioas: Option<Arc<IoasObj>> = None;
+        let mut parent: Option<Arc<HwptObj>> = None;
+        let mut queue = None;
+        let req = match spec {
+            HwptSpec::Paging { ioas: id, mut flags, fault_queue } => {
+                ioas = Some(self.ioas(id)?);
+                if let Some(q) = fault_queue {
+                    queue = Some(self.queue(q)?);
+                    flags = HwptFlags(flags.0 | HwptFlags::PAGE_FAULTS.0);
+                }
+                HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone }
+            }
+            HwptSpec::Nested { parent: pid, format, root, words, fault_queue } => {
+                let p = self.hwpt(pid)?;
+                if p.info.kind != HwptKind::PAGING {
+                    return Err(Error::Invalid(format!("HWPT {pid} is {}, a nested parent must be paging", p.info.kind.name())));
+                }
+                if !Arc::ptr_eq(&p.unit, unit) {
+                    return Err(Error::Invalid(format!("parent HWPT {pid} is on unit {}, not {}", p.unit.name, unit.name)));
+                }
+                let mut flags = HwptFlags::default();
+                if let Some(q) = fault_queue {
+                    queue = Some(self.queue(q)?);
+                    flags = HwptFlags::PAGE_FAULTS;
+                }
+                let req = HwptRequest {
+                    kind: HwptKind::NESTED,
+                    flags,
+                    parent: ROption::RSome(p.hw.clone()),
+                    stage1: ROption::RSome(Stage1Config { format, root, words: RVec::from(words) }),
+                };
+                parent = Some(p);
+                req
+            }
+            HwptSpec::Blocking => HwptRequest {
+                kind: HwptKind::BLOCKING,
+                flags: HwptFlags::default(),
+                parent: ROption::RNone,
+                stage1: ROption::RNone,
+            },
+            HwptSpec::Identity => HwptRequest {
+                kind: HwptKind::IDENTITY,
+                flags: HwptFlags::default(),
+                parent: ROption::RNone,
+                stage1: ROption::RNone,
+            },
+        };
+        let flags = req.flags;
+        let hw = unit.hw.alloc_hwpt(&req).into_result().map_err(|e| plugin_err(unit, "alloc_hwpt", e))?;
+        drop(req);
+        let info = hw.info();
+        let obj = Arc::new(HwptObj {
+            id: HwptId(self.new_id()),
+            unit: unit.clone(),
+            hw,
+            info,
+            flags,
+            ioas: ioas.clone(),
+            parent,
+            auto,
+            fault_queue: queue,
+            users: Mutex::new(BTreeSet::new()),
+        });
+        if let Some(ioas) = &ioas {
+            let mut list = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
+            // No map or unmap runs now: replay every area into the new table.
+            let areas: Vec<_> = lock(&ioas.map).areas().copied().collect();
+            if let Some(a) = areas.iter().find(|a| !obj.info.aperture.contains_range(&a.range)) {
+                return Err(Error::OutOfAperture { range: a.range, allowed: format!("[{}]", obj.info.aperture) });
+            }
+            for (i, a) in areas.iter().enumerate() {
+                if let Err(e) = obj.hw.map(a.range.start, a.pa, a.range.len(), a.prot).into_result() {
+                    for done in &areas[..i] {
+                        let _ = obj.hw.unmap(done.range.start, done.range.len());
+                    }
+                    return Err(plugin_err(unit, "map (replay)", e));
+                }
+            }
+            list.push(obj.clone());
+        }
+        self.write().hwpts.insert(obj.id.0, obj.clone());
+        Ok(obj)
+    }
+
+    /// What the backend built.
+    pub fn hwpt_info(&self, hwpt: HwptId) -> Result<HwptInfo> {
+        Ok(self.hwpt(hwpt)?.info.clone())
+    }
+
+    /// Table pages a HWPT holds, as its backend counts them.
+    pub fn hwpt_table_pages(&self, hwpt: HwptId) -> Result<u64> {
+        Ok(self.hwpt(hwpt)?.hw.table_pages())
+    }
+
+    /// The HWPT's translation of one address, read from its table.
+    pub fn translate(&self, hwpt: HwptId, iova: Iova) -> Result<Option<Translation>> {
+        Ok(self.hwpt(hwpt)?.hw.translate(iova).into_option())
+    }
+
+    /// The HWPTs that realise an IOAS (paging tables kept in step with it).
+    pub fn ioas_hwpts(&self, ioas: IoasId) -> Result<Vec<HwptId>> {
+        let ioas = self.ioas(ioas)?;
+        let list = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
+        Ok(list.iter().map(|h| h.id).collect())
+    }
+
+    /// Turns dirty tracking on or off (the HWPT must be allocated with
+    /// [`HwptFlags::DIRTY_TRACKING`]).
+    pub fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<()> {
+        let h = self.hwpt(hwpt)?;
+        if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
+            return Err(Error::Invalid(format!("HWPT {hwpt} was not allocated with dirty tracking")));
+        }
+        h.hw.set_dirty_tracking(enable).into_result().map_err(|e| plugin_err(&h.unit, "set_dirty_tracking", e))
+    }
+
+    /// Reads the dirty bits of `[iova, iova+len)` into a bitmap (bit `i` = page `i` of
+    /// `page_size` bytes) and clears them unless `keep`.
+    pub fn read_dirty(&self, hwpt: HwptId, iova: Iova, len: u64, page_size: u64, keep: bool) -> Result<Vec<u64>> {
+        let h = self.hwpt(hwpt)?;
+        if !page_size.is_power_of_two() || page_size < crate::PAGE_SIZE {
+            return Err(Error::Unaligned { what: "dirty page size", value: page_size, align: crate::PAGE_SIZE });
+        }
+        crate::ioas::user_range(iova, len)?;
+        if iova.0 % page_size != 0 || len % page_size != 0 {
+            return Err(Error::Unaligned { what: "dirty range", value: iova.0 | len, align: page_size });
+        }
+        let pages = len / page_size;
+        let words = usize::try_from(pages.div_ceil(64)).map_err(|_| Error::Invalid("bitmap too large".into()))?;
+        let mut bitmap = vec![0u64; words];
+        let shift = page_size.trailing_zeros() as u8;
+        h.hw.read_and_clear_dirty(iova, len, shift, bitmap.as_mut_slice().into(), keep)
+            .into_result()
+            .map_err(|e| plugin_err(&h.unit, "read_and_clear_dirty", e))?;
+        Ok(bitmap)
+    }
+
+    /// Passes stage-1 cache invalidations of a nested HWPT to its backend. Returns how many
+    /// requests were handled.
+    pub fn invalidate(&self, hwpt: HwptId, reqs: &[CacheInvalidation]) -> Result<u32> {
+        let h = self.hwpt(hwpt)?;
+        if h.info.kind != HwptKind::NESTED {
+            return Err(Error::Invalid(format!("HWPT {hwpt} is {}, not nested", h.info.kind.name())));
+        }
+        h.hw.invalidate(reqs.into()).into_result().map_err(|e| plugin_err(&h.unit, "invalidate", e))
+    }
+}

@@ -1,0 +1,180 @@
+//! The framework's errors. Each is typed and carries the addresses involved; an operation
+//! that fails changes nothing.
+
+use crate::abi::PluginError;
+use crate::addr::{Iova, IovaRange, Pasid};
+use crate::contract::Refusal;
+use crate::intent::IntentItem;
+use crate::object::ObjectId;
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No object with that id.
+    #[error("no {kind} with id {id}")]
+    NoSuchObject {
+        /// The id.
+        id: ObjectId,
+        /// The kind that was expected.
+        kind: &'static str,
+    },
+    /// The object is in use.
+    #[error("{what} {id} is in use: {by}")]
+    Busy {
+        /// Kind.
+        what: &'static str,
+        /// The id.
+        id: ObjectId,
+        /// By whom.
+        by: String,
+    },
+    /// A zero-length range.
+    #[error("zero-length range")]
+    ZeroLength,
+    /// An address or length is not aligned.
+    #[error("{what} {value:#x} is not aligned to {align:#x}")]
+    Unaligned {
+        /// Which value.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// The range runs past the top of the 64-bit space.
+    #[error("range {start}+{len:#x} overflows the 64-bit address space")]
+    Overflow {
+        /// Start.
+        start: Iova,
+        /// Length.
+        len: u64,
+    },
+    /// Outside every allowed range of the IOAS (device apertures, user limits).
+    #[error("range {range} is outside the IOAS's allowed ranges {allowed}")]
+    OutOfAperture {
+        /// The range asked for.
+        range: IovaRange,
+        /// The allowed ranges, printed.
+        allowed: String,
+    },
+    /// Overlaps a reserved region.
+    #[error("range {range} overlaps reserved region {region} ({why})")]
+    Reserved {
+        /// The range asked for.
+        range: IovaRange,
+        /// The reserved region.
+        region: IovaRange,
+        /// Where the reservation comes from.
+        why: String,
+    },
+    /// Overlaps an existing mapping.
+    #[error("range {range} overlaps the mapped area {area}")]
+    Exists {
+        /// The range asked for.
+        range: IovaRange,
+        /// The area in the way.
+        area: IovaRange,
+    },
+    /// Nothing mapped in the range.
+    #[error("nothing is mapped in {range}")]
+    NotMapped {
+        /// The range.
+        range: IovaRange,
+    },
+    /// An exact unmap would cut an area.
+    #[error("unmapping {range} would cut the area {area} (use a cutting unmap)")]
+    CutsArea {
+        /// The range.
+        range: IovaRange,
+        /// The area it cuts.
+        area: IovaRange,
+    },
+    /// No free IOVA range of that size.
+    #[error("no free IOVA range of {len:#x} bytes")]
+    NoSpace {
+        /// Length asked for.
+        len: u64,
+    },
+    /// Another operation is changing the range now.
+    #[error("range {range} is being changed by another operation")]
+    InFlight {
+        /// The range.
+        range: IovaRange,
+    },
+    /// The backend refused the device's intent.
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    /// The device has not negotiated a contract yet.
+    #[error("device {device} has no contract: negotiate its intent first")]
+    NoContract {
+        /// The device.
+        device: ObjectId,
+    },
+    /// The device's contract does not cover this use.
+    #[error("device {device}'s contract does not grant {item}")]
+    NotGranted {
+        /// The device.
+        device: ObjectId,
+        /// What is missing.
+        item: IntentItem,
+    },
+    /// Devices that cannot be isolated must share one IOAS.
+    #[error(
+        "device {device} cannot be isolated from device {peer} (no ACS below {boundary}): \
+         they must share one IOAS, and {peer} uses {peer_target}"
+    )]
+    MustShareIoas {
+        /// The device being attached.
+        device: ObjectId,
+        /// The peer already attached elsewhere.
+        peer: ObjectId,
+        /// The bridge below which ACS is missing.
+        boundary: String,
+        /// What the peer is attached to.
+        peer_target: String,
+    },
+    /// The PASID is beyond the contract's range.
+    #[error("PASID {pasid} is outside the device's contract range {range}")]
+    PasidOutOfRange {
+        /// The PASID.
+        pasid: Pasid,
+        /// The contract's range, printed.
+        range: String,
+    },
+    /// Not attached there.
+    #[error("device {device} has nothing attached at {what}")]
+    NotAttached {
+        /// The device.
+        device: ObjectId,
+        /// Untagged or the PASID.
+        what: String,
+    },
+    /// The request is inconsistent (wrong HWPT kind, missing parent, unknown unit...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A backend failed; everything the framework changed for the operation was rolled back.
+    #[error("plugin {plugin} (unit {unit}) failed in {op}: {error}")]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// The unit.
+        unit: String,
+        /// The operation.
+        op: &'static str,
+        /// The plugin's error.
+        error: PluginError,
+    },
+}
+
+impl Error {
+    /// The plugin error code, when a backend failed.
+    pub fn plugin_code(&self) -> Option<crate::abi::ErrorCode> {
+        match self {
+            Error::Plugin { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Finding backends: built in (registered with `inventory`) or loaded from a `cdylib`.
+//!
+//! abi_stable's `RootModule::load_from*` caches one module per root type, so several plugins
+//! behind one interface are loaded with `lib_header_from_path` + `init_root_module`. Before
+//! abi_stable checks layouts, the loader reads the plain `IOASIS_PLUGIN_INTERFACE` symbol with
+//! libloading, so that a plugin built against another interface is refused with both versions
+//! named. Libraries are never unloaded.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+
+use crate::abi::{BackendBox, InterfaceVersion, PluginError, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION};
+
+/// A backend linked into the binary. Plugins register one with `inventory::submit!`.
+pub struct Builtin {
+    /// The plugin's name.
+    pub name: &'static str,
+    /// Its root module.
+    pub root: fn() -> PluginRoot_Ref,
+}
+
+inventory::collect!(Builtin);
+
+/// Where a plugin came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Linked in and registered with `inventory`.
+    Builtin,
+    /// Loaded from a shared library.
+    Path(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Builtin => f.write_str("built-in"),
+            Origin::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a plugin was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be opened as a shared library.
+    #[error("cannot open plugin {path}: {message}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The dynamic loader's message.
+        message: String,
+    },
+    /// The library exports no ioasis interface symbol.
+    #[error("{path} is not an ioasis plugin (no IOASIS_PLUGIN_INTERFACE symbol)")]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against an interface this host does not speak.
+    #[error("plugin {origin} was built against ioasis plugin interface {plugin}, this host speaks {host}")]
+    InterfaceMismatch {
+        /// Where it came from.
+        origin: Origin,
+        /// The plugin's interface version.
+        plugin: InterfaceVersion,
+        /// The host's interface version.
+        host: InterfaceVersion,
+    },
+    /// abi_stable refused the root module (version or layout).
+    #[error("plugin {path} is incompatible with this host: {message}")]
+    Abi {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's explanation.
+        message: String,
+    },
+    /// The plugin could not create its backend.
+    #[error("plugin {name} failed to start: {error}")]
+    Backend {
+        /// The plugin.
+        name: String,
+        /// Its error.
+        error: PluginError,
+    },
+    /// A plugin directory could not be read.
+    #[error("cannot read plugin directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A loaded backend plugin.
+pub struct Plugin {
+    /// Unique name in its registry (the plugin's own name, made unique if two share it).
+    pub name: String,
+    /// What the plugin says about itself.
+    pub info: PluginInfoOwned,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The interface version it was built against.
+    pub interface: InterfaceVersion,
+    pub(crate) backend: BackendBox,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("origin", &self.origin).finish()
+    }
+}
+
+/// [`crate::abi::PluginInfo`] with Rust strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfoOwned {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Description.
+    pub description: String,
+}
+
+impl Plugin {
+    fn from_root(root: PluginRoot_Ref, origin: Origin) -> Result<Self, LoadError> {
+        let interface = root.interface();
+        if !INTERFACE_VERSION.accepts(interface) {
+            return Err(LoadError::InterfaceMismatch { origin, plugin: interface, host: INTERFACE_VERSION });
+        }
+        let raw = (root.info())();
+        let info = PluginInfoOwned {
+            name: raw.name.into_string(),
+            version: raw.version.into_string(),
+            vendor: raw.vendor.into_string(),
+            description: raw.description.into_string(),
+        };
+        let backend = (root.new_backend())()
+            .into_result()
+            .map_err(|error| LoadError::Backend { name: info.name.clone(), error })?;
+        tracing::debug!(plugin = %info.name, %origin, "plugin ready");
+        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend })
+    }
+
+    /// Loads a plugin from a shared library.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let interface = read_interface_symbol(path)?;
+        if !INTERFACE_VERSION.accepts(interface) {
+            return Err(LoadError::InterfaceMismatch {
+                origin: Origin::Path(path.to_path_buf()),
+                plugin: interface,
+                host: INTERFACE_VERSION,
+            });
+        }
+        let header = lib_header_from_path(path).map_err(|e| abi_error(path, e))?;
+        let root = header.init_root_module::<PluginRoot_Ref>().map_err(|e| abi_error(path, e))?;
+        Self::from_root(root, Origin::Path(path.to_path_buf()))
+    }
+
+    /// The backend object.
+    pub fn backend(&self) -> &BackendBox {
+        &self.backend
+    }
+}
+
+fn abi_error(path: &Path, e: LibraryError) -> LoadError {
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::Open { path: path.into(), message: err.to_string() },
+        other => LoadError::Abi { path: path.into(), message: other.to_string() },
+    }
+}
+
+fn read_interface_symbol(path: &Path) -> Result<InterfaceVersion, LoadError> {
+    // SAFETY: loading a library runs its initialisers; plugins are trusted code that the user
+    // chose to load, as with any dynamic plugin system.
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| LoadError::Open { path: path.into(), message: e.to_string() })?;
+    // SAFETY: the symbol, when present, is a `[u16; 2]` static written by `export_plugin!`;
+    // we copy it out before anything else happens.
+    let version = unsafe { lib.get::<*const [u16; 2]>(INTERFACE_SYMBOL) }
+        .ok()
+        // SAFETY: the library stays loaded (it is leaked below), so the static is valid.
+        .map(|sym| unsafe { **sym });
+    // Plugins are never unloaded: abi_stable keeps references into them.
+    std::mem::forget(lib);
+    let [major, minor] = version.ok_or_else(|| LoadError::NotAPlugin { path: path.into() })?;
+    Ok(InterfaceVersion { major, minor })
+}
+
+/// The plugins a host uses, by unique name.
+#[derive(Default)]
+pub struct Registry {
+    plugins: Vec<Arc<Plugin>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with every built-in backend linked into this binary.
+    pub fn with_builtins() -> Result<Self, LoadError> {
+        let mut r = Self::new();
+        let mut builtins: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
+        builtins.sort_by_key(|b| b.name);
+        for b in builtins {
+            r.add(Plugin::from_root((b.root)(), Origin::Builtin)?);
+        }
+        Ok(r)
+    }
+
+    /// Adds a plugin; if its name is taken, it is registered as `name@file-stem` (or `name#n`).
+    pub fn add(&mut self, mut plugin: Plugin) -> Arc<Plugin> {
+        if self.get(&plugin.name).is_some() {
+            let base = match &plugin.origin {
+                Origin::Path(p) => {
+                    format!("{}@{}", plugin.name, p.file_stem().and_then(|s| s.to_str()).unwrap_or("lib"))
+                }
+                Origin::Builtin => plugin.name.clone(),
+            };
+            let mut name = base.clone();
+            let mut n = 2;
+            while self.get(&name).is_some() {
+                name = format!("{base}#{n}");
+                n += 1;
+            }
+            plugin.name = name;
+        }
+        let p = Arc::new(plugin);
+        self.plugins.push(p.clone());
+        p
+    }
+
+    /// Loads a plugin from a file and adds it.
+    pub fn load(&mut self, path: &Path) -> Result<Arc<Plugin>, LoadError> {
+        Ok(self.add(Plugin::load(path)?))
+    }
+
+    /// Loads every shared library (`*.so`, `*.dylib`, `*.dll`) in a directory. Returns what
+    /// loaded and, separately, each file that did not with its error.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<(Vec<Arc<Plugin>>, Vec<LoadError>), LoadError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Dir { path: dir.into(), source })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll")))
+            .collect();
+        paths.sort();
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for p in paths {
+            match self.load(&p) {
+                Ok(pl) => ok.push(pl),
+                Err(e) => failed.push(e),
+            }
+        }
+        Ok((ok, failed))
+    }
+
+    /// Looks a plugin up by its unique name.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.iter().find(|p| p.name == name).cloned()
+    }
+
+    /// Every plugin, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.iter()
+    }
+}

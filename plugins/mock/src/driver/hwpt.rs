@@ -1,0 +1,260 @@
+//! The mock HWPT: a descriptor (mock spec §4) and, for paging, a page table (§5).
+
+use std::sync::{Arc, Mutex, Weak};
+
+use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
+use ioasis::abi::{
+    guard, guard_or, CacheInvalidation, ErrorCode, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation,
+};
+use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
+
+use super::pagetable::{leaf_prot, PageTable};
+use super::unit::UnitCore;
+use crate::format::{desc, pte, reg, ADDR_MASK};
+
+/// What a HWPT translates with.
+pub enum Table {
+    /// A paging table of its own.
+    Paging(PageTable),
+    /// A guest stage-1 over a paging parent.
+    Nested {
+        /// The stage-2 parent.
+        parent: Arc<HwptInner>,
+        /// Stage-1 format.
+        format: PtFormat,
+    },
+    /// Identity or blocking: nothing but the descriptor.
+    Fixed,
+}
+
+/// The HWPT's state, shared with the unit while devices are attached.
+pub struct HwptInner {
+    pub(super) core: Arc<UnitCore>,
+    /// Descriptor page; also the HWPT's handle and IOTLB tag.
+    pub desc: u64,
+    pub(super) kind: HwptKind,
+    pub(super) flags: HwptFlags,
+    pub(super) table: Table,
+    /// Serialises changes to the page table.
+    pub(super) lock: Mutex<()>,
+    /// Nested HWPTs over this one, whose IOTLB entries depend on this table.
+    pub(super) children: Mutex<Vec<Weak<HwptInner>>>,
+}
+
+impl HwptInner {
+    fn paging(&self) -> Result<&PageTable, PluginError> {
+        match &self.table {
+            Table::Paging(t) => Ok(t),
+            _ => Err(PluginError::invalid(format!("a {} HWPT has no page table", self.kind.name()))),
+        }
+    }
+
+    /// Invalidates this HWPT's IOTLB entries in a range (size 0: all), and every nested
+    /// HWPT's entries built on them.
+    fn flush(&self, iova: u64, size: u64) -> Result<(), PluginError> {
+        self.core.io.invalidate(reg::INV_IOTLB_RANGE, self.desc, iova, size)?;
+        let children: Vec<Arc<HwptInner>> =
+            self.children.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        for c in children {
+            self.core.io.invalidate(reg::INV_IOTLB_RANGE, c.desc, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_panic(&self, op: &str) {
+        if self.core.params.panic_on.as_deref() == Some(op) {
+            panic!("mock: injected panic in {op} (params.panic_on)");
+        }
+    }
+}
+
+impl Drop for HwptInner {
+    fn drop(&mut self) {
+        guard_or("HWPT drop", (), || {
+            if let Table::Paging(t) = &self.table {
+                t.destroy(&self.core.io);
+            }
+            self.core.io.free(self.desc);
+        })
+    }
+}
+
+/// The object handed to the host.
+#[derive(Clone)]
+pub struct MockHwpt(pub Arc<HwptInner>);
+
+impl Hwpt for MockHwpt {
+    fn info(&self) -> HwptInfo {
+        let h = &self.0;
+        let (format, page_sizes, ias) = match &h.table {
+            Table::Paging(t) => (ioasis::PtFormat::MOCK, t.sizes, t.ias),
+            Table::Nested { format, parent } => (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.ias)),
+            Table::Fixed => (PtFormat::NONE, PageSizes(0), h.core.caps_ias()),
+        };
+        let last = if ias >= 64 { u64::MAX } else { (1u64 << ias) - 1 };
+        HwptInfo {
+            kind: h.kind,
+            format,
+            page_sizes,
+            aperture: IovaRange { start: Iova(0), last: Iova(last) },
+            handle: h.desc,
+        }
+    }
+
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
+        guard("map", || {
+            let h = &self.0;
+            h.maybe_panic("map");
+            let t = h.paging()?;
+            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+            // A new mapping replaces only non-present entries, which the unit never caches:
+            // no invalidation is needed (mock spec §1: faults are not cached).
+            t.map(&h.core.io, iova.0, pa.0, len, prot)
+        })
+    }
+
+    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
+        guard("unmap", || {
+            let h = &self.0;
+            h.maybe_panic("unmap");
+            let t = h.paging()?;
+            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes = t.unmap(&h.core.io, iova.0, len)?;
+            if bytes > 0 {
+                h.flush(iova.0, len)?;
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn split(&self, iova: Iova) -> RResult<(), PluginError> {
+        guard("split", || {
+            let h = &self.0;
+            let t = h.paging()?;
+            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut log = Vec::new();
+            t.split_at(&h.core.io, iova.0, &mut log).inspect_err(|_| t.revert_splits(&h.core.io, &log))
+        })
+    }
+
+    fn translate(&self, iova: Iova) -> ROption<Translation> {
+        guard_or("translate", ROption::RNone, || {
+            let h = &self.0;
+            let Ok(t) = h.paging() else { return ROption::RNone };
+            match t.walk(&h.core.io, iova.0) {
+                Ok(Some(leaf)) => {
+                    let off = iova.0 & (leaf.span - 1);
+                    ROption::RSome(Translation {
+                        pa: PhysAddr((leaf.value & ADDR_MASK & !(leaf.span - 1)) + off),
+                        prot: leaf_prot(leaf.value),
+                        page_size: leaf.span,
+                    })
+                }
+                _ => ROption::RNone,
+            }
+        })
+    }
+
+    fn set_dirty_tracking(&self, enable: bool) -> RResult<(), PluginError> {
+        guard("set_dirty_tracking", || {
+            let h = &self.0;
+            if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
+                return Err(PluginError::unsupported("HWPT was not allocated with dirty tracking"));
+            }
+            let io = &h.core.io;
+            let w0 = io.rd(h.desc)?;
+            let new = if enable { w0 | desc::DIRTY_EN } else { w0 & !desc::DIRTY_EN };
+            io.wr(h.desc, new)?;
+            // The descriptor is cached per device: drop every cache.
+            io.invalidate(reg::INV_ALL, 0, 0, 0)
+        })
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        len: u64,
+        page_shift: u8,
+        mut bitmap: RSliceMut<'_, u64>,
+        keep: bool,
+    ) -> RResult<(), PluginError> {
+        guard("read_and_clear_dirty", || {
+            let h = &self.0;
+            let t = h.paging()?;
+            if !(12..=30).contains(&page_shift) {
+                return Err(PluginError::invalid(format!("page shift {page_shift} out of 12..=30")));
+            }
+            let page = 1u64 << page_shift;
+            let pages = len / page;
+            if len % page != 0 || iova.0 % page != 0 || (bitmap.len() as u64) * 64 < pages {
+                return Err(PluginError::invalid("range or bitmap does not fit the page size"));
+            }
+            let io = &h.core.io;
+            let bm = bitmap.as_mut_slice();
+            let mut any = false;
+            t.for_each_leaf(io, iova.0, len, &mut |leaf_va, leaf| {
+                if leaf.value & pte::D == 0 {
+                    return Ok(());
+                }
+                if !keep {
+                    io.and(leaf.entry_pa, !pte::D)?;
+                    any = true;
+                }
+                let first = leaf_va.max(iova.0);
+                let last = (leaf_va + leaf.span).min(iova.0 + len);
+                let mut a = first & !(page - 1);
+                while a < last {
+                    let bit = (a - iova.0) / page;
+                    if let Some(w) = bm.get_mut((bit / 64) as usize) {
+                        *w |= 1 << (bit % 64);
+                    }
+                    a += page;
+                }
+                Ok(())
+            })?;
+            if any {
+                // Cached translations would not set D again: drop them for the range.
+                h.flush(iova.0, len)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn invalidate(&self, reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
+        guard("invalidate", || {
+            let h = &self.0;
+            if h.kind != HwptKind::NESTED {
+                return Err(PluginError::invalid("cache invalidation requests are for nested HWPTs"));
+            }
+            let mut n = 0;
+            for r in reqs.iter() {
+                match r.scope {
+                    CacheInvalidation::ALL | CacheInvalidation::PASID => {
+                        h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, 0, 0)?
+                    }
+                    CacheInvalidation::RANGE if r.len > 0 => {
+                        h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, r.iova.0, r.len)?
+                    }
+                    s => {
+                        return Err(PluginError::new(
+                            ErrorCode::INVALID,
+                            format!("request {n}: unknown scope {s} or empty range"),
+                        ))
+                    }
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    fn table_pages(&self) -> u64 {
+        guard_or("table_pages", 0, || {
+            let h = &self.0;
+            match &h.table {
+                Table::Paging(t) => 1 + t.count_pages(&h.core.io).unwrap_or(0),
+                _ => 1,
+            }
+        })
+    }
+}

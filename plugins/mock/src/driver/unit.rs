@@ -1,0 +1,643 @@
+//! The mock unit: probe, device and PASID tables (mock spec §2, §3), attach, faults.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
+use ioasis::abi::{
+    guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
+    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
+};
+use ioasis::{DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, UnitCaps};
+use serde::Deserialize;
+
+use super::hwpt::{HwptInner, MockHwpt, Table};
+use super::io::Io;
+use super::pagetable::PageTable;
+use crate::format::{cap, desc, devtab, fault, pasidtab, reg, ADDR_MASK, VALID};
+
+/// Options a unit description may carry (`params` TOML).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockParams {
+    /// Test hook: panic inside this operation (`map`, `unmap`, `attach`) to prove that panics
+    /// stay inside the plugin.
+    pub panic_on: Option<String>,
+}
+
+/// What the unit and its HWPTs share.
+pub struct UnitCore {
+    pub(super) io: Io,
+    pub(super) cap: u64,
+    pub(super) params: MockParams,
+}
+
+impl UnitCore {
+    pub(super) fn caps_ias(&self) -> u8 {
+        cap::ias(self.cap)
+    }
+    fn page_sizes(&self) -> PageSizes {
+        let mut s = 0;
+        for (bit, size) in [(cap::PS_4K, 1u64 << 12), (cap::PS_2M, 1 << 21), (cap::PS_1G, 1 << 30)] {
+            if self.cap & bit != 0 {
+                s |= size;
+            }
+        }
+        PageSizes(s)
+    }
+    fn has(&self, bit: u64) -> bool {
+        self.cap & bit != 0
+    }
+}
+
+/// Per-device driver state.
+#[derive(Default)]
+struct DevState {
+    /// Device table entry address (word 0; word 1 at +8).
+    entry: u64,
+    /// PASID table pages of this device (top first), freed with its last PASID.
+    pasid_pages: Vec<u64>,
+    /// What each PASID (None: untagged) is attached to.
+    attached: HashMap<Option<u32>, Arc<HwptInner>>,
+}
+
+struct Tables {
+    /// Level-1 device table page.
+    l1: u64,
+    /// Level-2 pages by level-1 index.
+    l2: HashMap<u64, u64>,
+    devices: HashMap<u32, DevState>,
+    fault_queue: u64,
+    shut_down: bool,
+}
+
+/// A probed mock unit.
+pub struct MockUnit {
+    core: Arc<UnitCore>,
+    name: String,
+    tables: Mutex<Tables>,
+}
+
+fn refusal(item: IntentCode, reason: String) -> ItemVerdict {
+    ItemVerdict { item, granted: false, reason: RString::from(reason) }
+}
+
+fn grant(item: IntentCode, detail: &str) -> ItemVerdict {
+    ItemVerdict { item, granted: true, reason: RString::from(detail) }
+}
+
+impl MockUnit {
+    /// Probes the unit: checks ID, reads CAP, installs the device table and fault queue, enables
+    /// translation with every device blocked.
+    pub fn probe(desc: &UnitDesc, io: Io) -> Result<Self, PluginError> {
+        let params: MockParams = toml::from_str(desc.params.as_str())
+            .map_err(|e| PluginError::invalid(format!("unit {}: bad mock params: {e}", desc.name)))?;
+        let id = io.reg_rd(reg::ID)?;
+        if id != reg::ID_VALUE {
+            return Err(PluginError::new(
+                ErrorCode::HARDWARE,
+                format!("unit {} is not a mock unit (ID register {id:#x})", desc.name),
+            ));
+        }
+        let cap = io.reg_rd(reg::CAP)?;
+        let l1 = io.alloc()?;
+        let fq = match io.alloc() {
+            Ok(p) => p,
+            Err(e) => {
+                io.free(l1);
+                return Err(e);
+            }
+        };
+        let enable = || -> Result<(), PluginError> {
+            io.reg_wr(reg::DEVTAB, l1)?;
+            io.reg_wr(reg::FQ_BASE, fq)?;
+            io.reg_wr(reg::FQ_HEAD, 0)?;
+            io.invalidate(reg::INV_ALL, 0, 0, 0)?;
+            io.reg_wr(reg::CTRL, reg::CTRL_EN | reg::CTRL_FQEN)?;
+            io.poll(reg::STATUS, "enable translation", |s| s & reg::STATUS_ENS != 0)?;
+            Ok(())
+        };
+        if let Err(e) = enable() {
+            io.free(fq);
+            io.free(l1);
+            return Err(e);
+        }
+        io.log(LogLevel::Info, &format!("mock unit {} enabled, CAP {cap:#x}", desc.name));
+        Ok(Self {
+            core: Arc::new(UnitCore { io, cap, params }),
+            name: desc.name.to_string(),
+            tables: Mutex::new(Tables {
+                l1,
+                l2: HashMap::new(),
+                devices: HashMap::new(),
+                fault_queue: fq,
+                shut_down: false,
+            }),
+        })
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn judge(&self, dev: &DeviceInfo, code: IntentCode) -> ItemVerdict {
+        let c = &self.core;
+        let need = |bit: u64, what: &str| -> ItemVerdict {
+            if c.has(bit) {
+                grant(code, "")
+            } else {
+                refusal(code, format!("unit {} has no {what} (CAP bit clear)", self.name))
+            }
+        };
+        let Ok(item) = IntentItem::try_from(code) else {
+            return refusal(code, format!("unknown intent kind {} (mock plugin speaks interface 0.1)", code.kind));
+        };
+        match item {
+            IntentItem::UntaggedDma => grant(code, "paging"),
+            IntentItem::SoftwareTable => grant(code, "no hardware table needed"),
+            IntentItem::PasidDma { width } => {
+                let bits = cap::pasid_bits(c.cap);
+                if !c.has(cap::PASID) {
+                    refusal(code, format!("unit {} has no PASID support (CAP.PASID clear)", self.name))
+                } else if width > bits {
+                    refusal(code, format!("unit {} supports {bits}-bit PASIDs, {width} asked", self.name))
+                } else {
+                    grant(code, "")
+                }
+            }
+            IntentItem::PasidIoas => need(cap::PASID, "PASID support"),
+            IntentItem::Enqcmd if !c.has(cap::PASID) => {
+                refusal(code, format!("ENQCMD needs PASID support, which unit {} lacks", self.name))
+            }
+            IntentItem::Enqcmd => need(cap::ENQCMD, "ENQCMD vPASID translation"),
+            IntentItem::PageFaults => need(cap::PRI, "page request support"),
+            IntentItem::DirtyTracking => need(cap::DIRTY, "dirty bit tracking"),
+            IntentItem::Coherency => need(cap::COHERENCY, "enforced coherency"),
+            IntentItem::Ats => need(cap::ATS, "device-TLB (ATS) support"),
+            IntentItem::Identity => need(cap::IDENTITY, "identity descriptors"),
+            IntentItem::NestedStage1 { format } => {
+                let bit = match format {
+                    PtFormat::X86_64 => cap::S1_X86_64,
+                    PtFormat::MOCK => cap::S1_MOCK,
+                    _ => 0,
+                };
+                if !c.has(cap::NEST) {
+                    refusal(code, format!("unit {} has no nested translation (CAP.NEST clear)", self.name))
+                } else if bit == 0 || !c.has(bit) {
+                    refusal(code, format!("unit {} cannot nest a {format} stage-1", self.name))
+                } else {
+                    let _ = dev;
+                    grant(code, "")
+                }
+            }
+        }
+    }
+
+    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+        let c = &self.core;
+        let io = &c.io;
+        if self.tables().shut_down {
+            return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
+        }
+        let f = req.flags;
+        if f.contains(HwptFlags::DIRTY_TRACKING) && !c.has(cap::DIRTY) {
+            return Err(PluginError::unsupported("unit has no dirty tracking"));
+        }
+        if f.contains(HwptFlags::PAGE_FAULTS) && !c.has(cap::PRI) {
+            return Err(PluginError::unsupported("unit has no page requests"));
+        }
+        if f.contains(HwptFlags::COHERENCY) && !c.has(cap::COHERENCY) {
+            return Err(PluginError::unsupported("unit cannot enforce coherency"));
+        }
+        let mut w0 = (4u64 << desc::LEVELS_SHIFT) | ((c.caps_ias() as u64) << desc::IAS_SHIFT);
+        if f.contains(HwptFlags::COHERENCY) {
+            w0 |= desc::COHERENT;
+        }
+        if f.contains(HwptFlags::PAGE_FAULTS) {
+            w0 |= desc::PRI;
+        }
+        let (ty, table, w1, w2, w3) = match req.kind {
+            HwptKind::PAGING => {
+                (desc::TYPE_PAGING, None, 0, 0, 0)
+            }
+            HwptKind::IDENTITY if !c.has(cap::IDENTITY) => {
+                return Err(PluginError::unsupported("unit has no identity descriptors"))
+            }
+            HwptKind::IDENTITY => (desc::TYPE_IDENTITY, Some(Table::Fixed), 0, 0, 0),
+            HwptKind::BLOCKING => (desc::TYPE_BLOCKING, Some(Table::Fixed), 0, 0, 0),
+            HwptKind::NESTED => {
+                if !c.has(cap::NEST) {
+                    return Err(PluginError::unsupported("unit has no nested translation"));
+                }
+                let (ROption::RSome(parent), ROption::RSome(s1)) = (&req.parent, &req.stage1) else {
+                    return Err(PluginError::invalid("a nested HWPT needs a parent and a stage-1"));
+                };
+                let parent = self.lookup(parent)?;
+                if parent.kind != HwptKind::PAGING {
+                    return Err(PluginError::invalid("the parent of a nested HWPT must be a paging HWPT"));
+                }
+                let (bit, fmt) = match s1.format {
+                    PtFormat::X86_64 => (cap::S1_X86_64, desc::S1_X86_64),
+                    PtFormat::MOCK => (cap::S1_MOCK, desc::S1_MOCK),
+                    other => return Err(PluginError::unsupported(format!("cannot nest a {other} stage-1"))),
+                };
+                if !c.has(bit) {
+                    return Err(PluginError::unsupported(format!("unit cannot nest a {} stage-1", s1.format)));
+                }
+                if s1.root.0 & !ADDR_MASK != 0 {
+                    return Err(PluginError::invalid(format!("stage-1 root {} is not page aligned", s1.root)));
+                }
+                let w2 = parent.desc;
+                (desc::TYPE_NESTED, Some(Table::Nested { parent, format: s1.format }), s1.root.0, w2, fmt)
+            }
+            other => return Err(PluginError::invalid(format!("unknown HWPT kind {}", other.0))),
+        };
+        let dpage = io.alloc()?;
+        let table = match table {
+            Some(t) => t,
+            None => match PageTable::new(io, c.page_sizes(), c.caps_ias()) {
+                Ok(t) => Table::Paging(t),
+                Err(e) => {
+                    io.free(dpage);
+                    return Err(e);
+                }
+            },
+        };
+        let w1 = match &table {
+            Table::Paging(t) => t.root,
+            _ => w1,
+        };
+        // §4: words 1-3 first, word 0 (with TYPE) last.
+        let write = || -> Result<(), PluginError> {
+            io.wr(dpage + 8, w1)?;
+            io.wr(dpage + 16, w2)?;
+            io.wr(dpage + 24, w3)?;
+            io.wr(dpage, w0 | ty)
+        };
+        let inner = Arc::new(HwptInner {
+            core: self.core.clone(),
+            desc: dpage,
+            kind: req.kind,
+            flags: f,
+            table,
+            lock: Mutex::new(()),
+            children: Mutex::new(Vec::new()),
+        });
+        // On error, dropping `inner` frees the descriptor and table pages.
+        write()?;
+        if let Table::Nested { parent, .. } = &inner.table {
+            parent.children.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&inner));
+        }
+        Ok(Hwpt_TO::from_ptr(abi_stable::std_types::RArc::new(MockHwpt(inner)), abi_stable::sabi_trait::TD_CanDowncast))
+    }
+
+    /// Finds our HWPT behind a host handle (its descriptor address).
+    fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>, PluginError> {
+        let handle = hwpt.info().handle;
+        // The handle is the descriptor page; check it is one of ours by asking the object
+        // itself through our registry of live attachments or by matching the core.
+        let obj: Option<&MockHwpt> = hwpt.obj.downcast_as::<MockHwpt>().ok();
+        match obj {
+            Some(m) if Arc::ptr_eq(&m.0.core, &self.core) && m.0.desc == handle => Ok(m.0.clone()),
+            _ => Err(PluginError::not_found(format!(
+                "HWPT {handle:#x} was not made by unit {} of this plugin",
+                self.name
+            ))),
+        }
+    }
+
+    /// The device's entry, creating its level-2 page if needed (§2).
+    fn dev_entry(&self, t: &mut Tables, id: u32) -> Result<u64, PluginError> {
+        if id as u64 >= devtab::MAX_IDS {
+            return Err(PluginError::new(ErrorCode::OUT_OF_RANGE, format!("device id {id:#x} beyond the device table")));
+        }
+        if let Some(d) = t.devices.get(&id) {
+            return Ok(d.entry);
+        }
+        let l1_idx = devtab::l1_offset(id);
+        let l2 = match t.l2.get(&l1_idx) {
+            Some(p) => *p,
+            None => {
+                let p = self.core.io.alloc()?;
+                if let Err(e) = self.core.io.wr(t.l1 + l1_idx, VALID | p) {
+                    self.core.io.free(p);
+                    return Err(e);
+                }
+                t.l2.insert(l1_idx, p);
+                p
+            }
+        };
+        let entry = l2 + devtab::l2_offset(id);
+        t.devices.insert(id, DevState { entry, ..Default::default() });
+        Ok(entry)
+    }
+
+    /// The PASID table slot for `pasid`, building missing levels (§3).
+    fn pasid_slot(&self, st: &mut DevState, pasid: u32, bits: u8) -> Result<u64, PluginError> {
+        let io = &self.core.io;
+        let mut fresh = Vec::new();
+        let result = (|| {
+            if st.pasid_pages.is_empty() {
+                let root = io.alloc()?;
+                fresh.push(root);
+                st.pasid_pages.push(root);
+                io.wr(st.entry + 8, root | (bits as u64 & devtab::PASID_BITS_MASK))?;
+            }
+            let mut table = st.pasid_pages[0];
+            for level in (1..pasidtab::LEVELS).rev() {
+                let slot = table + pasidtab::offset(pasid, level);
+                let e = io.rd(slot)?;
+                table = if e & VALID != 0 {
+                    e & ADDR_MASK
+                } else {
+                    let t = io.alloc()?;
+                    fresh.push(t);
+                    st.pasid_pages.push(t);
+                    io.wr(slot, VALID | t)?;
+                    t
+                };
+            }
+            Ok(table + pasidtab::offset(pasid, 0))
+        })();
+        if result.is_err() {
+            // Unhook and free what this call built: its levels hold nothing yet.
+            for &p in fresh.iter().rev() {
+                st.pasid_pages.retain(|x| *x != p);
+                self.unhook_pasid_page(st, p);
+                io.free(p);
+            }
+        }
+        result
+    }
+
+    fn unhook_pasid_page(&self, st: &DevState, page: u64) {
+        let io = &self.core.io;
+        if st.pasid_pages.is_empty() {
+            let _ = io.wr(st.entry + 8, 0);
+            return;
+        }
+        for &t in &st.pasid_pages {
+            for i in 0..512u64 {
+                if io.rd(t + i * 8).is_ok_and(|e| e & VALID != 0 && e & ADDR_MASK == page) {
+                    let _ = io.wr(t + i * 8, 0);
+                }
+            }
+        }
+    }
+
+    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<u32>, hwpt: &HwptBox) -> Result<(), PluginError> {
+        if self.core.params.panic_on.as_deref() == Some("attach") {
+            panic!("mock: injected panic in attach (params.panic_on)");
+        }
+        let h = self.lookup(hwpt)?;
+        let io = &self.core.io;
+        let id = dev.dev.table_index();
+        let mut t = self.tables();
+        if t.shut_down {
+            return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
+        }
+        let had_entry = t.devices.contains_key(&id);
+        let entry = self.dev_entry(&mut t, id)?;
+        let mut flags = VALID;
+        if dev.pri && self.core.has(cap::PRI) {
+            flags |= devtab::PRI_EN;
+        }
+        if dev.ats && self.core.has(cap::ATS) {
+            flags |= devtab::ATS_EN;
+        }
+        let st = t.devices.get_mut(&id).ok_or_else(|| PluginError::not_found("device state vanished"))?;
+        let result = match pasid {
+            None => {
+                let w0 = io.rd(entry)?;
+                // §2 word 0: one store switches the descriptor (atomic replace).
+                io.wr(entry, (w0 & devtab::PASID_EN) | flags | h.desc)
+            }
+            Some(p) => {
+                if !self.core.has(cap::PASID) {
+                    return Err(PluginError::unsupported("unit has no PASID support"));
+                }
+                let bits = dev.pasid_bits.min(cap::pasid_bits(self.core.cap));
+                if bits == 0 || p >= (1u32 << bits) {
+                    return Err(PluginError::new(ErrorCode::OUT_OF_RANGE, format!("PASID {p:#x} beyond {bits} bits")));
+                }
+                self.pasid_slot(st, p, bits).and_then(|slot| {
+                    io.wr(slot, VALID | h.desc)?;
+                    let w0 = io.rd(entry)?;
+                    let keep = w0 & ADDR_MASK;
+                    io.wr(entry, keep | flags | devtab::PASID_EN)
+                })
+            }
+        };
+        match result.and_then(|()| io.invalidate(reg::INV_DEVICE, id as u64, 0, 0)) {
+            Ok(()) => {
+                st.attached.insert(pasid, h);
+                Ok(())
+            }
+            Err(e) => {
+                if !had_entry && st.attached.is_empty() && st.pasid_pages.is_empty() {
+                    let _ = io.wr(entry, 0);
+                    t.devices.remove(&id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn do_detach(&self, dev: &DeviceInfo, pasid: Option<u32>) -> Result<(), PluginError> {
+        let io = &self.core.io;
+        let id = dev.dev.table_index();
+        let mut t = self.tables();
+        let st = t
+            .devices
+            .get_mut(&id)
+            .filter(|s| s.attached.contains_key(&pasid))
+            .ok_or_else(|| PluginError::not_found(format!("{} has nothing attached there", dev.dev)))?;
+        match pasid {
+            None => {
+                let w0 = io.rd(st.entry)?;
+                io.wr(st.entry, w0 & !ADDR_MASK)?;
+            }
+            Some(p) => {
+                let mut table = st.pasid_pages[0];
+                for level in (1..pasidtab::LEVELS).rev() {
+                    table = io.rd(table + pasidtab::offset(p, level))? & ADDR_MASK;
+                }
+                io.wr(table + pasidtab::offset(p, 0), 0)?;
+            }
+        }
+        io.invalidate(reg::INV_DEVICE, id as u64, 0, 0)?;
+        st.attached.remove(&pasid);
+        if !st.attached.keys().any(Option::is_some) && !st.pasid_pages.is_empty() {
+            // Last PASID gone: drop the PASID table (§3) and PASID_EN.
+            let w0 = io.rd(st.entry)?;
+            io.wr(st.entry, w0 & !devtab::PASID_EN)?;
+            io.wr(st.entry + 8, 0)?;
+            io.invalidate(reg::INV_DEVICE, id as u64, 0, 0)?;
+            for p in st.pasid_pages.drain(..) {
+                io.free(p);
+            }
+        }
+        if st.attached.is_empty() {
+            io.wr(st.entry, 0)?;
+            t.devices.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn do_read_faults(&self, max: u32) -> Result<Vec<Fault>, PluginError> {
+        let io = &self.core.io;
+        let t = self.tables();
+        let status = io.reg_rd(reg::STATUS)?;
+        if status & reg::STATUS_FQOF != 0 {
+            io.log(LogLevel::Warn, &format!("unit {}: fault queue overflowed, faults were lost", self.name));
+            io.reg_wr(reg::CTRL, reg::CTRL_EN | reg::CTRL_FQEN | reg::CTRL_FQOF_CLEAR)?;
+        }
+        let mut head = (io.reg_rd(reg::FQ_HEAD)? as u32) % fault::ENTRIES;
+        let tail = (io.reg_rd(reg::FQ_TAIL)? as u32) % fault::ENTRIES;
+        let mut out = Vec::new();
+        while head != tail && (out.len() as u32) < max {
+            let rec = t.fault_queue + head as u64 * fault::SIZE;
+            let w0 = io.rd(rec)?;
+            let addr = io.rd(rec + 8)?;
+            let group = io.rd(rec + 16)? as u32;
+            let devid = w0 as u32;
+            let pasid = (w0 & fault::PASID_V != 0).then(|| Pasid(((w0 >> fault::PASID_SHIFT) & 0xfffff) as u32));
+            let mut access = Prot::NONE;
+            if w0 & fault::READ != 0 {
+                access = access | Prot::READ;
+            }
+            if w0 & fault::WRITE != 0 {
+                access = access | Prot::WRITE;
+            }
+            out.push(Fault {
+                dev: self.device_of(&t, devid),
+                pasid: pasid.into(),
+                addr: Iova(addr),
+                access,
+                reason: (w0 >> fault::REASON_SHIFT) as u32,
+                page_request: w0 & fault::PAGE_REQ != 0,
+                group,
+            });
+            head = (head + 1) % fault::ENTRIES;
+        }
+        io.reg_wr(reg::FQ_HEAD, head as u64)?;
+        Ok(out)
+    }
+
+    /// The mock unit sees only table indices; rebuild a requester id on segment 0.
+    fn device_of(&self, _t: &Tables, id: u32) -> DeviceRef {
+        if id <= 0xffff {
+            DeviceRef::Rid(ioasis::RequesterId { segment: 0, bus: (id >> 8) as u8, devfn: id as u8 })
+        } else {
+            DeviceRef::Sid(id)
+        }
+    }
+
+    fn do_shutdown(&self) -> Result<(), PluginError> {
+        let io = &self.core.io;
+        let mut t = self.tables();
+        if t.shut_down {
+            return Ok(());
+        }
+        io.reg_wr(reg::CTRL, 0)?;
+        io.poll(reg::STATUS, "disable translation", |s| s & reg::STATUS_ENS == 0)?;
+        io.reg_wr(reg::DEVTAB, 0)?;
+        io.reg_wr(reg::FQ_BASE, 0)?;
+        io.invalidate(reg::INV_ALL, 0, 0, 0)?;
+        for (_, st) in t.devices.drain() {
+            for p in st.pasid_pages {
+                io.free(p);
+            }
+        }
+        for (_, p) in t.l2.drain() {
+            io.free(p);
+        }
+        io.free(t.l1);
+        io.free(t.fault_queue);
+        t.shut_down = true;
+        Ok(())
+    }
+}
+
+impl Unit for MockUnit {
+    fn caps(&self) -> UnitCaps {
+        let c = &self.core;
+        let mut features = Features(0);
+        for (bit, f) in [
+            (cap::PASID, Features::PASID),
+            (cap::NEST, Features::NESTING),
+            (cap::DIRTY, Features::DIRTY_TRACKING),
+            (cap::PRI, Features::PAGE_FAULTS),
+            (cap::ATS, Features::ATS),
+            (cap::COHERENCY, Features::COHERENCY),
+            (cap::ENQCMD, Features::ENQCMD),
+            (cap::IDENTITY, Features::IDENTITY),
+        ] {
+            if c.has(bit) {
+                features = features.with(f);
+            }
+        }
+        let mut nested = RVec::new();
+        if c.has(cap::NEST) && c.has(cap::S1_X86_64) {
+            nested.push(PtFormat::X86_64);
+        }
+        if c.has(cap::NEST) && c.has(cap::S1_MOCK) {
+            nested.push(PtFormat::MOCK);
+        }
+        UnitCaps {
+            model: RString::from(format!("mock unit rev 1 (CAP {:#x})", c.cap)),
+            paging_format: PtFormat::MOCK,
+            page_sizes: c.page_sizes(),
+            ias_bits: cap::ias(c.cap),
+            oas_bits: cap::oas(c.cap),
+            pasid_bits: if c.has(cap::PASID) { cap::pasid_bits(c.cap) } else { 0 },
+            features,
+            nested_formats: nested,
+        }
+    }
+
+    fn negotiate(&self, dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
+        guard_or("negotiate", RVec::new(), || items.iter().map(|c| self.judge(dev, *c)).collect())
+    }
+
+    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
+        guard("alloc_hwpt", || self.alloc(req))
+    }
+
+    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
+        guard("attach", || self.do_attach(dev, pasid.into_option().map(|p| p.0), hwpt))
+    }
+
+    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
+        guard("detach", || self.do_detach(dev, pasid.into_option().map(|p| p.0)))
+    }
+
+    fn read_faults(&self, max: u32) -> RResult<RVec<Fault>, PluginError> {
+        guard("read_faults", || self.do_read_faults(max).map(RVec::from))
+    }
+
+    fn page_response(&self, resp: &PageResponse) -> RResult<(), PluginError> {
+        guard("page_response", || {
+            let mut dev_word = resp.dev.table_index() as u64;
+            if let ROption::RSome(p) = resp.pasid {
+                dev_word |= ((p.0 as u64) << 32) | (1 << 63);
+            }
+            let cmd = resp.group as u64 | ((resp.code as u64 & 0xf) << 32);
+            self.core.io.page_response(dev_word, cmd)
+        })
+    }
+
+    fn table_pages(&self) -> u64 {
+        guard_or("table_pages", 0, || {
+            let t = self.tables();
+            if t.shut_down {
+                return 0;
+            }
+            2 + t.l2.len() as u64 + t.devices.values().map(|d| d.pasid_pages.len() as u64).sum::<u64>()
+        })
+    }
+
+    fn shutdown(&self) -> RResult<(), PluginError> {
+        guard("shutdown", || self.do_shutdown())
+    }
+}
