@@ -118,14 +118,7 @@ impl fmt::Debug for RequesterId {
 
 impl fmt::Display for RequesterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{}",
-            self.segment,
-            self.bus,
-            self.devfn >> 3,
-            self.devfn & 7
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.segment, self.bus, self.devfn >> 3, self.devfn & 7)
     }
 }
 

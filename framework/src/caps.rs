@@ -112,8 +112,7 @@ impl fmt::Debug for Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> =
-            Self::NAMED.iter().filter(|(b, _)| self.contains(*b)).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = Self::NAMED.iter().filter(|(b, _)| self.contains(*b)).map(|(_, n)| *n).collect();
         f.write_str(&names.join(","))
     }
 }

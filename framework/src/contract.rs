@@ -153,10 +153,9 @@ fn device_reason(dev: &DeviceDesc, item: &IntentItem) -> Option<String> {
         IntentItem::PasidDma { width } if width == 0 || width > 20 => {
             Some(format!("PASID width {width} is not in 1..=20"))
         }
-        IntentItem::PasidDma { width } if dev.pasid_bits < width => Some(format!(
-            "device supports {}-bit PASIDs, {width} asked",
-            dev.pasid_bits
-        )),
+        IntentItem::PasidDma { width } if dev.pasid_bits < width => {
+            Some(format!("device supports {}-bit PASIDs, {width} asked", dev.pasid_bits))
+        }
         IntentItem::PasidIoas | IntentItem::Enqcmd if dev.pasid_bits == 0 => {
             Some("device has no PASID capability".into())
         }

@@ -214,8 +214,7 @@ impl IovaMap {
         busy.sort_by_key(|r| r.start);
         for window in self.allowed() {
             let mut cur = window.start.0;
-            loop {
-                let Some(start) = cur.checked_add(align - 1).map(|v| v & !(align - 1)) else { break };
+            while let Some(start) = cur.checked_add(align - 1).map(|v| v & !(align - 1)) {
                 let Some(last) = start.checked_add(len - 1) else { break };
                 if last > window.last.0 {
                     break;

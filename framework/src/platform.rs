@@ -117,6 +117,20 @@ impl FailNth {
     }
 }
 
+/// Builds hardware models for hosts that simulate units (the bare-metal harness, a vIOMMU
+/// offered to guests). Backends provide one beside their plugin; the binary or test wires the
+/// concrete factories in, so that hosts never name a backend.
+pub trait ModelFactory: Send + Sync {
+    /// Name of the plugin whose units it models (`mock`, `vtd`, ...).
+    fn plugin(&self) -> &str;
+    /// Builds one unit's model from its TOML table (model-specific keys; empty: defaults).
+    fn build(&self, config: &toml::Table) -> Result<std::sync::Arc<dyn UnitModel>, String>;
+    /// The register window size of a unit.
+    fn window(&self) -> u64 {
+        4096
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,8 @@ fn page_requests_reach_the_fault_queue_and_responses_reach_the_unit() {
     let ioas = rig.ctx.alloc_ioas();
     let unit = rig.ctx.unit_by_name("u0").unwrap();
     let q = rig.ctx.alloc_fault_queue();
-    let h = rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) }).unwrap();
+    let h =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) }).unwrap();
     rig.ctx.attach(dev, None, Target::Hwpt(h)).unwrap();
     assert!(rig.dma_read(0, 1, None, 0x8000, 4).is_err());
     rig.ctx.poll_faults().unwrap();
@@ -65,7 +66,10 @@ fn dirty_tracking_reports_device_writes_and_clears_them() {
     // Writes before tracking is on are not reported.
     rig.dma_write(0, 1, None, 0x3000, b"early").unwrap();
     rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
-    assert_eq!(rig.ctx.read_dirty(hwpt, Iova(0), 16 * MB, 4096, false).unwrap().iter().map(|w| w.count_ones()).sum::<u32>(), 0);
+    assert_eq!(
+        rig.ctx.read_dirty(hwpt, Iova(0), 16 * MB, 4096, false).unwrap().iter().map(|w| w.count_ones()).sum::<u32>(),
+        0
+    );
     rig.dma_write(0, 1, None, 8 * MB + 0x2000, b"dirty").unwrap();
     rig.dma_read(0, 1, None, 8 * MB + 0x1000, 4).unwrap();
     rig.dma_write(0, 1, None, 2 * MB + 5, b"big").unwrap();
@@ -114,11 +118,15 @@ fn nested_translation_walks_the_guest_stage1_through_the_stage2() {
     let g2h = 64 * MB;
     rig.ctx.map(ioas, Some(Iova(0)), PhysAddr(g2h), 16 * MB, Prot::RW).unwrap();
     let unit = rig.ctx.unit_by_name("u0").unwrap();
-    let parent = rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None }).unwrap();
+    let parent =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None }).unwrap();
     write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x10_0000, pte::R | pte::W);
     let nested = rig
         .ctx
-        .alloc_hwpt(unit, HwptSpec::Nested { parent, format: PtFormat::MOCK, root: Iova(0x1000), words: vec![], fault_queue: None })
+        .alloc_hwpt(
+            unit,
+            HwptSpec::Nested { parent, format: PtFormat::MOCK, root: Iova(0x1000), words: vec![], fault_queue: None },
+        )
         .unwrap();
     rig.ctx.attach(dev, None, Target::Hwpt(nested)).unwrap();
     rig.dma_write(0, 1, None, 0x4000_0010, b"nested").unwrap();
@@ -127,7 +135,13 @@ fn nested_translation_walks_the_guest_stage1_through_the_stage2() {
     write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x20_0000, pte::R | pte::W);
     rig.dma_write(0, 1, None, 0x4000_0020, b"stale").unwrap();
     assert_eq!(rig.ram(g2h + 0x10_0020, 5), b"stale");
-    let inv = CacheInvalidation { scope: CacheInvalidation::RANGE, tag: 0, iova: Iova(0x4000_0000), len: 0x1000, leaf_only: true };
+    let inv = CacheInvalidation {
+        scope: CacheInvalidation::RANGE,
+        tag: 0,
+        iova: Iova(0x4000_0000),
+        len: 0x1000,
+        leaf_only: true,
+    };
     assert_eq!(rig.ctx.invalidate(nested, &[inv]).unwrap(), 1);
     rig.dma_write(0, 1, None, 0x4000_0030, b"fresh").unwrap();
     assert_eq!(rig.ram(g2h + 0x20_0030, 5), b"fresh");

@@ -27,7 +27,16 @@ fn teardown_frees_every_table_page() {
     let parent = rig.ctx.attached_hwpt(dev, None).unwrap().unwrap();
     let _nested = rig
         .ctx
-        .alloc_hwpt(unit, HwptSpec::Nested { parent, format: ioasis::PtFormat::MOCK, root: Iova(0x1000), words: vec![], fault_queue: None })
+        .alloc_hwpt(
+            unit,
+            HwptSpec::Nested {
+                parent,
+                format: ioasis::PtFormat::MOCK,
+                root: Iova(0x1000),
+                words: vec![],
+                fault_queue: None,
+            },
+        )
         .unwrap();
     let q = rig.ctx.alloc_fault_queue();
     let _with_q = rig
@@ -58,7 +67,8 @@ fn objects_in_use_cannot_be_destroyed() {
     let dev = rig.paging_device(1, 0, &[]);
     let ioas = rig.ctx.alloc_ioas();
     let unit = rig.ctx.unit_by_name("u0").unwrap();
-    let hwpt = rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: Default::default(), fault_queue: None }).unwrap();
+    let hwpt =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: Default::default(), fault_queue: None }).unwrap();
     rig.ctx.attach(dev, None, Target::Hwpt(hwpt)).unwrap();
     for id in [ioas.0, hwpt.0, dev.0, unit.0] {
         assert!(matches!(rig.ctx.destroy(id), Err(Error::Busy { .. })), "{id} destroyed while in use");

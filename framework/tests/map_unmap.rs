@@ -70,8 +70,14 @@ fn largest_page_is_used_and_partial_unmap_splits_it() {
     let t = rig.ctx.translate(hwpt, Iova(0x4020_0000)).unwrap().unwrap();
     assert_eq!(t.page_size, 2 * MB, "the untouched 2 MiB page stays whole");
     // The IOAS now holds two areas around the hole.
-    let areas: Vec<(u64, u64)> =
-        rig.ctx.areas(ioas).unwrap().iter().map(|a| (a.range.start.0, a.range.len())).filter(|a| a.0 < 0x8000_0000).collect();
+    let areas: Vec<(u64, u64)> = rig
+        .ctx
+        .areas(ioas)
+        .unwrap()
+        .iter()
+        .map(|a| (a.range.start.0, a.range.len()))
+        .filter(|a| a.0 < 0x8000_0000)
+        .collect();
     assert_eq!(areas, vec![(0x4000_0000, 0x5000), (0x4000_6000, 4 * MB - 0x6000)]);
 }
 
@@ -279,9 +285,6 @@ fn iova_allocation_and_copy_between_ioases() {
     let _ = i2;
     // A source range with a hole is refused, and nothing lands in dst.
     let before = rig.ctx.areas(dst).unwrap();
-    assert!(matches!(
-        rig.ctx.copy(src, i1, 4 * MB, dst, None),
-        Err(Error::NotMapped { .. })
-    ));
+    assert!(matches!(rig.ctx.copy(src, i1, 4 * MB, dst, None), Err(Error::NotMapped { .. })));
     assert_eq!(rig.ctx.areas(dst).unwrap(), before);
 }

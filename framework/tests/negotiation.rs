@@ -3,9 +3,7 @@
 mod common;
 
 use common::{mock_plugin, Rig};
-use ioasis::{
-    ContractKind, DeviceDesc, Error, Intent, IntentItem, PtFormat, RequesterId, Target,
-};
+use ioasis::{ContractKind, DeviceDesc, Error, Intent, IntentItem, PtFormat, RequesterId, Target};
 use ioasis_plugin_mock::format::cap;
 
 fn everything() -> Intent {

@@ -95,7 +95,9 @@ fn a_panic_inside_the_loaded_plugin_becomes_an_error() {
 #[test]
 fn bad_unit_params_are_refused_at_probe() {
     let machine = Arc::new(ioasis_baremetal::Machine::new(Default::default()).unwrap());
-    machine.add_unit(PhysAddr(common::UNIT_BASE), 0x1000, Arc::new(ioasis_plugin_mock::model::MockModel::new(cap::FULL))).unwrap();
+    machine
+        .add_unit(PhysAddr(common::UNIT_BASE), 0x1000, Arc::new(ioasis_plugin_mock::model::MockModel::new(cap::FULL)))
+        .unwrap();
     let ctx = ioasis::Context::new(machine);
     let e = ctx.add_unit(&common::mock_plugin(), "u0", PhysAddr(common::UNIT_BASE), 0, "colour = 3").unwrap_err();
     assert_eq!(e.plugin_code(), Some(ErrorCode::INVALID), "{e}");

@@ -16,8 +16,8 @@ pub use error::{ErrorCode, PluginError};
 pub use guard::{guard, guard_or};
 pub use host::{HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
 pub use objects::{
-    Backend, BackendBox, Backend_TO, CacheInvalidation, DeviceInfo, Fault, Hwpt, HwptBox, HwptFlags,
-    HwptInfo, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit,
-    UnitBox, UnitDesc, Unit_TO,
+    Backend, BackendBox, Backend_TO, CacheInvalidation, DeviceInfo, Fault, Hwpt, HwptBox, HwptFlags, HwptInfo,
+    HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit, UnitBox, UnitDesc,
+    Unit_TO,
 };
 pub use root::{InterfaceVersion, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION};

@@ -140,13 +140,14 @@ impl Context {
                     HwptKind::NESTED => {
                         let f = h.info.format;
                         if !c.grants(|i| *i == IntentItem::NestedStage1 { format: f }) {
-                            return Err(Error::NotGranted { device: dev.id.0, item: IntentItem::NestedStage1 { format: f } });
+                            return Err(Error::NotGranted {
+                                device: dev.id.0,
+                                item: IntentItem::NestedStage1 { format: f },
+                            });
                         }
                     }
-                    HwptKind::IDENTITY => {
-                        if !c.grants(|i| *i == IntentItem::Identity) {
-                            return Err(Error::NotGranted { device: dev.id.0, item: IntentItem::Identity });
-                        }
+                    HwptKind::IDENTITY if !c.grants(|i| *i == IntentItem::Identity) => {
+                        return Err(Error::NotGranted { device: dev.id.0, item: IntentItem::Identity });
                     }
                     _ => {}
                 }
@@ -196,8 +197,10 @@ impl Context {
             result = result.and_then(|()| m.add_reserved(*r, why, Some(owner)));
         }
         for r in &dev.desc.reserved {
-            let range = r.range().ok_or_else(|| Error::Invalid(format!("device {}: bad reserved region", dev.desc.name)));
-            result = result.and_then(|()| m.add_reserved(range?, &format!("reserved by {}", dev.desc.name), Some(owner)));
+            let range =
+                r.range().ok_or_else(|| Error::Invalid(format!("device {}: bad reserved region", dev.desc.name)));
+            result =
+                result.and_then(|()| m.add_reserved(range?, &format!("reserved by {}", dev.desc.name), Some(owner)));
         }
         if result.is_err() {
             m.remove_aperture(owner);
@@ -245,7 +248,10 @@ impl Context {
             match &contract.pasids {
                 None => return Err(Error::NotGranted { device: device.0, item: IntentItem::PasidIoas }),
                 Some(r) if !r.contains(&p.0) => {
-                    return Err(Error::PasidOutOfRange { pasid: p, range: format!("{:#x}..={:#x}", r.start(), r.end()) })
+                    return Err(Error::PasidOutOfRange {
+                        pasid: p,
+                        range: format!("{:#x}..={:#x}", r.start(), r.end()),
+                    })
                 }
                 _ => {}
             }
@@ -278,7 +284,9 @@ impl Context {
         let info = dev.desc.info();
         let p = ROption::from(pasid);
         let hw = match (&att, &old) {
-            (Attachment::Hwpt(h), _) => dev.unit.hw.attach(&info, p, &h.hw).into_result().map_err(|e| plugin_err(&dev.unit, "attach", e)),
+            (Attachment::Hwpt(h), _) => {
+                dev.unit.hw.attach(&info, p, &h.hw).into_result().map_err(|e| plugin_err(&dev.unit, "attach", e))
+            }
             (Attachment::Software(_), Some(Attachment::Hwpt(_))) => {
                 dev.unit.hw.detach(&info, p).into_result().map_err(|e| plugin_err(&dev.unit, "detach", e))
             }
@@ -310,7 +318,8 @@ impl Context {
             lock(&h.users).remove(&(dev.id, pasid));
         }
         if let Some(id) = old.ioas_id() {
-            let still = lock(&dev.attached).get(&pasid).and_then(|a| a.ioas_id()) == Some(id) || uses_ioas(dev, id, pasid);
+            let still =
+                lock(&dev.attached).get(&pasid).and_then(|a| a.ioas_id()) == Some(id) || uses_ioas(dev, id, pasid);
             if !still {
                 self.unreserve_for(dev, id);
             }

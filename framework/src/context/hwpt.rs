@@ -68,10 +68,16 @@ impl Context {
             HwptSpec::Nested { parent: pid, format, root, words, fault_queue } => {
                 let p = self.hwpt(pid)?;
                 if p.info.kind != HwptKind::PAGING {
-                    return Err(Error::Invalid(format!("HWPT {pid} is {}, a nested parent must be paging", p.info.kind.name())));
+                    return Err(Error::Invalid(format!(
+                        "HWPT {pid} is {}, a nested parent must be paging",
+                        p.info.kind.name()
+                    )));
                 }
                 if !Arc::ptr_eq(&p.unit, unit) {
-                    return Err(Error::Invalid(format!("parent HWPT {pid} is on unit {}, not {}", p.unit.name, unit.name)));
+                    return Err(Error::Invalid(format!(
+                        "parent HWPT {pid} is on unit {}, not {}",
+                        p.unit.name, unit.name
+                    )));
                 }
                 let mut flags = HwptFlags::default();
                 if let Some(q) = fault_queue {

@@ -110,7 +110,8 @@ impl Context {
         {
             let mut m = lock(&dst.map);
             for c in &clipped {
-                let at = Iova(base.0.checked_add(c.range.start.0 - r.start.0).ok_or(Error::Overflow { start: base, len })?);
+                let at =
+                    Iova(base.0.checked_add(c.range.start.0 - r.start.0).ok_or(Error::Overflow { start: base, len })?);
                 match m.claim_map(at, c.range.len(), c.pa, c.prot) {
                     Ok(range) => claimed.push(c.moved(range)),
                     Err(e) => {
@@ -171,7 +172,11 @@ impl Context {
     /// What a software-table (mdev-like) driver uses instead of hardware translation: the
     /// physical pieces behind `[iova, iova+len)`, checked against the areas' permissions.
     pub fn access(&self, ioas: IoasId, iova: Iova, len: u64, want: Prot) -> Result<Vec<(PhysAddr, u64)>> {
-        let r = IovaRange::new(iova, len).ok_or(if len == 0 { Error::ZeroLength } else { Error::Overflow { start: iova, len } })?;
+        let r = IovaRange::new(iova, len).ok_or(if len == 0 {
+            Error::ZeroLength
+        } else {
+            Error::Overflow { start: iova, len }
+        })?;
         let ioas = self.ioas(ioas)?;
         let areas = lock(&ioas.map).live_in(&r);
         let mut out = Vec::new();

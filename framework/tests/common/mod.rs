@@ -51,9 +51,8 @@ impl Rig {
     }
 
     pub fn with_params(caps: &[u64], plugin: &Arc<Plugin>, params: &str) -> Self {
-        let machine = Arc::new(
-            Machine::new(MachineConfig { ram_bytes: 512 * MB, table_pool_bytes: 64 * MB }).expect("machine"),
-        );
+        let machine =
+            Arc::new(Machine::new(MachineConfig { ram_bytes: 512 * MB, table_pool_bytes: 64 * MB }).expect("machine"));
         let ctx = Context::new(machine.clone());
         let mut models = Vec::new();
         for (i, c) in caps.iter().enumerate() {
@@ -93,12 +92,26 @@ impl Rig {
     }
 
     /// DMA-writes `data` as device 00:dev.0 through unit `unit`.
-    pub fn dma_write(&self, unit: usize, dev: u8, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), ioasis_baremetal::DmaError> {
+    pub fn dma_write(
+        &self,
+        unit: usize,
+        dev: u8,
+        pasid: Option<u32>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<(), ioasis_baremetal::DmaError> {
         self.machine.dma_write(self.unit_base(unit), Self::rid(dev), pasid.map(ioasis::Pasid), Iova(iova), data)
     }
 
     /// DMA-reads as device 00:dev.0 through unit `unit`.
-    pub fn dma_read(&self, unit: usize, dev: u8, pasid: Option<u32>, iova: u64, len: usize) -> Result<Vec<u8>, ioasis_baremetal::DmaError> {
+    pub fn dma_read(
+        &self,
+        unit: usize,
+        dev: u8,
+        pasid: Option<u32>,
+        iova: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, ioasis_baremetal::DmaError> {
         let mut buf = vec![0u8; len];
         self.machine.dma_read(self.unit_base(unit), Self::rid(dev), pasid.map(ioasis::Pasid), Iova(iova), &mut buf)?;
         Ok(buf)

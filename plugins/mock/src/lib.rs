@@ -5,17 +5,21 @@
 //! four-level page table, range invalidations and a fault queue — and the model half
 //! ([`model::MockModel`]) reads those structures back as hardware would.
 
+mod driver;
+pub mod factory;
 pub mod format;
 pub mod model;
-mod driver;
 
 use abi_stable::prefix_type::WithMetadata;
 use abi_stable::sabi_extern_fn;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RString};
-use ioasis::abi::{guard, BackendBox, Backend_TO, PluginError, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_VERSION};
+use ioasis::abi::{
+    guard, BackendBox, Backend_TO, PluginError, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
+};
 
 pub use driver::{MockBackend, MockParams};
+pub use factory::{MockModelFactory, MockUnitConfig};
 
 /// The plugin's name.
 pub const NAME: &str = "mock";

@@ -88,7 +88,9 @@ impl Hwpt for MockHwpt {
         let h = &self.0;
         let (format, page_sizes, ias) = match &h.table {
             Table::Paging(t) => (ioasis::PtFormat::MOCK, t.sizes, t.ias),
-            Table::Nested { format, parent } => (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.ias)),
+            Table::Nested { format, parent } => {
+                (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.ias))
+            }
             Table::Fixed => (PtFormat::NONE, PageSizes(0), h.core.caps_ias()),
         };
         let last = if ias >= 64 { u64::MAX } else { (1u64 << ias) - 1 };

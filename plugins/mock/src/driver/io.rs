@@ -90,10 +90,7 @@ impl Io {
                 return Ok(v);
             }
             if self.host.now_ns().saturating_sub(start) > POLL_TIMEOUT_NS {
-                return Err(PluginError::new(
-                    ErrorCode::TIMEOUT,
-                    format!("{what}: register {off:#x} stuck at {v:#x}"),
-                ));
+                return Err(PluginError::new(ErrorCode::TIMEOUT, format!("{what}: register {off:#x} stuck at {v:#x}")));
             }
             std::hint::spin_loop();
         }

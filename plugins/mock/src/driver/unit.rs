@@ -217,9 +217,7 @@ impl MockUnit {
             w0 |= desc::PRI;
         }
         let (ty, table, w1, w2, w3) = match req.kind {
-            HwptKind::PAGING => {
-                (desc::TYPE_PAGING, None, 0, 0, 0)
-            }
+            HwptKind::PAGING => (desc::TYPE_PAGING, None, 0, 0, 0),
             HwptKind::IDENTITY if !c.has(cap::IDENTITY) => {
                 return Err(PluginError::unsupported("unit has no identity descriptors"))
             }
@@ -309,7 +307,10 @@ impl MockUnit {
     /// The device's entry, creating its level-2 page if needed (§2).
     fn dev_entry(&self, t: &mut Tables, id: u32) -> Result<u64, PluginError> {
         if id as u64 >= devtab::MAX_IDS {
-            return Err(PluginError::new(ErrorCode::OUT_OF_RANGE, format!("device id {id:#x} beyond the device table")));
+            return Err(PluginError::new(
+                ErrorCode::OUT_OF_RANGE,
+                format!("device id {id:#x} beyond the device table"),
+            ));
         }
         if let Some(d) = t.devices.get(&id) {
             return Ok(d.entry);
@@ -501,7 +502,7 @@ impl MockUnit {
             let addr = io.rd(rec + 8)?;
             let group = io.rd(rec + 16)? as u32;
             let devid = w0 as u32;
-            let pasid = (w0 & fault::PASID_V != 0).then(|| Pasid(((w0 >> fault::PASID_SHIFT) & 0xfffff) as u32));
+            let pasid = (w0 & fault::PASID_V != 0).then_some(Pasid(((w0 >> fault::PASID_SHIFT) & 0xfffff) as u32));
             let mut access = Prot::NONE;
             if w0 & fault::READ != 0 {
                 access = access | Prot::READ;

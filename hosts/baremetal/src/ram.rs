@@ -1,0 +1,235 @@
+//! Simulated physical memory: one sparse anonymous mapping.
+//!
+//! Physical address 0 is the first byte of the mapping, and RAM is contiguous up to
+//! [`Ram::len`]. The mapping is private and `MAP_NORESERVE`, so a 64 GiB machine costs only the
+//! pages that are actually touched.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ioasis::abi::HostError;
+use ioasis::{PhysAddr, PAGE_SIZE};
+use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+
+/// Largest RAM a [`Ram`] may have: 64 GiB.
+pub const MAX_RAM_BYTES: u64 = 64 << 30;
+
+/// Why RAM could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum RamError {
+    /// The size is zero, not a multiple of 4 KiB, or above [`MAX_RAM_BYTES`].
+    #[error("RAM size {0:#x} is not a non-zero multiple of 4 KiB up to 64 GiB")]
+    BadSize(u64),
+    /// The kernel refused the mapping.
+    #[error("cannot map {bytes:#x} bytes of RAM: {source}")]
+    Map {
+        /// Requested size.
+        bytes: u64,
+        /// The `mmap` error.
+        source: nix::Error,
+    },
+}
+
+/// Physical memory of a simulated machine, backed by one anonymous private mapping.
+///
+/// Every access is bounds-checked and reports [`HostError::BAD_ADDRESS`] instead of panicking.
+/// The u64 accessors are atomic (and require 8-byte alignment); byte accesses are plain copies,
+/// so a byte access racing with another access to the same bytes sees a mix of old and new data,
+/// exactly like two bus masters racing on real memory.
+pub struct Ram {
+    base: NonNull<u8>,
+    len: u64,
+}
+
+// SAFETY: `Ram` owns its mapping exclusively (the pointer is never handed out), and all access
+// to the mapped bytes goes through atomics or bounds-checked copies, so moving it to another
+// thread is sound.
+unsafe impl Send for Ram {}
+// SAFETY: shared access only reads/writes the mapping through bounds-checked raw copies and
+// atomics; the mapping stays valid until `Drop`, which needs exclusive ownership.
+unsafe impl Sync for Ram {}
+
+impl std::fmt::Debug for Ram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ram").field("len", &format_args!("{:#x}", self.len)).finish()
+    }
+}
+
+impl Ram {
+    /// Maps `bytes` of RAM (a non-zero multiple of 4 KiB, at most [`MAX_RAM_BYTES`]).
+    pub fn new(bytes: u64) -> Result<Self, RamError> {
+        if bytes == 0 || bytes % PAGE_SIZE != 0 || bytes > MAX_RAM_BYTES {
+            return Err(RamError::BadSize(bytes));
+        }
+        let len = usize::try_from(bytes).ok().and_then(NonZeroUsize::new).ok_or(RamError::BadSize(bytes))?;
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses cannot alias any
+        // existing Rust object; we pass a valid non-zero length and no fixed address.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|source| RamError::Map { bytes, source })?;
+        tracing::debug!(bytes, "mapped simulated RAM");
+        Ok(Self { base: ptr.cast(), len: bytes })
+    }
+
+    /// Size of RAM in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// RAM is never empty; present for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `[pa, pa+len)` lies entirely in RAM.
+    pub fn contains(&self, pa: PhysAddr, len: u64) -> bool {
+        pa.raw().checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// A pointer to `[pa, pa+len)` after checking that it is RAM.
+    fn ptr(&self, pa: PhysAddr, len: u64) -> Result<*mut u8, HostError> {
+        if !self.contains(pa, len) {
+            return Err(HostError::new(HostError::BAD_ADDRESS, pa.raw()));
+        }
+        let off = usize::try_from(pa.raw()).map_err(|_| HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
+        // SAFETY: `off + len <= self.len`, the size of the mapping, so the result stays inside
+        // (or one past the end of) the same allocation.
+        Ok(unsafe { self.base.as_ptr().add(off) })
+    }
+
+    /// The atomic u64 at `pa` (8-byte aligned, in RAM).
+    fn atomic(&self, pa: PhysAddr) -> Result<&AtomicU64, HostError> {
+        if !pa.is_aligned(8) {
+            return Err(HostError::new(HostError::BAD_ADDRESS, pa.raw()));
+        }
+        let p = self.ptr(pa, 8)?;
+        // SAFETY: `p` points to 8 bytes inside the mapping, 8-byte aligned (the mapping is
+        // page-aligned and `pa` is a multiple of 8). The mapping lives as long as `self`, and
+        // every other access to these bytes is either atomic or a raw copy (never a Rust
+        // reference), so handing out a shared `&AtomicU64` for `self`'s lifetime is sound.
+        Ok(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
+    }
+
+    /// Reads `buf.len()` bytes at `pa`.
+    pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<(), HostError> {
+        let src = self.ptr(pa, buf.len() as u64)?;
+        // SAFETY: `src` is valid for `buf.len()` bytes (checked above); `buf` is a distinct Rust
+        // allocation (the mapping is never exposed as a slice), so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Writes `data` at `pa`.
+    pub fn write(&self, pa: PhysAddr, data: &[u8]) -> Result<(), HostError> {
+        let dst = self.ptr(pa, data.len() as u64)?;
+        // SAFETY: `dst` is valid for `data.len()` bytes (checked above) and cannot overlap
+        // `data`, which is not part of the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+
+    /// Sets `[pa, pa+len)` to zero.
+    pub fn zero(&self, pa: PhysAddr, len: u64) -> Result<(), HostError> {
+        let dst = self.ptr(pa, len)?;
+        let n = usize::try_from(len).map_err(|_| HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
+        // SAFETY: `dst` is valid for `len` bytes of the mapping (checked above).
+        unsafe { std::ptr::write_bytes(dst, 0, n) };
+        Ok(())
+    }
+
+    /// Reads the aligned u64 at `pa` atomically.
+    pub fn read_u64(&self, pa: PhysAddr) -> Result<u64, HostError> {
+        Ok(self.atomic(pa)?.load(Ordering::SeqCst))
+    }
+
+    /// Writes the aligned u64 at `pa` atomically.
+    pub fn write_u64(&self, pa: PhysAddr, value: u64) -> Result<(), HostError> {
+        self.atomic(pa)?.store(value, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// ORs `bits` into the aligned u64 at `pa` atomically; returns the old value.
+    pub fn fetch_or_u64(&self, pa: PhysAddr, bits: u64) -> Result<u64, HostError> {
+        Ok(self.atomic(pa)?.fetch_or(bits, Ordering::SeqCst))
+    }
+
+    /// ANDs `mask` into the aligned u64 at `pa` atomically; returns the old value.
+    pub fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> Result<u64, HostError> {
+        Ok(self.atomic(pa)?.fetch_and(mask, Ordering::SeqCst))
+    }
+}
+
+impl Drop for Ram {
+    fn drop(&mut self) {
+        // `new` checked that the length fits a usize.
+        let len = usize::try_from(self.len).unwrap_or(usize::MAX);
+        // SAFETY: `base`/`len` describe exactly the mapping made in `new`, and no reference into
+        // it outlives `self` (atomics borrow `self`).
+        if let Err(e) = unsafe { munmap(self.base.cast(), len) } {
+            tracing::error!(error = %e, "munmap of simulated RAM failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(matches!(Ram::new(0), Err(RamError::BadSize(0))));
+        assert!(matches!(Ram::new(4095), Err(RamError::BadSize(_))));
+        assert!(matches!(Ram::new(MAX_RAM_BYTES + PAGE_SIZE), Err(RamError::BadSize(_))));
+        assert!(matches!(Ram::new(u64::MAX), Err(RamError::BadSize(_))));
+        let ram = Ram::new(PAGE_SIZE).unwrap();
+        assert_eq!(ram.len(), PAGE_SIZE);
+    }
+
+    #[test]
+    fn sixty_four_gib_is_sparse() {
+        let ram = Ram::new(MAX_RAM_BYTES).unwrap();
+        let top = PhysAddr(MAX_RAM_BYTES - 8);
+        ram.write_u64(top, 0xfeed).unwrap();
+        assert_eq!(ram.read_u64(top).unwrap(), 0xfeed);
+        assert_eq!(ram.read_u64(PhysAddr(1 << 35)).unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_addresses_are_errors() {
+        let ram = Ram::new(2 * PAGE_SIZE).unwrap();
+        let bad = |e: HostError, addr: u64| e.code == HostError::BAD_ADDRESS && e.addr == addr;
+        let mut buf = [0u8; 16];
+        assert!(bad(ram.read(PhysAddr(2 * PAGE_SIZE - 8), &mut buf).unwrap_err(), 2 * PAGE_SIZE - 8));
+        assert!(bad(ram.write(PhysAddr(u64::MAX - 4), &buf).unwrap_err(), u64::MAX - 4));
+        assert!(bad(ram.read_u64(PhysAddr(2 * PAGE_SIZE)).unwrap_err(), 2 * PAGE_SIZE));
+        assert!(bad(ram.read_u64(PhysAddr(u64::MAX - 7)).unwrap_err(), u64::MAX - 7));
+        assert!(bad(ram.write_u64(PhysAddr(4), 1).unwrap_err(), 4));
+        assert!(bad(ram.fetch_or_u64(PhysAddr(3), 1).unwrap_err(), 3));
+        assert!(bad(ram.fetch_and_u64(PhysAddr(9), 1).unwrap_err(), 9));
+        assert!(ram.zero(PhysAddr(PAGE_SIZE), PAGE_SIZE + 1).is_err());
+        // The whole of RAM, and empty accesses at its end, are fine.
+        ram.read(PhysAddr(2 * PAGE_SIZE), &mut []).unwrap();
+        ram.zero(PhysAddr(0), 2 * PAGE_SIZE).unwrap();
+    }
+
+    #[test]
+    fn bytes_and_words_agree() {
+        let ram = Ram::new(PAGE_SIZE).unwrap();
+        ram.write(PhysAddr(8), &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+        assert_eq!(ram.read_u64(PhysAddr(8)).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(ram.fetch_or_u64(PhysAddr(8), 0xff00_0000_0000_0000).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(ram.fetch_and_u64(PhysAddr(8), 0xffff).unwrap(), 0xff22_3344_5566_7788);
+        let mut b = [0u8; 3];
+        ram.read(PhysAddr(8), &mut b).unwrap();
+        assert_eq!(b, [0x88, 0x77, 0]);
+        ram.zero(PhysAddr(0), PAGE_SIZE).unwrap();
+        assert_eq!(ram.read_u64(PhysAddr(8)).unwrap(), 0);
+    }
+}
