@@ -41,7 +41,8 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
     let de = toml::de::Deserializer::parse(text)
         .map_err(|e| ConfigError::at(file, text, e.span().map(|s| s.start), "", e.message().trim().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        // `toml::Spanned` wraps values in a private field that is not a key of the file.
+        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         let inner = e.inner();
         ConfigError::at(file, text, inner.span().map(|s| s.start), &key, inner.message().trim().to_string())

@@ -68,6 +68,7 @@ pub struct DeviceDesc {
     /// Requester id or stream id.
     pub address: DeviceAddress,
     /// Name of the unit the device sits behind.
+    #[serde(default)]
     pub unit: String,
     /// When the device cannot be isolated from its peers: the name of the topmost bridge (or
     /// multi-function device) below which ACS is missing. Devices that give the same name here

@@ -1,0 +1,240 @@
+//! `ioasis`: list plugins, negotiate an intent, run a scenario, run the conformance suite.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ioasis::config::{self, ConfigError};
+use ioasis::loader::{Plugin, Registry};
+use ioasis::platform::ModelFactory;
+use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
+use ioasis_baremetal::{Machine, MachineConfig};
+use ioasis_plugin_mock::MockModelFactory;
+use serde::Deserialize;
+
+/// Exit status of a failed check (refused intent, failed step or case).
+const FAILED: u8 = 1;
+/// Exit status of bad usage or a bad file.
+const USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "ioasis", version, about = "ioasis: a device-centric, plugin-based IOMMU framework")]
+struct Cli {
+    /// Load a backend plugin from a shared library (repeatable).
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    plugins: Vec<PathBuf>,
+    /// Load every plugin in a directory (repeatable).
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dirs: Vec<PathBuf>,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG also works.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List built-in and loaded plugins, where each came from, and what a simulated unit of
+    /// each can do.
+    Plugins,
+    /// Negotiate a device's intent (TOML) with a plugin's unit; print the contract or refusal.
+    Negotiate {
+        /// The intent file.
+        file: PathBuf,
+    },
+    /// Run a scenario (units, devices, intents, maps, DMA, expected results).
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+    },
+    /// Run the conformance suite against every plugin (built-in and loaded).
+    Conformance {
+        /// Only cases whose `category/name` contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Seed of the random cases.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// The hardware models this binary can simulate units with.
+fn factories() -> Vec<&'static dyn ModelFactory> {
+    vec![&MockModelFactory]
+}
+
+fn registry(cli: &Cli) -> Result<Registry, String> {
+    let mut reg = Registry::with_builtins().map_err(|e| e.to_string())?;
+    for p in &cli.plugins {
+        reg.load(p).map_err(|e| e.to_string())?;
+    }
+    for d in &cli.plugin_dirs {
+        let (_, failed) = reg.load_dir(d).map_err(|e| e.to_string())?;
+        for f in failed {
+            eprintln!("warning: {f}");
+        }
+    }
+    Ok(reg)
+}
+
+/// A machine with one simulated unit of `plugin`, built from `model` config.
+fn simulated_unit(plugin: &Arc<Plugin>, model: &toml::Table) -> Result<(Context, ioasis::UnitId), String> {
+    let factory = factories()
+        .into_iter()
+        .find(|f| f.plugin() == plugin.info.name)
+        .ok_or_else(|| format!("no hardware model for plugin `{}` in this binary", plugin.info.name))?;
+    let machine = Arc::new(Machine::new(MachineConfig::default()).map_err(|e| e.to_string())?);
+    let base = PhysAddr(0xfed0_0000);
+    machine.add_unit(base, factory.window(), factory.build(model)?).map_err(|e| e.to_string())?;
+    let ctx = Context::new(machine);
+    let unit = ctx.add_unit(plugin, "u0", base, 0, "").map_err(|e| e.to_string())?;
+    Ok((ctx, unit))
+}
+
+fn plugins(reg: &Registry) -> ExitCode {
+    for p in reg.iter() {
+        println!("{}  {}  [{}]  interface {}", p.name, p.info.version, p.origin, p.interface);
+        println!("    {} ({})", p.info.description, p.info.vendor);
+        match simulated_unit(p, &Default::default()) {
+            Ok((ctx, unit)) => match ctx.unit_caps(unit) {
+                Ok(c) => {
+                    let nests: Vec<String> = c.nested_formats.iter().map(|f| f.to_string()).collect();
+                    println!("    unit:     {}", c.model);
+                    println!(
+                        "    paging:   {} with {} pages, {}-bit IOVA, {}-bit output",
+                        c.paging_format, c.page_sizes, c.ias_bits, c.oas_bits
+                    );
+                    println!(
+                        "    PASIDs:   {}",
+                        if c.pasid_bits == 0 { "none".to_string() } else { format!("{} bits", c.pasid_bits) }
+                    );
+                    println!("    features: {}", c.features);
+                    println!(
+                        "    nests:    {}",
+                        if nests.is_empty() { "nothing".to_string() } else { nests.join(", ") }
+                    );
+                }
+                Err(e) => println!("    unit: {e}"),
+            },
+            Err(e) => println!("    capabilities: not shown ({e})"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// An intent file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NegotiateFile {
+    /// Plugin name (default `mock`).
+    plugin: Option<String>,
+    /// The simulated unit's model configuration.
+    #[serde(default)]
+    unit: toml::Table,
+    /// The device.
+    device: DeviceDesc,
+    /// What it will do.
+    intent: Vec<IntentItem>,
+}
+
+fn negotiate(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
+    let (f, _): (NegotiateFile, String) = config::load(file).map_err(|e: ConfigError| e.to_string())?;
+    let name = f.plugin.as_deref().unwrap_or("mock");
+    let plugin = reg.get(name).ok_or_else(|| format!("no plugin named `{name}` (see `ioasis plugins`)"))?;
+    let (ctx, _) = simulated_unit(&plugin, &f.unit).map_err(|e| format!("{}: unit: {e}", file.display()))?;
+    let mut desc = f.device;
+    desc.unit = "u0".into();
+    let dev = ctx.bind_device(desc).map_err(|e| format!("{}: device: {e}", file.display()))?;
+    match ctx.negotiate(dev, &Intent::new(f.intent)) {
+        Ok(c) => {
+            print!("{c}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Refused(r)) => {
+            println!("{r}");
+            if !r.granted.is_empty() {
+                let g: Vec<String> = r.granted.iter().map(|g| g.item.to_string()).collect();
+                println!("  (would grant: {})", g.join(", "));
+            }
+            Ok(ExitCode::from(FAILED))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn run(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
+    let report = ioasis_baremetal::scenario::run_file(file, reg, &factories()).map_err(|e| e.to_string())?;
+    for s in &report.steps {
+        let mark = if s.passed { "ok  " } else { "FAIL" };
+        let detail = if s.detail.is_empty() { String::new() } else { format!(": {}", s.detail) };
+        println!("{mark} {:>3} (line {:>3}) {}{detail}", s.index, s.line, s.what);
+    }
+    let failed = report.steps.iter().filter(|s| !s.passed).count();
+    println!("\n{} step(s), {} failed", report.steps.len(), failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
+}
+
+fn conformance(reg: &Registry, filter: Option<String>, format: Format, seed: u64) -> ExitCode {
+    let plugins: Vec<Arc<Plugin>> = reg.iter().cloned().collect();
+    let opts = ioasis_conformance::Options { filter, seed };
+    let human = matches!(format, Format::Human);
+    let report = ioasis_conformance::run(&plugins, &factories(), &opts, |r| {
+        if human {
+            let (mark, detail) = match &r.outcome {
+                ioasis_conformance::Outcome::Passed(d) => ("pass", d),
+                ioasis_conformance::Outcome::Failed(d) => ("FAIL", d),
+                ioasis_conformance::Outcome::Skipped(d) => ("skip", d),
+            };
+            println!("{mark} {} {}/{}: {detail}", r.plugin, r.category, r.case);
+        }
+    });
+    match format {
+        Format::Human => println!("\n{}", report.summary()),
+        Format::Json => println!("{}", report.to_json()),
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(FAILED)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let reg = match registry(&cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let result = match &cli.command {
+        Command::Plugins => Ok(plugins(&reg)),
+        Command::Negotiate { file } => negotiate(&reg, file),
+        Command::Run { scenario } => run(&reg, scenario),
+        Command::Conformance { filter, format, seed } => Ok(conformance(&reg, filter.clone(), *format, *seed)),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(USAGE)
+    })
+}

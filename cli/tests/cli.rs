@@ -1,0 +1,102 @@
+//! The `ioasis` binary end to end, on the bundled examples.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn ioasis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ioasis")).args(args).current_dir(root()).output().expect("runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn mock_so() -> PathBuf {
+    // The cdylib is built beside this test binary's `deps` folder.
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    [deps.join("libioasis_mock.so"), deps.parent().unwrap().join("libioasis_mock.so")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libioasis_mock.so is built (dev-dependency ioasis-plugin-mock-so)")
+}
+
+#[test]
+fn plugins_lists_builtins_and_loaded_with_origin_and_capabilities() {
+    let so = mock_so();
+    let o = ioasis(&["plugins", "--plugin", so.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("mock  0.1.0  [built-in]"), "{t}");
+    assert!(t.contains(&format!("mock@libioasis_mock  0.1.0  [{}]", so.display())), "{t}");
+    assert!(t.contains("features: pasid,nesting,dirty,page-faults,ats,coherency,enqcmd,identity"), "{t}");
+}
+
+#[test]
+fn negotiate_prints_a_contract_or_a_refusal() {
+    let o = ioasis(&["negotiate", "examples/intents/nic-with-pasid.toml"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("PASIDs:      0x1..=0xffff"), "{t}");
+    assert!(t.contains("- dirty tracking"), "{t}");
+    let o = ioasis(&["negotiate", "examples/intents/accelerator-on-old-unit.toml"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("supports 16-bit PASIDs, 20 asked"), "{t}");
+    assert!(t.contains("no nested translation"), "{t}");
+    assert!(t.contains("(would grant: untagged DMA)"), "{t}");
+}
+
+#[test]
+fn run_executes_a_scenario() {
+    let o = ioasis(&["run", "examples/scenarios/two-functions-without-acs.toml"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("must share one IOAS"), "{t}");
+    assert!(t.contains("0 failed"), "{t}");
+}
+
+#[test]
+fn a_failing_step_fails_the_run() {
+    let dir = std::env::temp_dir().join(format!("ioasis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.toml");
+    std::fs::write(
+        &f,
+        "[[unit]]\nname = \"u0\"\nplugin = \"mock\"\nbase = 0xfed00000\n\n[[step]]\ndo = \"alloc-ioas\"\nname = \"A\"\n\n\
+         [[step]]\ndo = \"map\"\nioas = \"A\"\niova = 0x1000\npa = 0x1000\nlen = 0x1000\nexpect = \"error\"\n",
+    )
+    .unwrap();
+    let o = ioasis(&["run", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL   2 (line  10)"), "{}", text(&o));
+    // A malformed file names the file, the line and the key.
+    std::fs::write(&f, "[[unit]]\nname = \"u0\"\nplugin = \"mock\"\nbase = \"high\"\n").unwrap();
+    let o = ioasis(&["run", f.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains(&format!("{}:4:", f.display())) && t.contains("unit[0].base"), "{t}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn refusing_an_incompatible_plugin_is_a_usage_error() {
+    let o = ioasis(&["plugins", "--plugin", "/nonexistent/libx.so"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("cannot open plugin /nonexistent/libx.so"), "{}", text(&o));
+}
+
+#[test]
+fn conformance_runs_over_the_bundled_plugins() {
+    let o = ioasis(&["conformance", "--seed", "3"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("invalidation") && t.contains("teardown"), "{t}");
+    let o = ioasis(&["conformance", "--format", "json", "--filter", "teardown"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("\"outcome\": \"passed\""), "{t}");
+}
