@@ -2,7 +2,7 @@
 //!
 //! A device-centric, plugin-based IOMMU framework. A device states its [`Intent`]; the
 //! framework negotiates it with the backend of the unit the device sits behind and answers with
-//! a [`Contract`] or a [`Refusal`]. Address spaces ([`Ioas`]) and hardware page tables (HWPTs)
+//! a [`Contract`] or a [`Refusal`]. Address spaces (IOASes, [`IoasId`]) and hardware page tables (HWPTs)
 //! live in a [`Context`], which owns every object by id.
 //!
 //! Backends are plugins behind a stable ABI ([`abi`]): built in (registered with `inventory`)
@@ -37,3 +37,8 @@ pub use error::{Error, Result};
 pub use ioas::UnmapMode;
 pub use object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 pub mod config;
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

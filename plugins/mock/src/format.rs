@@ -78,11 +78,11 @@ pub mod cap {
     pub const ENQCMD: u64 = 1 << 6;
     /// Identity descriptors.
     pub const IDENTITY: u64 = 1 << 7;
-    /// [12:8] PASID width.
+    /// bits 12:8 PASID width.
     pub const PASID_BITS_SHIFT: u32 = 8;
-    /// [23:16] IAS.
+    /// bits 23:16 IAS.
     pub const IAS_SHIFT: u32 = 16;
-    /// [31:24] OAS.
+    /// bits 31:24 OAS.
     pub const OAS_SHIFT: u32 = 24;
     /// 4 KiB pages.
     pub const PS_4K: u64 = 1 << 32;
@@ -126,7 +126,7 @@ pub mod cap {
         | S1_MOCK;
 }
 
-/// Bits [51:12]: a 4 KiB-aligned physical address in any entry.
+/// Bits bits 51:12: a 4 KiB-aligned physical address in any entry.
 pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Bit 0 of every entry: valid / present.
 pub const VALID: u64 = 1 << 0;
@@ -145,7 +145,7 @@ pub mod devtab {
     pub const PRI_EN: u64 = 1 << 2;
     /// Word 0 bit 3: ATS_EN.
     pub const ATS_EN: u64 = 1 << 3;
-    /// Word 1 [4:0]: PASID width.
+    /// Word 1 bits 4:0: PASID width.
     pub const PASID_BITS_MASK: u64 = 0x1f;
 
     /// Offset of the level-1 entry for `id` in the level-1 page.
@@ -172,7 +172,7 @@ pub mod pasidtab {
 pub mod desc {
     /// Size in bytes.
     pub const SIZE: u64 = 64;
-    /// Word 0 [3:0] TYPE: paging.
+    /// Word 0 bits 3:0 TYPE: paging.
     pub const TYPE_PAGING: u64 = 1;
     /// TYPE: nested.
     pub const TYPE_NESTED: u64 = 2;
@@ -188,9 +188,9 @@ pub mod desc {
     pub const COHERENT: u64 = 1 << 5;
     /// Word 0 bit 6: PRI.
     pub const PRI: u64 = 1 << 6;
-    /// Word 0 [15:8]: levels.
+    /// Word 0 bits 15:8: levels.
     pub const LEVELS_SHIFT: u32 = 8;
-    /// Word 0 [23:16]: IAS.
+    /// Word 0 bits 23:16: IAS.
     pub const IAS_SHIFT: u32 = 16;
     /// Word 3 stage-1 format: mock.
     pub const S1_MOCK: u64 = 1;
@@ -253,7 +253,7 @@ pub mod fault {
     pub const SIZE: u64 = 32;
     /// Records in the queue page.
     pub const ENTRIES: u32 = 128;
-    /// Word 0 [51:32] PASID shift.
+    /// Word 0 bits 51:32 PASID shift.
     pub const PASID_SHIFT: u32 = 32;
     /// Word 0 bit 52 PASID valid.
     pub const PASID_V: u64 = 1 << 52;
@@ -263,7 +263,7 @@ pub mod fault {
     pub const WRITE: u64 = 1 << 54;
     /// Word 0 bit 55 read.
     pub const READ: u64 = 1 << 55;
-    /// Word 0 [63:56] reason shift.
+    /// Word 0 bits 63:56 reason shift.
     pub const REASON_SHIFT: u32 = 56;
 }
 
