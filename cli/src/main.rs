@@ -210,7 +210,19 @@ fn conformance(reg: &Registry, filter: Option<String>, format: Format, seed: u64
     }
 }
 
+/// Dies quietly on a closed pipe (`ioasis plugins | head`), as command-line tools do, instead
+/// of panicking in `println!`.
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restoring the default disposition installs no Rust handler; it runs before any
+    // thread is spawned.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore SIGPIPE: {e}");
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
