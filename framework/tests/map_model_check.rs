@@ -38,11 +38,7 @@ struct Reference {
 
 impl Reference {
     fn overlapping(&self, first: u64, last: u64) -> Vec<(u64, u64, u64)> {
-        self.areas
-            .iter()
-            .filter(|(s, (n, _))| **s <= last && *s + n - 1 >= first)
-            .map(|(s, (n, p))| (*s, *n, *p))
-            .collect()
+        self.areas.iter().filter(|(s, (n, _))| **s <= last && *s + n > first).map(|(s, (n, p))| (*s, *n, *p)).collect()
     }
 
     fn pa_of(&self, page: u64) -> Option<u64> {
