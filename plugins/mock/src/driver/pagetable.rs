@@ -120,12 +120,8 @@ impl PageTable {
         undo: &mut MapUndo,
     ) -> Result<(), PluginError> {
         let span = pte::span(level);
-        let mut off = 0u64;
-        while off < len {
-            let va = iova + off;
-            let p = pa + off;
-            let entry_pa = table + pte::offset(va, level);
-            let chunk = (len - off).min(span - (va & (span - 1)));
+        for (va, entry_pa, chunk) in slots(table, level, iova, len) {
+            let p = pa + (va - iova);
             let e = io.rd(entry_pa)?;
             let present = e & pte::P != 0;
             if level == 0 {
@@ -151,7 +147,6 @@ impl PageTable {
                 };
                 self.map_in(io, child, level - 1, va, p, chunk, bits, undo)?;
             }
-            off += chunk;
         }
         Ok(())
     }
@@ -168,12 +163,7 @@ impl PageTable {
     }
 
     fn clear_leaves(&self, io: &Io, table: u64, level: u32, iova: u64, len: u64) -> Result<(), PluginError> {
-        let span = pte::span(level);
-        let mut off = 0u64;
-        while off < len {
-            let va = iova + off;
-            let entry_pa = table + pte::offset(va, level);
-            let chunk = (len - off).min(span - (va & (span - 1)));
+        for (va, entry_pa, chunk) in slots(table, level, iova, len) {
             let e = io.rd(entry_pa)?;
             if e & pte::P != 0 {
                 if pte::is_leaf(e, level) {
@@ -182,7 +172,6 @@ impl PageTable {
                     self.clear_leaves(io, e & ADDR_MASK, level - 1, va, chunk)?;
                 }
             }
-            off += chunk;
         }
         Ok(())
     }
@@ -196,7 +185,7 @@ impl PageTable {
             let span = pte::span(level);
             let entry_pa = table + pte::offset(iova, level);
             let e = io.rd(entry_pa)?;
-            if e & pte::P == 0 || iova & (span - 1) == 0 && pte::is_leaf(e, level) {
+            if e & pte::P == 0 || (iova & (span - 1) == 0 && pte::is_leaf(e, level)) {
                 return Ok(());
             }
             if pte::is_leaf(e, level) {
@@ -248,13 +237,9 @@ impl PageTable {
     /// Returns (bytes unmapped, table now empty).
     fn unmap_in(&self, io: &Io, table: u64, level: u32, iova: u64, len: u64) -> Result<(u64, bool), PluginError> {
         let span = pte::span(level);
-        let mut off = 0u64;
         let mut bytes = 0u64;
         let mut cleared = false;
-        while off < len {
-            let va = iova + off;
-            let entry_pa = table + pte::offset(va, level);
-            let chunk = (len - off).min(span - (va & (span - 1)));
+        for (va, entry_pa, chunk) in slots(table, level, iova, len) {
             let e = io.rd(entry_pa)?;
             if e & pte::P != 0 {
                 if pte::is_leaf(e, level) {
@@ -272,16 +257,13 @@ impl PageTable {
                     }
                 }
             }
-            off += chunk;
         }
         let empty = cleared && level < TOP && self.is_empty(io, table)?;
         Ok((bytes, empty))
     }
 
     fn is_empty(&self, io: &Io, table: u64) -> Result<bool, PluginError> {
-        let mut buf = [0u8; 4096];
-        io.read_table(table, &mut buf)?;
-        Ok(buf.iter().all(|b| *b == 0))
+        Ok(entries(io, table)?.iter().all(|e| *e == 0))
     }
 
     /// The leaf that maps `iova`, if any.
@@ -326,11 +308,7 @@ impl PageTable {
         f: &mut dyn FnMut(u64, Leaf) -> Result<(), PluginError>,
     ) -> Result<(), PluginError> {
         let span = pte::span(level);
-        let mut off = 0u64;
-        while off < len {
-            let va = iova + off;
-            let entry_pa = table + pte::offset(va, level);
-            let chunk = (len - off).min(span - (va & (span - 1)));
+        for (va, entry_pa, chunk) in slots(table, level, iova, len) {
             let e = io.rd(entry_pa)?;
             if e & pte::P != 0 {
                 if pte::is_leaf(e, level) {
@@ -339,7 +317,6 @@ impl PageTable {
                     self.leaves_in(io, e & ADDR_MASK, level - 1, va, chunk, f)?;
                 }
             }
-            off += chunk;
         }
         Ok(())
     }
@@ -354,12 +331,7 @@ impl PageTable {
         if level == 0 {
             return Ok(n);
         }
-        let mut buf = [0u8; 4096];
-        io.read_table(table, &mut buf)?;
-        for chunk in buf.chunks_exact(8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            let e = u64::from_le_bytes(w);
+        for e in entries(io, table)? {
             if e & pte::P != 0 && !pte::is_leaf(e, level) {
                 n += self.count_in(io, e & ADDR_MASK, level - 1)?;
             }
@@ -374,20 +346,40 @@ impl PageTable {
 
     fn free_in(&self, io: &Io, table: u64, level: u32) {
         if level > 0 {
-            let mut buf = [0u8; 4096];
-            if io.read_table(table, &mut buf).is_ok() {
-                for chunk in buf.chunks_exact(8) {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(chunk);
-                    let e = u64::from_le_bytes(w);
-                    if e & pte::P != 0 && !pte::is_leaf(e, level) {
-                        self.free_in(io, e & ADDR_MASK, level - 1);
-                    }
+            for e in entries(io, table).unwrap_or([0; 512]) {
+                if e & pte::P != 0 && !pte::is_leaf(e, level) {
+                    self.free_in(io, e & ADDR_MASK, level - 1);
                 }
             }
         }
         io.free(table);
     }
+}
+
+/// The entries of one table at `level` that `[iova, iova+len)` touches: (first address, entry
+/// address, bytes of the range under that entry), in address order.
+fn slots(table: u64, level: u32, iova: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let span = pte::span(level);
+    let mut off = 0u64;
+    std::iter::from_fn(move || {
+        (off < len).then(|| {
+            let va = iova + off;
+            let chunk = (len - off).min(span - (va & (span - 1)));
+            off += chunk;
+            (va, table + pte::offset(va, level), chunk)
+        })
+    })
+}
+
+/// All 512 entries of a table page, read in one host call.
+fn entries(io: &Io, table: u64) -> Result<[u64; 512], PluginError> {
+    let mut buf = [0u8; 4096];
+    io.read_table(table, &mut buf)?;
+    let mut out = [0u64; 512];
+    for (o, c) in out.iter_mut().zip(buf.chunks_exact(8)) {
+        *o = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    }
+    Ok(out)
 }
 
 fn exists(va: u64) -> PluginError {
