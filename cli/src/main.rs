@@ -60,13 +60,25 @@ enum Command {
         /// Seed of the random cases.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Backend parameters every unit is probed with (TOML text).
+        #[arg(long, default_value = "")]
+        unit_params: String,
+        /// Hardware model configuration of the unit (TOML text), e.g. 'without = ["dirty"]'.
+        #[arg(long, default_value = "")]
+        unit_model: String,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
+    /// List the conformance suite's cases.
+    Cases,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Human,
     Json,
+    Junit,
 }
 
 /// The hardware models this binary can simulate units with.
@@ -185,10 +197,22 @@ fn run(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
 }
 
-fn conformance(reg: &Registry, filter: Option<String>, format: Format, seed: u64) -> ExitCode {
+struct SuiteArgs<'a> {
+    filter: Option<String>,
+    format: Format,
+    seed: u64,
+    unit_params: &'a str,
+    unit_model: &'a str,
+    junit: Option<&'a Path>,
+}
+
+fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     let plugins: Vec<Arc<Plugin>> = reg.iter().cloned().collect();
-    let opts = ioasis_conformance::Options { filter, seed };
-    let human = matches!(format, Format::Human);
+    let unit_model: toml::Table =
+        toml::from_str(a.unit_model).map_err(|e| format!("--unit-model: {}", e.message().trim()))?;
+    let opts =
+        ioasis_conformance::Options { filter: a.filter, seed: a.seed, unit_params: a.unit_params.into(), unit_model };
+    let human = matches!(a.format, Format::Human);
     let report = ioasis_conformance::run(&plugins, &factories(), &opts, |r| {
         if human {
             let (mark, detail) = match &r.outcome {
@@ -199,15 +223,18 @@ fn conformance(reg: &Registry, filter: Option<String>, format: Format, seed: u64
             println!("{mark} {} {}/{}: {detail}", r.plugin, r.category, r.case);
         }
     });
-    match format {
+    if report.results.is_empty() {
+        return Err("no case matched (see `ioasis cases`)".into());
+    }
+    match a.format {
         Format::Human => println!("\n{}", report.summary()),
         Format::Json => println!("{}", report.to_json()),
+        Format::Junit => print!("{}", report.to_junit()),
     }
-    if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(FAILED)
+    if let Some(path) = a.junit {
+        std::fs::write(path, report.to_junit()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
 }
 
 /// Dies quietly on a closed pipe (`ioasis plugins | head`), as command-line tools do, instead
@@ -243,7 +270,21 @@ fn main() -> ExitCode {
         Command::Plugins => Ok(plugins(&reg)),
         Command::Negotiate { file } => negotiate(&reg, file),
         Command::Run { scenario } => run(&reg, scenario),
-        Command::Conformance { filter, format, seed } => Ok(conformance(&reg, filter.clone(), *format, *seed)),
+        Command::Conformance { filter, format, seed, unit_params, unit_model, junit } => conformance(
+            &reg,
+            SuiteArgs {
+                filter: filter.clone(),
+                format: *format,
+                seed: *seed,
+                unit_params,
+                unit_model,
+                junit: junit.as_deref(),
+            },
+        ),
+        Command::Cases => {
+            ioasis_conformance::case_names().iter().for_each(|c| println!("{c}"));
+            Ok(ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -100,3 +100,23 @@ fn conformance_runs_over_the_bundled_plugins() {
     let t = String::from_utf8_lossy(&o.stdout);
     assert!(t.contains("\"outcome\": \"passed\""), "{t}");
 }
+
+#[test]
+fn conformance_fails_a_broken_backend_and_writes_junit() {
+    let dir = std::env::temp_dir().join(format!("ioasis-junit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junit = dir.join("out.xml");
+    let o =
+        ioasis(&["conformance", "--unit-params", "defect = \"ignore-read-only\"", "--junit", junit.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAILED mock permissions/read-only"), "{t}");
+    assert!(t.contains("reproduce: ioasis conformance --filter permissions/read-only --seed 0"), "{t}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<testsuite name=\"mock\"") && xml.contains("<failure message="), "{xml}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let o = ioasis(&["conformance", "--filter", "no-such-case"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = ioasis(&["cases"]);
+    assert!(text(&o).contains("fail-nth/map-and-cut"), "{}", text(&o));
+}

@@ -1,11 +1,10 @@
 //! The ioasis conformance suite: what a vendor runs against its plugin.
 //!
 //! Each case runs on a fresh simulated machine whose unit is the plugin's own hardware model
-//! (a [`ModelFactory`] wired in by the binary), so the suite checks that the plugin programs
-//! the unit the way the hardware reads it. Random cases are seeded and print their seed.
-//!
-//! This is the suite's first layer (capability reporting, map/unmap round trips checked by
-//! DMA, teardown); the full category set grows with the harness issue.
+//! (a [`ModelFactory`] wired in by the binary), so the suite checks that the plugin programs the
+//! unit the way the hardware reads it: real DMA, real faults, stale IOTLB entries kept until the
+//! plugin invalidates them. Random cases are seeded; every failure prints the command that
+//! reproduces it. A case that needs a capability the unit lacks is skipped, never passed.
 
 mod cases;
 mod report;
@@ -25,13 +24,33 @@ pub struct Options {
     pub filter: Option<String>,
     /// Seed of the random cases.
     pub seed: u64,
+    /// Backend parameters every unit is probed with (TOML text).
+    pub unit_params: String,
+    /// Hardware model configuration of the unit (model-specific keys; empty: the full unit).
+    pub unit_model: toml::Table,
 }
 
-/// One case: a category, a name, and a body that returns a detail on success.
+/// What a case found when it did not fail.
+pub(crate) enum Pass {
+    /// Checked, with a detail.
+    Done(String),
+    /// Not applicable to this unit, with why.
+    Skip(String),
+}
+
+/// A case body: `Err` is a failure with its explanation.
+pub(crate) type CaseFn = fn(&rig::Rig, u64) -> Result<Pass, String>;
+
+/// One case.
 pub(crate) struct Case {
     pub category: &'static str,
     pub name: &'static str,
-    pub run: fn(&rig::Rig, u64) -> Result<String, String>,
+    pub run: CaseFn,
+}
+
+/// The `category/name` of every case, in run order.
+pub fn case_names() -> Vec<String> {
+    cases::ALL.iter().map(|c| format!("{}/{}", c.category, c.name)).collect()
 }
 
 /// Runs every case against every plugin; `progress` sees each result as it comes.
@@ -49,23 +68,17 @@ pub fn run(
             if opts.filter.as_deref().is_some_and(|f| !id.contains(f)) {
                 continue;
             }
+            let started = std::time::Instant::now();
             let outcome = match factory {
-                None => Outcome::Skipped(format!("no hardware model for plugin `{}`", plugin.info.name)),
-                Some(f) => match rig::Rig::new(plugin, f) {
-                    Err(e) => Outcome::Failed(format!("setting up the machine: {e}")),
-                    Ok(r) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&r, opts.seed)))
-                    {
-                        Ok(Ok(d)) => Outcome::Passed(d),
-                        Ok(Err(e)) => Outcome::Failed(e),
-                        Err(_) => Outcome::Failed("the case panicked".into()),
-                    },
-                },
+                None => Outcome::Skipped(format!("no hardware model for plugin `{}` in this binary", plugin.info.name)),
+                Some(f) => run_case(plugin, f, opts, case),
             };
             let result = CaseResult {
                 plugin: plugin.name.clone(),
                 category: case.category.to_string(),
                 case: case.name.to_string(),
                 seed: opts.seed,
+                millis: started.elapsed().as_millis() as u64,
                 outcome,
             };
             progress(&result);
@@ -73,4 +86,30 @@ pub fn run(
         }
     }
     report
+}
+
+fn run_case(plugin: &Arc<Plugin>, factory: &dyn ModelFactory, opts: &Options, case: &Case) -> Outcome {
+    let rig = match rig::Rig::new(plugin, factory, opts) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("setting up the machine: {e}")),
+    };
+    let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&rig, opts.seed)));
+    let outcome = match body {
+        Ok(Ok(Pass::Done(d))) => Outcome::Passed(d),
+        Ok(Ok(Pass::Skip(d))) => Outcome::Skipped(d),
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Outcome::Failed(format!("the case panicked: {}", msg.unwrap_or_default()))
+        }
+    };
+    // Every case ends with a teardown that must leave no table page behind.
+    match (outcome, rig.ctx.teardown()) {
+        (Outcome::Passed(d), Ok(())) if rig.table_pages() == 0 => Outcome::Passed(d),
+        (Outcome::Passed(_), Ok(())) => {
+            Outcome::Failed(format!("teardown left {} table page(s) allocated", rig.table_pages()))
+        }
+        (Outcome::Passed(_), Err(e)) => Outcome::Failed(format!("teardown failed: {e}")),
+        (other, _) => other,
+    }
 }

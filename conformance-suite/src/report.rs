@@ -28,6 +28,8 @@ pub struct CaseResult {
     pub case: String,
     /// Seed it ran with.
     pub seed: u64,
+    /// How long it took.
+    pub millis: u64,
     /// Outcome.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -85,8 +87,98 @@ impl Report {
         out
     }
 
+    /// The results as JUnit XML: one test suite per plugin, one test case per case.
+    pub fn to_junit(&self) -> String {
+        let mut plugins: Vec<&str> = self.results.iter().map(|r| r.plugin.as_str()).collect();
+        plugins.dedup();
+        let mut out =
+            String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ioasis conformance\">\n");
+        for p in plugins {
+            let rs: Vec<&CaseResult> = self.results.iter().filter(|r| r.plugin == p).collect();
+            let failures = rs.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
+            let skipped = rs.iter().filter(|r| matches!(r.outcome, Outcome::Skipped(_))).count();
+            let secs: f64 = rs.iter().map(|r| r.millis as f64 / 1000.0).sum();
+            let _ = writeln!(
+                out,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{secs:.3}\">",
+                xml(p),
+                rs.len()
+            );
+            for r in rs {
+                let _ = write!(
+                    out,
+                    "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.3}\"",
+                    xml(p),
+                    xml(&r.category),
+                    xml(&r.case),
+                    r.millis as f64 / 1000.0
+                );
+                match &r.outcome {
+                    Outcome::Passed(_) => out.push_str("/>\n"),
+                    Outcome::Skipped(why) => {
+                        let _ = writeln!(out, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml(why));
+                    }
+                    Outcome::Failed(why) => {
+                        let _ = writeln!(
+                            out,
+                            ">\n      <failure message=\"{}\">reproduce: {}</failure>\n    </testcase>",
+                            xml(why),
+                            xml(&r.reproduce())
+                        );
+                    }
+                }
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
+        out
+    }
+
     /// The results as JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+/// Escapes text for an XML attribute or element.
+fn xml(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: Outcome) -> CaseResult {
+        CaseResult { plugin: "p<1>".into(), category: "c".into(), case: "n".into(), seed: 3, millis: 5, outcome }
+    }
+
+    #[test]
+    fn junit_counts_and_escapes() {
+        let r = Report {
+            results: vec![
+                result(Outcome::Passed("ok".into())),
+                result(Outcome::Failed("a \"bad\" & <odd> thing".into())),
+                result(Outcome::Skipped("no PASID".into())),
+            ],
+        };
+        let x = r.to_junit();
+        assert!(x.contains(r#"<testsuite name="p&lt;1&gt;" tests="3" failures="1" skipped="1""#), "{x}");
+        assert!(x.contains("a &quot;bad&quot; &amp; &lt;odd&gt; thing"), "{x}");
+        assert!(x.contains("reproduce: ioasis conformance --filter c/n --seed 3"), "{x}");
+        assert!(!r.passed());
+        assert!(r.summary().contains("FAILED p<1> c/n"));
     }
 }

@@ -18,7 +18,7 @@ use ioasis::abi::{
     guard, BackendBox, Backend_TO, PluginError, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
 };
 
-pub use driver::{MockBackend, MockParams};
+pub use driver::{Defect, MockBackend, MockParams};
 pub use factory::{MockModelFactory, MockUnitConfig};
 
 /// The plugin's name.

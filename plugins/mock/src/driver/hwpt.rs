@@ -122,7 +122,7 @@ impl Hwpt for MockHwpt {
             let t = h.paging()?;
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
             let bytes = t.unmap(&h.core.io, iova.0, len)?;
-            if bytes > 0 {
+            if bytes > 0 && h.core.params.defect != Some(super::unit::Defect::SkipIotlbInvalidation) {
                 h.flush(iova.0, len)?;
             }
             Ok(bytes)

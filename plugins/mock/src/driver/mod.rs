@@ -9,7 +9,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult};
 use ioasis::abi::{guard, Backend, HostServicesBox, PluginError, UnitBox, UnitDesc, Unit_TO};
 
-pub use unit::MockParams;
+pub use unit::{Defect, MockParams};
 
 /// The mock backend.
 pub struct MockBackend;

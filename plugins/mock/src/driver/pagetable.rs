@@ -8,6 +8,7 @@ use ioasis::abi::{ErrorCode, PluginError};
 use ioasis::{PageSizes, Prot};
 
 use super::io::Io;
+use super::unit::Defect;
 use crate::format::{pte, ADDR_MASK};
 
 const TOP: u32 = pte::LEVELS - 1;
@@ -20,6 +21,8 @@ pub struct PageTable {
     pub sizes: PageSizes,
     /// Input address width.
     pub ias: u8,
+    /// A deliberate bug, for the conformance suite's self-test.
+    pub defect: Option<Defect>,
 }
 
 /// One leaf found by a walk.
@@ -70,8 +73,8 @@ pub fn leaf_prot(e: u64) -> Prot {
 
 impl PageTable {
     /// A table with a freshly allocated root.
-    pub fn new(io: &Io, sizes: PageSizes, ias: u8) -> Result<Self, PluginError> {
-        Ok(Self { root: io.alloc()?, sizes, ias })
+    pub fn new(io: &Io, sizes: PageSizes, ias: u8, defect: Option<Defect>) -> Result<Self, PluginError> {
+        Ok(Self { root: io.alloc()?, sizes, ias, defect })
     }
 
     fn check_range(&self, iova: u64, len: u64) -> Result<(), PluginError> {
@@ -98,6 +101,7 @@ impl PageTable {
             return Err(PluginError::invalid("a mapping needs read or write permission"));
         }
         let mut undo = MapUndo::default();
+        let prot = if self.defect == Some(Defect::IgnoreReadOnly) { prot | Prot::WRITE } else { prot };
         match self.map_in(io, self.root, TOP, iova, pa, len, leaf_bits(prot), &mut undo) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -130,7 +134,11 @@ impl PageTable {
                 }
                 io.wr(entry_pa, bits | p)?;
                 undo.done += span;
-            } else if !present && chunk == span && p & (span - 1) == 0 && self.sizes.contains(span) {
+            } else if !present
+                && chunk == span
+                && (p & (span - 1) == 0 || self.defect == Some(Defect::MisalignedLargePage))
+                && self.sizes.contains(span)
+            {
                 io.wr(entry_pa, bits | pte::LEAF | p)?;
                 undo.done += span;
             } else {
@@ -156,7 +164,8 @@ impl PageTable {
             // Leaves we wrote are aligned to themselves: clearing them needs no split.
             let _ = self.clear_leaves(io, self.root, TOP, iova, undo.done);
         }
-        for &(parent, table) in undo.tables.iter().rev() {
+        let leak = usize::from(self.defect == Some(Defect::LeakOnError));
+        for &(parent, table) in undo.tables.iter().rev().skip(leak) {
             let _ = io.wr(parent, 0);
             io.free(table);
         }
@@ -229,6 +238,7 @@ impl PageTable {
             self.revert_splits(io, &log);
             return Err(e);
         }
+        let len = if self.defect == Some(Defect::UnmapOffByOne) && len > 4096 { len - 4096 } else { len };
         let (bytes, _) = self.unmap_in(io, self.root, TOP, iova, len)?;
         Ok(bytes)
     }

@@ -23,6 +23,28 @@ pub struct MockParams {
     /// Test hook: panic inside this operation (`map`, `unmap`, `attach`) to prove that panics
     /// stay inside the plugin.
     pub panic_on: Option<String>,
+    /// Test hook: a deliberate bug, so that the conformance suite can prove it catches it.
+    pub defect: Option<Defect>,
+}
+
+/// Deliberate bugs the mock can be told to have (`params = 'defect = "..."'`). They exist so
+/// that the conformance suite's own tests can show that it fails a broken backend, each in the
+/// category where the bug belongs. Never set outside such tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Defect {
+    /// Unmap clears the entries but never invalidates the IOTLB.
+    SkipIotlbInvalidation,
+    /// Unmap stops one page before the end of the range.
+    UnmapOffByOne,
+    /// A failed map frees every new table but the last one.
+    LeakOnError,
+    /// Read-only mappings are made writable.
+    IgnoreReadOnly,
+    /// Faults are reported with the next device's source id.
+    WrongFaultSource,
+    /// Large pages are used whenever the IOVA allows, even when the physical address does not.
+    MisalignedLargePage,
 }
 
 /// What the unit and its HWPTs share.
@@ -253,7 +275,7 @@ impl MockUnit {
         let dpage = io.alloc()?;
         let table = match table {
             Some(t) => t,
-            None => match PageTable::new(io, c.page_sizes(), c.caps_ias()) {
+            None => match PageTable::new(io, c.page_sizes(), c.caps_ias(), c.params.defect) {
                 Ok(t) => Table::Paging(t),
                 Err(e) => {
                     io.free(dpage);
@@ -527,6 +549,7 @@ impl MockUnit {
 
     /// The mock unit sees only table indices; rebuild a requester id on segment 0.
     fn device_of(&self, _t: &Tables, id: u32) -> DeviceRef {
+        let id = if self.core.params.defect == Some(Defect::WrongFaultSource) { id.wrapping_add(1) } else { id };
         if id <= 0xffff {
             DeviceRef::Rid(ioasis::RequesterId { segment: 0, bus: (id >> 8) as u8, devfn: id as u8 })
         } else {

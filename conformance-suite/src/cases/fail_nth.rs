@@ -1,0 +1,99 @@
+//! An allocation failure injected at every allocation point of a scenario, one run each (as
+//! Linux's fail_nth does): each leaves the state exactly as before, with nothing leaked.
+
+use ioasis::{Context, Error, Iova, PhysAddr, Prot, Target, UnmapMode};
+
+use super::{done, e};
+use crate::rig::Rig;
+use crate::Pass;
+
+/// Runs `step` with the n-th allocation failing, for n = 1, 2, ... until it succeeds; after
+/// each failure `same` must hold. Returns how many allocation points there were.
+fn every_point(
+    ctx: &Context,
+    mut step: impl FnMut() -> Result<(), Error>,
+    mut same: impl FnMut(usize) -> Result<(), String>,
+) -> Result<u64, String> {
+    for n in 1..=256u64 {
+        ctx.fail_nth().arm(n);
+        let before = ctx.fail_nth().injected();
+        let r = step();
+        let hit = ctx.fail_nth().injected() > before;
+        ctx.fail_nth().disarm();
+        match r {
+            Ok(()) if !hit => return Ok(n - 1),
+            Ok(()) => return Err(format!("allocation {n} failed but the operation reported success")),
+            Err(err) => {
+                if !hit {
+                    return Err(format!("failed without an injected failure: {err}"));
+                }
+                same(n as usize).map_err(|m| format!("after failing allocation {n} ({err}): {m}"))?;
+            }
+        }
+    }
+    Err("still allocating after 256 points".into())
+}
+
+pub(crate) fn map_and_cut(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 4 << 20, Prot::RW).map_err(e)?;
+    let pages = r.table_pages();
+    let areas = r.ctx.areas(ioas).map_err(e)?;
+    let (iova, len) = (0x3fe0_0000 - 0x1000, (6 << 20) + 0x1000);
+    let map = || r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(0x1000_0000 - 0x1000), len, Prot::RW).map(|_| ());
+    let unchanged = |_| -> Result<(), String> {
+        if r.table_pages() != pages {
+            return Err(format!("{} table pages, {pages} before", r.table_pages()));
+        }
+        if r.ctx.areas(ioas).map_err(e)? != areas {
+            return Err("the areas changed".into());
+        }
+        r.lands(1, None, 0x1000, 0x1000, b"intact")
+    };
+    let n_map = every_point(&r.ctx, map, unchanged)?;
+    // The map went through on the last run: now a cut that needs splits.
+    let pages = r.table_pages();
+    let areas = r.ctx.areas(ioas).map_err(e)?;
+    let cut = || r.ctx.unmap(ioas, Iova(0x1000), 0x1000, UnmapMode::Cut).map(|_| ());
+    let unchanged = |_| -> Result<(), String> {
+        if r.table_pages() != pages {
+            return Err(format!("{} table pages, {pages} before", r.table_pages()));
+        }
+        if r.ctx.areas(ioas).map_err(e)? != areas {
+            return Err("the areas changed".into());
+        }
+        r.lands(1, None, 0x1000, 0x1000, b"intact")
+    };
+    let n_cut = every_point(&r.ctx, cut, unchanged)?;
+    if n_map == 0 {
+        return Err("the map allocated nothing: the case proves nothing".into());
+    }
+    done(format!("{n_map} allocation points in the map, {n_cut} in the cut; each failure left no trace"))
+}
+
+pub(crate) fn attach_and_alloc(r: &Rig, _: u64) -> Result<Pass, String> {
+    let dev = r.device(1, &[ioasis::IntentItem::UntaggedDma])?;
+    let ioas = r.ctx.alloc_ioas();
+    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 3 << 20, Prot::RW).map_err(e)?;
+    // High in the input space, so that every level of the table is needed.
+    let high = 1u64 << (r.caps.ias_bits.min(48) - 1);
+    r.ctx.map(ioas, Some(Iova(high)), PhysAddr(0x40_0000), 0x5000, Prot::RW).map_err(e)?;
+    let pages = r.table_pages();
+    // Attaching makes a HWPT and replays both areas into it: many allocation points.
+    let attach = || r.ctx.attach(dev, None, Target::Ioas(ioas));
+    let unchanged = |_| -> Result<(), String> {
+        if r.table_pages() != pages {
+            return Err(format!("{} table pages, {pages} before", r.table_pages()));
+        }
+        if r.ctx.attachment(dev, None).map_err(e)?.is_some() {
+            return Err("the device is attached".into());
+        }
+        if !r.ctx.ioas_hwpts(ioas).map_err(e)?.is_empty() {
+            return Err("a HWPT was left on the IOAS".into());
+        }
+        Ok(())
+    };
+    let n = every_point(&r.ctx, attach, unchanged)?;
+    r.lands(1, None, high + 0x4000, 0x40_4000, b"attached")?;
+    done(format!("{n} allocation points in attach; each failure left no trace"))
+}

@@ -1,0 +1,93 @@
+//! Faults: address, source id, access and reason recorded; page requests answered.
+
+use ioasis::abi::{Fault, HwptFlags, PageResponse};
+use ioasis::{Features, HwptSpec, IntentItem, Iova, PhysAddr, Prot, Target};
+
+use super::{done, e, skip};
+use crate::rig::{any_fault, faulted, rid, Rig};
+use crate::Pass;
+
+/// The one fault the unit recorded since the last poll.
+fn recorded(r: &Rig) -> Result<Fault, String> {
+    r.ctx.poll_faults().map_err(e)?;
+    let log = r.ctx.take_fault_log();
+    match log.as_slice() {
+        [f, ..] => Ok(*f),
+        [] => Err("the unit recorded no fault".into()),
+    }
+}
+
+fn check(f: &Fault, dev: u8, addr: u64, access: Prot, reason: u32) -> Result<(), String> {
+    if f.dev != rid(dev) {
+        return Err(format!("fault source {}, expected {}", f.dev, rid(dev)));
+    }
+    if f.addr != Iova(addr) {
+        return Err(format!("fault address {}, expected {addr:#x}", f.addr));
+    }
+    if f.access != access {
+        return Err(format!("fault access {}, expected {access}", f.access));
+    }
+    if f.reason != reason {
+        return Err(format!("fault reason {}, expected {}", Fault::reason_name(f.reason), Fault::reason_name(reason)));
+    }
+    Ok(())
+}
+
+pub(crate) fn not_present_recorded(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, _, _) = r.attached(0x0b)?;
+    faulted(r.write(0x0b, None, 0x1234_5000, b"x"), Fault::NOT_PRESENT, "DMA to nothing")?;
+    check(&recorded(r)?, 0x0b, 0x1234_5000, Prot::WRITE, Fault::NOT_PRESENT)?;
+    faulted(r.read(0x0b, None, 0x7700_0ff0, 4), Fault::NOT_PRESENT, "DMA read of nothing")?;
+    check(&recorded(r)?, 0x0b, 0x7700_0ff0, Prot::READ, Fault::NOT_PRESENT)?;
+    done("source id, address, access and reason recorded")
+}
+
+pub(crate) fn permission_recorded(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(0x0c)?;
+    r.ctx.map(ioas, Some(Iova(0x9000)), PhysAddr(0x9000), 0x1000, Prot::READ).map_err(e)?;
+    faulted(r.write(0x0c, None, 0x9010, b"x"), Fault::PERMISSION, "write to read-only")?;
+    check(&recorded(r)?, 0x0c, 0x9010, Prot::WRITE, Fault::PERMISSION)?;
+    done("permission fault recorded")
+}
+
+pub(crate) fn blocked_device(r: &Rig, _: u64) -> Result<Pass, String> {
+    r.device(0x0d, &[IntentItem::UntaggedDma])?;
+    let f = any_fault(r.write(0x0d, None, 0x1000, b"x"), "DMA of a bound but unattached device")?;
+    if f.dev != rid(0x0d) {
+        return Err(format!("fault source {}, expected {}", f.dev, rid(0x0d)));
+    }
+    let (dev, ioas, _) = r.attached(0x0e)?;
+    r.ctx.map(ioas, Some(Iova(0x1000)), PhysAddr(0x1000), 0x1000, Prot::RW).map_err(e)?;
+    r.lands(0x0e, None, 0x1000, 0x1000, b"ok")?;
+    r.ctx.detach(dev, None).map_err(e)?;
+    any_fault(r.write(0x0e, None, 0x1000, b"x"), "DMA after detach")?;
+    done("unattached and detached devices are blocked")
+}
+
+pub(crate) fn page_request_and_response(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.features.contains(Features::PAGE_FAULTS) {
+        return skip("the unit has no page requests");
+    }
+    let dev = r.device(1, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
+    let ioas = r.ctx.alloc_ioas();
+    let q = r.ctx.alloc_fault_queue();
+    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
+    let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    r.ctx.attach(dev, None, Target::Hwpt(h)).map_err(e)?;
+    any_fault(r.read(1, None, 0x8000, 4), "DMA to a page not yet there")?;
+    r.ctx.poll_faults().map_err(e)?;
+    let events = r.ctx.read_faults(q).map_err(e)?;
+    let [ev] = events.as_slice() else {
+        return Err(format!("{} events in the fault queue, expected 1", events.len()));
+    };
+    if !ev.fault.page_request || ev.device != dev || ev.fault.addr != Iova(0x8000) {
+        return Err(format!("unexpected event {ev:?}"));
+    }
+    r.ctx.map(ioas, Some(Iova(0x8000)), PhysAddr(0x9000), 0x1000, Prot::RW).map_err(e)?;
+    r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
+    if r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).is_ok() {
+        return Err("a page request was answered twice".into());
+    }
+    r.read(1, None, 0x8000, 4).map_err(|x| format!("DMA after the response: {x}"))?;
+    done("page request queued with its address; answered once")
+}

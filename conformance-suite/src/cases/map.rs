@@ -1,0 +1,116 @@
+//! Map and unmap semantics, checked by DMA.
+
+use ioasis::abi::Fault;
+use ioasis::{Error, Iova, PhysAddr, Prot, UnmapMode};
+
+use super::{done, e, Rng};
+use crate::rig::{faulted, Rig};
+use crate::Pass;
+
+pub(crate) fn random_ranges_by_dma(r: &Rig, seed: u64) -> Result<Pass, String> {
+    let mut rng = Rng(seed);
+    let (_, ioas, _) = r.attached(1)?;
+    let top = 1u64 << r.caps.ias_bits.min(48);
+    let mut maps = Vec::new();
+    let mut next_pa = 0x100_0000u64;
+    for i in 0..32u64 {
+        let len = (1 + rng.below(1024)) * 4096;
+        // Each range in its own 4 GiB slot (or a smaller one on narrow units).
+        let slot = (top / 32).max(1 << 24);
+        let iova = i * slot + (rng.below((slot - len) / 4096)) * 4096;
+        let pa = next_pa + rng.below(2) * 4096;
+        next_pa += (len + 4096).next_multiple_of(2 << 20);
+        r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), len, Prot::RW).map_err(|x| format!("map {iova:#x}: {x}"))?;
+        maps.push((iova, pa, len));
+    }
+    for (iova, pa, len) in &maps {
+        for off in [0, rng.below(len / 8) * 8, len - 8] {
+            r.lands(1, None, iova + off, pa + off, &(iova + off).to_le_bytes())?;
+        }
+    }
+    for (iova, _, len) in maps.iter().step_by(2) {
+        r.ctx.unmap(ioas, Iova(*iova), *len, UnmapMode::Exact).map_err(e)?;
+        for off in [0, len - 8] {
+            faulted(r.write(1, None, iova + off, b"unmapped"), Fault::NOT_PRESENT, "DMA to an unmapped range")?;
+        }
+    }
+    for (iova, pa, len) in maps.iter().skip(1).step_by(2) {
+        r.lands(1, None, iova + len - 8, pa + len - 8, b"kept-map")?;
+    }
+    done(format!("{} random ranges mapped and checked by DMA at both ends; half unmapped", maps.len()))
+}
+
+pub(crate) fn edge_cases_change_nothing(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(0x10_0000), 0x10_0000, Prot::RW).map_err(e)?;
+    let pages = r.table_pages();
+    let areas = r.ctx.areas(ioas).map_err(e)?;
+    let beyond = if r.caps.ias_bits >= 64 { !0xfff_u64 } else { 1u64 << r.caps.ias_bits };
+    let cases: [(&str, Result<Iova, Error>); 7] = [
+        ("overlap", r.ctx.map(ioas, Some(Iova(0x18_0000)), PhysAddr(0), 0x10_0000, Prot::RW)),
+        ("unaligned IOVA", r.ctx.map(ioas, Some(Iova(0x40_0800)), PhysAddr(0), 0x1000, Prot::RW)),
+        ("unaligned PA", r.ctx.map(ioas, Some(Iova(0x40_0000)), PhysAddr(0x800), 0x1000, Prot::RW)),
+        ("zero length", r.ctx.map(ioas, Some(Iova(0x40_0000)), PhysAddr(0), 0, Prot::RW)),
+        ("no permission", r.ctx.map(ioas, Some(Iova(0x40_0000)), PhysAddr(0), 0x1000, Prot::NONE)),
+        ("beyond the aperture", r.ctx.map(ioas, Some(Iova(beyond)), PhysAddr(0), 0x1000, Prot::RW)),
+        ("64-bit overflow", r.ctx.map(ioas, Some(Iova(!0xfff_u64)), PhysAddr(0), 0x2000, Prot::RW)),
+    ];
+    for (what, got) in cases {
+        if got.is_ok() {
+            return Err(format!("{what}: map succeeded"));
+        }
+        if r.table_pages() != pages || r.ctx.areas(ioas).map_err(e)? != areas {
+            return Err(format!("{what}: the refused map changed the tables or the areas"));
+        }
+    }
+    r.lands(1, None, 0x10_0000, 0x10_0000, b"intact")?;
+    match r.ctx.unmap(ioas, Iova(0x80_0000), 0x1000, UnmapMode::Cut) {
+        Err(Error::NotMapped { .. }) => {}
+        other => return Err(format!("unmap of nothing gave {other:?}")),
+    }
+    done("7 bad maps refused with nothing changed")
+}
+
+pub(crate) fn unmap_exact_range(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    let base = 0x100_0000u64;
+    for (i, len) in [0x1000u64, 0x3000, 0x20_0000, 0x20_3000].iter().enumerate() {
+        let iova = base + (i as u64) * 0x100_0000;
+        let pa = 0x200_0000 + (i as u64) * 0x100_0000;
+        r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), *len, Prot::RW).map_err(e)?;
+        r.ctx.map(ioas, Some(Iova(iova + len)), PhysAddr(pa + len), 0x1000, Prot::RW).map_err(e)?;
+        let gone = r.ctx.unmap(ioas, Iova(iova), *len, UnmapMode::Exact).map_err(e)?;
+        if gone != *len {
+            return Err(format!("unmap of {len:#x} bytes reported {gone:#x}"));
+        }
+        for off in [0, len - 0x1000, len - 8] {
+            faulted(
+                r.write(1, None, iova + off, b"x"),
+                Fault::NOT_PRESENT,
+                &format!("{len:#x} range, offset {off:#x}"),
+            )?;
+        }
+        r.lands(1, None, iova + len, pa + len, b"neighbour")?;
+    }
+    done("first, last and only pages of 4K..2M+12K ranges unmapped exactly; neighbours kept")
+}
+
+pub(crate) fn cut_keeps_the_rest(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0x4000_0000)), PhysAddr(0x400_0000), 0x40_0000, Prot::RW).map_err(e)?;
+    if !matches!(r.ctx.unmap(ioas, Iova(0x4000_3000), 0x2000, UnmapMode::Exact), Err(Error::CutsArea { .. })) {
+        return Err("an exact unmap that cuts an area was not refused".into());
+    }
+    r.ctx.unmap(ioas, Iova(0x4000_3000), 0x2000, UnmapMode::Cut).map_err(e)?;
+    for off in [0x3000u64, 0x4000] {
+        faulted(r.write(1, None, 0x4000_0000 + off, b"x"), Fault::NOT_PRESENT, "cut-out page")?;
+    }
+    for off in [0u64, 0x2ff8, 0x5000, 0x1f_f000, 0x20_0000, 0x3f_fff8] {
+        r.lands(1, None, 0x4000_0000 + off, 0x400_0000 + off, b"kept")?;
+    }
+    let areas = r.ctx.areas(ioas).map_err(e)?.len();
+    if areas != 2 {
+        return Err(format!("the cut left {areas} areas, expected 2"));
+    }
+    done("a cut leaves both sides mapped")
+}

@@ -1,0 +1,31 @@
+//! Permissions: the unit enforces what the mapping allows.
+
+use ioasis::abi::Fault;
+use ioasis::{Iova, PhysAddr, Prot};
+
+use super::{done, e};
+use crate::rig::{faulted, Rig};
+use crate::Pass;
+
+pub(crate) fn read_only(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(0x20_0000), 0x20_0000, Prot::READ).map_err(e)?;
+    r.put(0x20_0040, b"readable")?;
+    let got = r.read(1, None, 0x10_0040, 8).map_err(e)?;
+    if got != b"readable" {
+        return Err("a read through a read-only mapping returned the wrong bytes".into());
+    }
+    faulted(r.write(1, None, 0x10_0040, b"written!"), Fault::PERMISSION, "write to a read-only mapping")?;
+    if r.ram(0x20_0040, 8)? != b"readable" {
+        return Err("a refused write changed memory".into());
+    }
+    done("read allowed, write refused with a permission fault")
+}
+
+pub(crate) fn write_only(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(0x20_0000), 0x1000, Prot::WRITE).map_err(e)?;
+    r.lands(1, None, 0x10_0010, 0x20_0010, b"w")?;
+    faulted(r.read(1, None, 0x10_0010, 1), Fault::PERMISSION, "read of a write-only mapping")?;
+    done("write allowed, read refused with a permission fault")
+}
