@@ -50,3 +50,11 @@ pub(crate) fn writes_reported_and_cleared(r: &Rig, _: u64) -> Result<Pass, Strin
     }
     done("writes reported once, reads never, cleared on read")
 }
+
+pub(crate) fn needs_a_dirty_hwpt(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, _, h) = r.attached(1)?;
+    if r.ctx.set_dirty_tracking(h, true).is_ok() {
+        return Err("dirty tracking was turned on for a HWPT not allocated for it".into());
+    }
+    done("dirty tracking needs a HWPT allocated for it")
+}

@@ -97,3 +97,28 @@ pub(crate) fn attach_and_alloc(r: &Rig, _: u64) -> Result<Pass, String> {
     r.lands(1, None, high + 0x4000, 0x40_4000, b"attached")?;
     done(format!("{n} allocation points in attach; each failure left no trace"))
 }
+
+pub(crate) fn pasid_attach(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.features.contains(ioasis::Features::PASID) {
+        return super::skip("the unit has no PASID support");
+    }
+    let dev = r.device(1, &[ioasis::IntentItem::UntaggedDma, ioasis::IntentItem::PasidIoas])?;
+    let ioas = r.ctx.alloc_ioas();
+    r.ctx.map(ioas, Some(Iova(0x1000)), PhysAddr(0x5000), 0x1000, Prot::RW).map_err(e)?;
+    r.ctx.attach(dev, None, Target::Ioas(ioas)).map_err(e)?;
+    let pages = r.table_pages();
+    let top = ioasis::Pasid((1u32 << r.caps.pasid_bits.min(20)) - 1);
+    let attach = || r.ctx.attach(dev, Some(top), Target::Ioas(ioas));
+    let unchanged = |_| -> Result<(), String> {
+        if r.table_pages() != pages {
+            return Err(format!("{} table pages, {pages} before", r.table_pages()));
+        }
+        if r.ctx.attachment(dev, Some(top)).map_err(e)?.is_some() {
+            return Err("the PASID is attached".into());
+        }
+        r.lands(1, None, 0x1000, 0x5000, b"untagged")
+    };
+    let n = every_point(&r.ctx, attach, unchanged)?;
+    r.lands(1, Some(top.0), 0x1008, 0x5008, b"tagged")?;
+    done(format!("{n} allocation points in a PASID attach; each failure left no trace"))
+}

@@ -114,3 +114,48 @@ pub(crate) fn cut_keeps_the_rest(r: &Rig, _: u64) -> Result<Pass, String> {
     }
     done("a cut leaves both sides mapped")
 }
+
+pub(crate) fn iova_allocation(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, h) = r.attached(1)?;
+    let mut got: Vec<(u64, u64, u64)> = Vec::new();
+    for (i, (pa, len)) in [(0x20_0000u64, 0x20_0000u64), (0x1000, 0x3000), (0x40_0000, 0x40_0000), (0x9000, 0x1000)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = r.ctx.map(ioas, None, PhysAddr(pa), len, Prot::RW).map_err(e)?.0;
+        let align = (1u64 << pa.trailing_zeros().min(30)).min(1 << (63 - len.leading_zeros()));
+        if at % align != 0 {
+            return Err(format!("allocation {i} at {at:#x} is not {align:#x}-aligned"));
+        }
+        if got.iter().any(|(a, l, _)| at < a + l && *a < at + len) {
+            return Err(format!("allocation {i} at {at:#x} overlaps an earlier one"));
+        }
+        got.push((at, len, pa));
+    }
+    for (at, len, pa) in &got {
+        r.lands(1, None, at + len - 8, pa + len - 8, b"alloc'd!")?;
+    }
+    let big = r.ctx.translate(h, Iova(got[0].0)).map_err(e)?.ok_or("no translation")?;
+    if r.caps.page_sizes.contains(2 << 20) && big.page_size != 2 << 20 {
+        return Err("an allocated IOVA for a 2 MiB-aligned buffer did not get a 2 MiB page".into());
+    }
+    done("allocated IOVAs are aligned for large pages and never overlap")
+}
+
+pub(crate) fn copy_between_ioases(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, src, _) = r.attached(1)?;
+    let (_, dst, _) = r.attached(2)?;
+    r.ctx.map(src, Some(Iova(0x10_0000)), PhysAddr(0x60_0000), 0x20_0000, Prot::RW).map_err(e)?;
+    r.ctx.map(src, Some(Iova(0x30_0000)), PhysAddr(0x90_0000), 0x1000, Prot::READ).map_err(e)?;
+    let at = r.ctx.copy(src, Iova(0x10_0000), 0x20_1000, dst, None).map_err(e)?.0;
+    r.lands(2, None, at + 0x10, 0x60_0010, b"copied")?;
+    faulted(r.write(2, None, at + 0x20_0000, b"x"), Fault::PERMISSION, "write to a copied read-only page")?;
+    let before = r.ctx.areas(dst).map_err(e)?;
+    if r.ctx.copy(src, Iova(0x10_0000), 0x40_0000, dst, None).is_ok() {
+        return Err("copying a range with a hole succeeded".into());
+    }
+    if r.ctx.areas(dst).map_err(e)? != before {
+        return Err("a refused copy changed the destination".into());
+    }
+    done("copies keep pages and permissions; a copy with a hole is refused")
+}

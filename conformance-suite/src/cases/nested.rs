@@ -62,3 +62,27 @@ pub(crate) fn x86_64_stage1_over_stage2(r: &Rig, _: u64) -> Result<Pass, String>
     any_fault(r.read(1, None, 0x4000_0020, 4), "DMA after its stage-2 page was unmapped")?;
     done("stage-1 walked through stage-2; guest and host invalidations honoured")
 }
+
+pub(crate) fn needs_its_grant_and_faults(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
+        return skip("the unit cannot nest an x86-64 stage-1");
+    }
+    let (plain, ioas, parent) = r.attached(2)?;
+    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(G2H), 16 << 20, Prot::RW).map_err(e)?;
+    stage1(r, 0x1000, 0x4000_0000, 0x10_0000, true)?;
+    let spec =
+        HwptSpec::Nested { parent, format: PtFormat::X86_64, root: Iova(0x1000), words: vec![], fault_queue: None };
+    let nested = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    if r.ctx.replace(plain, None, Target::Hwpt(nested)).is_ok() {
+        return Err("a device without a nested grant was attached to a nested HWPT".into());
+    }
+    let dev = r.device(3, &[IntentItem::NestedStage1 { format: PtFormat::X86_64 }])?;
+    r.ctx.attach(dev, None, Target::Hwpt(nested)).map_err(e)?;
+    any_fault(r.write(3, None, 0x5000_0000, b"x"), "an address the stage-1 does not map")?;
+    // A stage-1 output outside the stage-2 must fault too.
+    stage1(r, 0x1000, 0x4000_0000, 0x800_0000_0000, true)?;
+    let inv = CacheInvalidation { scope: CacheInvalidation::ALL, tag: 0, iova: Iova(0), len: 0, leaf_only: false };
+    r.ctx.invalidate(nested, &[inv]).map_err(e)?;
+    any_fault(r.write(3, None, 0x4000_0000, b"x"), "a stage-1 output the stage-2 does not map")?;
+    done("nested HWPTs need the grant; stage-1 and stage-2 holes fault")
+}

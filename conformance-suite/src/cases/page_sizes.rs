@@ -46,3 +46,23 @@ pub(crate) fn alignment_limits_page_size(r: &Rig, _: u64) -> Result<Pass, String
     }
     done("4 KiB pages where only 4 KiB alignment holds")
 }
+
+pub(crate) fn gigabyte_page(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.page_sizes.contains(1 << 30) {
+        return skip("the unit has no 1 GiB pages");
+    }
+    let (_, ioas, h) = r.attached(1)?;
+    // 1 GiB of IOVA onto physical 0 (the machine's RAM is 1 GiB): one leaf.
+    r.ctx.map(ioas, Some(Iova(1 << 32)), PhysAddr(0), 1 << 30, Prot::RW).map_err(e)?;
+    let t = r.ctx.translate(h, Iova((1 << 32) + 0x1234_5678)).map_err(e)?.ok_or("no translation")?;
+    if t.page_size != 1 << 30 || t.pa != PhysAddr(0x1234_5678) {
+        return Err(format!("got a {:#x} page to {}", t.page_size, t.pa));
+    }
+    r.lands(1, None, (1 << 32) + 0x2345_6780, 0x2345_6780, b"gigabyte")?;
+    r.ctx.unmap(ioas, Iova((1 << 32) + 0x2000_0000), 0x1000, UnmapMode::Cut).map_err(e)?;
+    faulted(r.write(1, None, (1 << 32) + 0x2000_0000, b"x"), Fault::NOT_PRESENT, "hole in a split 1 GiB page")?;
+    r.lands(1, None, (1 << 32) + 0x2000_1000, 0x2000_1000, b"kept")?;
+    // (The top 64 MiB of the machine's RAM hold the table pages: stay below them.)
+    r.lands(1, None, (1 << 32) + 0x3bff_fff8, 0x3bff_fff8, b"top end!")?;
+    done("a 1 GiB leaf, split down to 4 KiB around a hole")
+}

@@ -29,3 +29,14 @@ pub(crate) fn write_only(r: &Rig, _: u64) -> Result<Pass, String> {
     faulted(r.read(1, None, 0x10_0010, 1), Fault::PERMISSION, "read of a write-only mapping")?;
     done("write allowed, read refused with a permission fault")
 }
+
+pub(crate) fn survive_a_split(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0x4000_0000)), PhysAddr(0x400_0000), 0x40_0000, Prot::READ).map_err(e)?;
+    r.ctx.unmap(ioas, Iova(0x4010_0000), 0x1000, ioasis::UnmapMode::Cut).map_err(e)?;
+    for off in [0u64, 0x10_1000, 0x20_0000] {
+        faulted(r.write(1, None, 0x4000_0000 + off, b"x"), Fault::PERMISSION, "write to a split read-only page")?;
+        r.read(1, None, 0x4000_0000 + off, 4).map_err(e)?;
+    }
+    done("read-only stays read-only after large pages are split")
+}
