@@ -18,6 +18,19 @@ if command -v apt-get >/dev/null 2>&1; then
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
+  # QEMU, for the QEMU platform (hosts/baremetal/src/qemu) and its tests. Without
+  # --no-install-recommends, apt fails on Debian 12 machines that carry qemu-utils from
+  # backports (it Breaks qemu-system-common < 8.0); with it, apt may remove qemu-utils, which
+  # ioasis does not need.
+  qemu_missing=()
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_missing+=(qemu-system-x86)
+  command -v qemu-system-aarch64 >/dev/null 2>&1 || qemu_missing+=(qemu-system-arm)
+  if [ "${#qemu_missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${qemu_missing[*]} (this may remove qemu-utils)"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${qemu_missing[@]}"
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

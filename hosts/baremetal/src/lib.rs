@@ -4,7 +4,9 @@
 //! the top of it ([`TablePool`]), and IOMMU units given as hardware models
 //! ([`ioasis::platform::UnitModel`]) with their register windows. [`Machine`] implements
 //! [`ioasis::platform::Platform`] for the framework and lets tests play devices doing DMA
-//! through a unit ([`Machine::dma_write`], [`Machine::dma_read`]).
+//! through a unit ([`Machine::dma_write`], [`Machine::dma_read`]), or many devices at once
+//! ([`dma`]). A platform is described in TOML ([`description`]) and scenarios run steps on it
+//! ([`scenario`]).
 //!
 //! Physical address 0 is the first byte of RAM; RAM is `[0, ram_bytes)`.
 
@@ -12,8 +14,13 @@ mod machine;
 mod pool;
 mod ram;
 
+pub mod description;
+pub mod dma;
+pub mod qemu;
 pub mod scenario;
 
+pub use description::{build, Built, BuiltDevice, BuiltUnit, PlatformDesc, Resolved};
+pub use dma::{run_parallel, AtcStats, DmaDevice, DmaJob, DmaOp};
 pub use machine::{DmaError, Machine, MachineConfig, MachineError};
 pub use pool::TablePool;
 pub use ram::{Ram, RamError, MAX_RAM_BYTES};

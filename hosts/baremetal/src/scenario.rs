@@ -1,5 +1,9 @@
-//! Scenarios: a machine description (units, devices), then steps with expected results, run
-//! on the simulated machine. What `ioasis run SCENARIO.toml` executes.
+//! Scenarios: a platform ([`crate::description`]: machine, units, bridges, devices), then steps
+//! with expected results, run on the simulated machine. What `ioasis run SCENARIO.toml`
+//! executes.
+//!
+//! The platform is given inline, with the keys of a platform file, or by naming one
+//! (`platform = "../platforms/host.toml"`, relative to the scenario), never both.
 //!
 //! ```toml
 //! [machine]
@@ -13,9 +17,15 @@
 //! base = 0xfed00000
 //! model = { without = ["dirty"] }
 //!
+//! [[bridge]]
+//! name = "0000:00:1c.0"
+//! secondary = 1
+//! subordinate = 1
+//! acs = true
+//!
 //! [[device]]
 //! name = "nic"
-//! address = { rid = "0000:00:01.0" }
+//! address = { rid = "0000:01:00.0" }
 //! unit = "u0"
 //!
 //! [[step]]
@@ -29,102 +39,91 @@
 //! iova = 0x100000
 //! pa = 0x400000
 //! len = 0x2000
+//!
+//! [[step]]
+//! do = "dma-parallel"
+//! jobs = [
+//!     { device = "nic", iova = 0x100000, write = "hello" },
+//!     { device = "nic", iova = 0x101000, len = 4 },
+//!     { device = "nic", pasid = 3, iova = 0x100000, read = "hello", expect = "fault" },
+//! ]
 //! ```
+//!
+//! Device DMA in steps is untagged or carries the step's `pasid`; it never uses ATS (the mock
+//! unit has no device-TLB invalidation, see [`crate::dma`]).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use ioasis::config::{parse_size, ConfigError};
+use ioasis::config::ConfigError;
 use ioasis::loader::Registry;
 use ioasis::platform::{ModelFactory, Platform};
-use ioasis::{
-    Context, DeviceDesc, DeviceId, HwptId, HwptSpec, IntentItem, IoasId, Iova, IovaRange, Pasid, PhysAddr, Prot,
-    PtFormat, Target, UnmapMode,
-};
+use ioasis::{Context, HwptId, HwptSpec, IntentItem, IoasId, Iova, Pasid, PhysAddr, Prot, PtFormat, Target, UnmapMode};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::machine::{DmaError, Machine, MachineConfig};
+use crate::description::{build, BuiltDevice, PlatformDesc, Source};
+pub use crate::description::{BridgeEntry, DeviceEntry, MachineDesc, ReservedDesc, UnitEntry};
+use crate::dma::{run_parallel, DmaDevice, DmaJob, DmaOp};
+use crate::machine::{DmaError, Machine};
 
-/// The whole file.
+/// The whole file: a platform (given inline, or as a `platform` file) and the steps.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// A platform file ([`PlatformDesc`]), relative to the scenario's directory. When given, the
+    /// scenario has no `machine`, `unit`, `bridge` or `device` of its own.
+    #[serde(default)]
+    pub platform: Option<Spanned<String>>,
     /// Sizes and platform-wide reserved regions.
     #[serde(default)]
-    pub machine: MachineDesc,
+    pub machine: Option<MachineDesc>,
     /// IOMMU units.
     #[serde(default)]
     pub unit: Vec<Spanned<UnitEntry>>,
-    /// Devices behind them.
+    /// Root ports and switch ports.
     #[serde(default)]
-    pub device: Vec<Spanned<DeviceDesc>>,
+    pub bridge: Vec<Spanned<BridgeEntry>>,
+    /// Devices behind the units.
+    #[serde(default)]
+    pub device: Vec<Spanned<DeviceEntry>>,
     /// What to do, in order.
     #[serde(default)]
     pub step: Vec<Spanned<Step>>,
 }
 
-/// `[machine]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineDesc {
-    /// RAM size (`"512M"`).
-    #[serde(default = "default_ram")]
-    pub ram: String,
-    /// Table-page pool at the top of RAM.
-    #[serde(default = "default_tables")]
-    pub tables: String,
-    /// Regions no device may map (x86 MSI window, ITS doorbells).
-    #[serde(default)]
-    pub reserved: Vec<ReservedDesc>,
-}
-
-impl Default for MachineDesc {
-    fn default() -> Self {
-        Self { ram: default_ram(), tables: default_tables(), reserved: Vec::new() }
+impl Scenario {
+    /// The platform the scenario runs on: its own keys, or the `platform` file it names.
+    /// `path` and `text` are the scenario file and its contents, for error positions.
+    pub fn platform_desc(&self, path: &Path, text: &str) -> Result<PlatformDesc, ConfigError> {
+        let Some(file) = &self.platform else {
+            let source = Source { path: path.to_path_buf(), text: text.to_string() };
+            return Ok(PlatformDesc::from_parts(
+                source,
+                self.machine.clone().unwrap_or_default(),
+                self.unit.clone(),
+                self.bridge.clone(),
+                self.device.clone(),
+            ));
+        };
+        let own = [
+            ("machine", self.machine.is_some()),
+            ("unit", !self.unit.is_empty()),
+            ("bridge", !self.bridge.is_empty()),
+            ("device", !self.device.is_empty()),
+        ];
+        if let Some((key, _)) = own.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::at(
+                path,
+                text,
+                Some(file.span().start),
+                "platform",
+                format!("a scenario with a `platform` file gives no `{key}` of its own"),
+            ));
+        }
+        let dir = path.parent().unwrap_or(Path::new(""));
+        PlatformDesc::load(&dir.join(file.get_ref()))
     }
-}
-
-fn default_ram() -> String {
-    "512M".into()
-}
-fn default_tables() -> String {
-    "64M".into()
-}
-
-/// A platform-wide reserved region.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReservedDesc {
-    /// First address.
-    pub start: u64,
-    /// Last address (inclusive).
-    pub last: u64,
-    /// Why.
-    #[serde(default)]
-    pub why: String,
-}
-
-/// `[[unit]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnitEntry {
-    /// Name devices refer to.
-    pub name: String,
-    /// Backend plugin (a registry name).
-    pub plugin: String,
-    /// Register window base.
-    pub base: u64,
-    /// PCI segment.
-    #[serde(default)]
-    pub segment: u16,
-    /// Hardware model configuration (model-specific keys).
-    #[serde(default)]
-    pub model: toml::Table,
-    /// Backend parameters (TOML text handed to the plugin).
-    #[serde(default)]
-    pub params: String,
 }
 
 /// `[[step]]`: one operation and what it must give.
@@ -250,6 +249,12 @@ pub enum Step {
         /// Expected outcome.
         expect: Option<String>,
     },
+    /// Several DMAs at once, run in parallel (rayon); each job is judged on its own. Jobs of
+    /// one step run in no particular order, so a job should not read what another one writes.
+    DmaParallel {
+        /// The jobs.
+        jobs: Vec<ParallelJob>,
+    },
     /// RAM at `pa` must hold `data`.
     CheckRam {
         /// Address.
@@ -282,6 +287,27 @@ pub enum Step {
         /// Table pages expected afterwards.
         table_pages: Option<u64>,
     },
+}
+
+/// One job of a `dma-parallel` step: a write (`write`) or a read (`read` with the expected
+/// bytes, or `len`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelJob {
+    /// Device name.
+    pub device: String,
+    /// PASID of the requests.
+    pub pasid: Option<u32>,
+    /// Address.
+    pub iova: u64,
+    /// Bytes to write (UTF-8 text).
+    pub write: Option<String>,
+    /// Bytes the read must return (UTF-8 text); its length is the read's length.
+    pub read: Option<String>,
+    /// Length of a read whose bytes are not checked.
+    pub len: Option<u64>,
+    /// `ok` (default), `fault`, `fault:REASON`.
+    pub expect: Option<String>,
 }
 
 /// One step's outcome.
@@ -322,20 +348,15 @@ pub enum ScenarioError {
 }
 
 struct Names {
-    devices: HashMap<String, (DeviceId, DeviceDesc)>,
+    devices: HashMap<String, BuiltDevice>,
     ioases: HashMap<String, IoasId>,
     hwpts: HashMap<String, HwptId>,
-    units: HashMap<String, PhysAddr>,
 }
 
 /// Loads and runs a scenario file with the plugins of `registry` and the given model factories.
 pub fn run_file(path: &Path, registry: &Registry, factories: &[&dyn ModelFactory]) -> Result<Report, ScenarioError> {
     let (scenario, text): (Scenario, String) = ioasis::config::load(path)?;
     run(path, &text, &scenario, registry, factories)
-}
-
-fn err(path: &Path, text: &str, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) -> ScenarioError {
-    ScenarioError::Config(ConfigError::at(path, text, Some(span.start), key, msg))
 }
 
 /// Runs a parsed scenario (`text` is the file's contents, for error positions).
@@ -346,50 +367,15 @@ pub fn run(
     registry: &Registry,
     factories: &[&dyn ModelFactory],
 ) -> Result<Report, ScenarioError> {
-    let top = |key: &str, msg: String| ScenarioError::Config(ConfigError::at(path, text, None, key, msg));
-    let ram = parse_size(&s.machine.ram).map_err(|m| top("machine.ram", m))?;
-    let tables = parse_size(&s.machine.tables).map_err(|m| top("machine.tables", m))?;
-    let machine = Arc::new(
-        Machine::new(MachineConfig { ram_bytes: ram, table_pool_bytes: tables })
-            .map_err(|e| top("machine", e.to_string()))?,
-    );
-    let ctx = Context::new(machine.clone());
-    for (i, r) in s.machine.reserved.iter().enumerate() {
-        let range = IovaRange::inclusive(r.start, r.last)
-            .ok_or_else(|| top(&format!("machine.reserved[{i}]"), "last is below start".into()))?;
-        ctx.add_platform_reserved(range, if r.why.is_empty() { "platform reserved" } else { &r.why });
-    }
+    let desc = s.platform_desc(path, text)?;
+    let built = build(&desc, registry, factories)?;
     let mut names =
-        Names { devices: HashMap::new(), ioases: HashMap::new(), hwpts: HashMap::new(), units: HashMap::new() };
-    for (i, u) in s.unit.iter().enumerate() {
-        let span = u.span();
-        let u = u.get_ref();
-        let key = format!("unit[{i}]");
-        let plugin = registry.get(&u.plugin).ok_or_else(|| {
-            err(path, text, span.clone(), &format!("{key}.plugin"), format!("no plugin named `{}`", u.plugin))
-        })?;
-        let factory = factories.iter().find(|f| f.plugin() == plugin.info.name).ok_or_else(|| {
-            err(path, text, span.clone(), &key, format!("no hardware model for plugin `{}`", u.plugin))
-        })?;
-        let model = factory.build(&u.model).map_err(|m| err(path, text, span.clone(), &format!("{key}.model"), m))?;
-        machine
-            .add_unit(PhysAddr(u.base), factory.window(), model)
-            .map_err(|e| err(path, text, span.clone(), &format!("{key}.base"), e.to_string()))?;
-        ctx.add_unit(&plugin, &u.name, PhysAddr(u.base), u.segment, &u.params)
-            .map_err(|e| err(path, text, span.clone(), &key, e.to_string()))?;
-        names.units.insert(u.name.clone(), PhysAddr(u.base));
-    }
-    for (i, d) in s.device.iter().enumerate() {
-        let span = d.span();
-        let id = ctx
-            .bind_device(d.get_ref().clone())
-            .map_err(|e| err(path, text, span, &format!("device[{i}]"), e.to_string()))?;
-        names.devices.insert(d.get_ref().name.clone(), (id, d.get_ref().clone()));
-    }
+        Names { devices: built.devices.into_iter().collect(), ioases: HashMap::new(), hwpts: HashMap::new() };
+    let (ctx, machine) = (&built.ctx, &built.machine);
     let mut report = Report::default();
     for (i, st) in s.step.iter().enumerate() {
         let (line, _) = ioasis::config::line_col(text, st.span().start);
-        let (what, outcome) = step(&ctx, &machine, &mut names, st.get_ref());
+        let (what, outcome) = step(ctx, machine, &mut names, st.get_ref());
         let (passed, detail) = match outcome {
             Ok(d) => (true, d),
             Err(d) => (false, d),
@@ -428,7 +414,7 @@ fn lookup<T: Copy>(map: &HashMap<String, T>, kind: &str, name: &str) -> Result<T
 
 fn hwpt_ref(ctx: &Context, names: &Names, r: &str) -> Result<HwptId, String> {
     if let Some(dev) = r.strip_prefix("device:") {
-        let (id, _) = names.devices.get(dev).ok_or_else(|| format!("no device named `{dev}`"))?;
+        let id = names.devices.get(dev).map(|d| &d.id).ok_or_else(|| format!("no device named `{dev}`"))?;
         return ctx
             .attached_hwpt(*id, None)
             .map_err(|e| e.to_string())?
@@ -445,12 +431,62 @@ fn dma_outcome(r: Result<(), DmaError>) -> Result<String, String> {
     }
 }
 
+/// The DMA engine of a named device (untagged or with `pasid`; the scenario uses no ATS).
+fn dma_device(names: &Names, device: &str, pasid: Option<u32>) -> Result<DmaDevice, String> {
+    let d = names.devices.get(device).ok_or_else(|| format!("no device named `{device}`"))?;
+    Ok(DmaDevice::new(d.desc.address.into(), d.unit_base).with_pasid(pasid.map(Pasid)))
+}
+
+/// Checks what a read returned against the expected text, if any.
+fn check_read(want: &Option<String>, buf: &[u8]) -> Result<String, String> {
+    match want {
+        Some(want) if want.as_bytes() != buf => {
+            Err(format!("read {:?}, expected {want:?}", String::from_utf8_lossy(buf)))
+        }
+        _ => Ok(String::new()),
+    }
+}
+
+/// Runs a `dma-parallel` step: every job at once, then each judged against its `expect`.
+fn dma_parallel(machine: &Machine, names: &Names, jobs: &[ParallelJob]) -> Result<String, String> {
+    let mut devices = Vec::with_capacity(jobs.len());
+    let mut ops = Vec::with_capacity(jobs.len());
+    for (i, j) in jobs.iter().enumerate() {
+        devices.push(dma_device(names, &j.device, j.pasid).map_err(|e| format!("job {}: {e}", i + 1))?);
+        ops.push(match (&j.write, &j.read, j.len) {
+            (Some(w), None, None) => DmaOp::Write(w.as_bytes().to_vec()),
+            (None, Some(r), None) => DmaOp::Read(r.len()),
+            (None, None, Some(n)) => DmaOp::Read(n as usize),
+            _ => return Err(format!("job {}: give exactly one of `write`, `read` and `len`", i + 1)),
+        });
+    }
+    let batch: Vec<DmaJob<'_>> =
+        devices.iter().zip(jobs).zip(ops).map(|((device, j), op)| DmaJob { device, iova: Iova(j.iova), op }).collect();
+    let results = run_parallel(machine, &batch);
+    let mut failed = Vec::new();
+    for (i, (j, r)) in jobs.iter().zip(results).enumerate() {
+        let got = match r {
+            Ok(buf) => check_read(&j.read, &buf),
+            Err(e) => dma_outcome(Err(e)),
+        };
+        if let Err(e) = judge(&j.expect, "ok", "fault", got) {
+            failed.push(format!("job {} ({} at {:#x}): {e}", i + 1, j.device, j.iova));
+        }
+    }
+    if failed.is_empty() {
+        Ok(format!("{} job(s) as expected", jobs.len()))
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
 fn step(ctx: &Context, machine: &Machine, names: &mut Names, st: &Step) -> (String, Result<String, String>) {
     match st {
         Step::Negotiate { device, intent, expect } => {
             let what = format!("negotiate {device}");
             let got = (|| {
-                let (id, _) = names.devices.get(device).ok_or_else(|| format!("no device named `{device}`"))?;
+                let id =
+                    names.devices.get(device).map(|d| &d.id).ok_or_else(|| format!("no device named `{device}`"))?;
                 ctx.negotiate(*id, &ioasis::Intent::new(intent.iter().copied()))
                     .map(|c| format!("{:?} contract, {} item(s) granted", c.kind, c.grants.len()))
                     .map_err(|e| e.to_string())
@@ -497,7 +533,8 @@ fn step(ctx: &Context, machine: &Machine, names: &mut Names, st: &Step) -> (Stri
                 None => format!("{verb} {device} -> {to}"),
             };
             let got = (|| {
-                let (id, _) = names.devices.get(device).ok_or_else(|| format!("no device named `{device}`"))?;
+                let id =
+                    names.devices.get(device).map(|d| &d.id).ok_or_else(|| format!("no device named `{device}`"))?;
                 let target = match (ioas, hwpt) {
                     (Some(i), None) => Target::Ioas(lookup(&names.ioases, "IOAS", i)?),
                     (None, Some(h)) => Target::Hwpt(lookup(&names.hwpts, "HWPT", h)?),
@@ -511,7 +548,8 @@ fn step(ctx: &Context, machine: &Machine, names: &mut Names, st: &Step) -> (Stri
         }
         Step::Detach { device, pasid, expect } => {
             let got = (|| {
-                let (id, _) = names.devices.get(device).ok_or_else(|| format!("no device named `{device}`"))?;
+                let id =
+                    names.devices.get(device).map(|d| &d.id).ok_or_else(|| format!("no device named `{device}`"))?;
                 ctx.detach(*id, pasid.map(Pasid)).map(|()| String::new()).map_err(|e| e.to_string())
             })();
             (format!("detach {device}"), judge(expect, "ok", "error", got))
@@ -549,39 +587,27 @@ fn step(ctx: &Context, machine: &Machine, names: &mut Names, st: &Step) -> (Stri
         }
         Step::DmaWrite { device, pasid, iova, data, expect } => {
             let what = format!("{device} DMA write {} bytes at {iova:#x}", data.len());
-            let got = match names.devices.get(device) {
-                None => return (what, Err(format!("no device named `{device}`"))),
-                Some((_, d)) => {
-                    let base = names.units.get(&d.unit).copied().unwrap_or(PhysAddr(0));
-                    dma_outcome(machine.dma_write(
-                        base,
-                        d.address.into(),
-                        pasid.map(Pasid),
-                        Iova(*iova),
-                        data.as_bytes(),
-                    ))
-                }
+            let got = match dma_device(names, device, *pasid) {
+                Err(e) => return (what, Err(e)),
+                Ok(d) => dma_outcome(d.write(machine, Iova(*iova), data.as_bytes())),
             };
             (what, judge(expect, "ok", "fault", got))
         }
         Step::DmaRead { device, pasid, iova, data, len, expect } => {
             let n = data.as_ref().map_or(len.unwrap_or(1) as usize, |d| d.len());
             let what = format!("{device} DMA read {n} bytes at {iova:#x}");
-            let got = match names.devices.get(device) {
-                None => return (what, Err(format!("no device named `{device}`"))),
-                Some((_, d)) => {
-                    let base = names.units.get(&d.unit).copied().unwrap_or(PhysAddr(0));
+            let got = match dma_device(names, device, *pasid) {
+                Err(e) => return (what, Err(e)),
+                Ok(d) => {
                     let mut buf = vec![0u8; n];
-                    dma_outcome(machine.dma_read(base, d.address.into(), pasid.map(Pasid), Iova(*iova), &mut buf))
-                        .and_then(|_| match data {
-                            Some(want) if want.as_bytes() != buf.as_slice() => {
-                                Err(format!("read {:?}, expected {want:?}", String::from_utf8_lossy(&buf)))
-                            }
-                            _ => Ok(String::new()),
-                        })
+                    dma_outcome(d.read(machine, Iova(*iova), &mut buf)).and_then(|_| check_read(data, &buf))
                 }
             };
             (what, judge(expect, "ok", "fault", got))
+        }
+        Step::DmaParallel { jobs } => {
+            let what = format!("{} DMA job(s) in parallel", jobs.len());
+            (what, dma_parallel(machine, names, jobs))
         }
         Step::CheckRam { pa, data } => {
             let mut buf = vec![0u8; data.len()];
