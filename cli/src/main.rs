@@ -49,7 +49,8 @@ enum Command {
         /// The scenario file.
         scenario: PathBuf,
     },
-    /// Run the conformance suite against every plugin (built-in and loaded).
+    /// Run the conformance suite against every built-in plugin, or only against the plugins
+    /// given with --plugin / --plugin-dir.
     Conformance {
         /// Only cases whose `category/name` contains this text.
         #[arg(long)]
@@ -198,6 +199,7 @@ fn run(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
 }
 
 struct SuiteArgs<'a> {
+    only_loaded: bool,
     filter: Option<String>,
     format: Format,
     seed: u64,
@@ -207,7 +209,11 @@ struct SuiteArgs<'a> {
 }
 
 fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
-    let plugins: Vec<Arc<Plugin>> = reg.iter().cloned().collect();
+    // With --plugin or --plugin-dir, the suite runs on those plugins only (a vendor's build);
+    // otherwise on every built-in one.
+    let loaded: Vec<Arc<Plugin>> =
+        reg.iter().filter(|p| !matches!(p.origin, ioasis::loader::Origin::Builtin)).cloned().collect();
+    let plugins: Vec<Arc<Plugin>> = if a.only_loaded { loaded } else { reg.iter().cloned().collect() };
     let unit_model: toml::Table =
         toml::from_str(a.unit_model).map_err(|e| format!("--unit-model: {}", e.message().trim()))?;
     let opts =
@@ -273,6 +279,7 @@ fn main() -> ExitCode {
         Command::Conformance { filter, format, seed, unit_params, unit_model, junit } => conformance(
             &reg,
             SuiteArgs {
+                only_loaded: !cli.plugins.is_empty() || !cli.plugin_dirs.is_empty(),
                 filter: filter.clone(),
                 format: *format,
                 seed: *seed,

@@ -120,3 +120,13 @@ fn conformance_fails_a_broken_backend_and_writes_junit() {
     let o = ioasis(&["cases"]);
     assert!(text(&o).contains("fail-nth/map-and-cut"), "{}", text(&o));
 }
+
+#[test]
+fn conformance_runs_on_a_vendor_cdylib_alone() {
+    let so = mock_so();
+    let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("pass mock@libioasis_mock map-unmap/"), "{t}");
+    assert!(!t.contains("pass mock map-unmap/"), "built-ins must not run when a plugin is given: {t}");
+}

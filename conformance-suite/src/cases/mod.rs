@@ -54,6 +54,7 @@ pub(crate) const ALL: &[Case] = &[
     Case { category: "fail-nth", name: "attach-and-alloc", run: fail_nth::attach_and_alloc },
     Case { category: "fail-nth", name: "pasid-attach", run: fail_nth::pasid_attach },
     Case { category: "concurrency", name: "threads-map-unmap-and-dma", run: concurrency::threads_map_unmap_and_dma },
+    Case { category: "concurrency", name: "parallel-devices", run: concurrency::parallel_devices },
 ];
 
 /// splitmix64: small, seedable, good enough to pick ranges.
