@@ -1,0 +1,91 @@
+//! Fault records (VT-d spec 11.4.9.3, 7.1.3) and page requests (7.5.1).
+
+/// 11.4.9.3 Fault Recording Register, upper qword (at offset +8 of each 16-byte record).
+pub mod frcd {
+    /// SID bits 15:0.
+    pub const fn sid(hi: u64) -> u16 {
+        hi as u16
+    }
+    /// PP bit 31: PASID present.
+    pub const PP: u64 = 1 << 31;
+    /// FR bits 39:32: fault reason.
+    pub const fn reason(hi: u64) -> u8 {
+        (hi >> 32) as u8
+    }
+    /// PV bits 59:40: PASID value.
+    pub const fn pasid(hi: u64) -> u32 {
+        ((hi >> 40) & 0xf_ffff) as u32
+    }
+    /// T1 bit 62: 1 = read request, 0 = write request.
+    pub const T_READ: u64 = 1 << 62;
+    /// F bit 63: fault (software writes 1 to clear).
+    pub const F: u64 = 1 << 63;
+    /// An upper qword from its fields.
+    pub const fn hi(sid: u16, reason: u8, pasid: Option<u32>, read: bool) -> u64 {
+        let p = match pasid {
+            Some(p) => PP | ((p as u64 & 0xf_ffff) << 40),
+            None => 0,
+        };
+        F | (sid as u64) | ((reason as u64) << 32) | p | if read { T_READ } else { 0 }
+    }
+}
+
+/// Fault reasons (VT-d spec Appendix A) used by the driver and the model.
+pub mod reason {
+    /// Root entry not present (legacy).
+    pub const ROOT_NOT_PRESENT: u8 = 0x1;
+    /// Context entry not present.
+    pub const CONTEXT_NOT_PRESENT: u8 = 0x2;
+    /// Invalid programming of a context entry.
+    pub const CONTEXT_INVALID: u8 = 0x3;
+    /// Input address above the address width.
+    pub const ADDRESS_BEYOND_AW: u8 = 0x4;
+    /// Write to a page without write permission.
+    pub const NO_WRITE: u8 = 0x5;
+    /// Read of a page without read permission.
+    pub const NO_READ: u8 = 0x6;
+    /// Error reading a paging entry (next-level address invalid).
+    pub const PAGING_ENTRY_ERROR: u8 = 0x7;
+    /// Reserved field set in a context entry.
+    pub const CONTEXT_RESERVED: u8 = 0xb;
+    /// Reserved field set in a paging entry.
+    pub const PAGING_RESERVED: u8 = 0xc;
+    /// PASID directory entry not present (scalable mode).
+    pub const PASID_DIR_NOT_PRESENT: u8 = 0x51;
+    /// PASID table entry not present.
+    pub const PASID_NOT_PRESENT: u8 = 0x59;
+    /// Invalid PASID table entry.
+    pub const PASID_ENTRY_INVALID: u8 = 0x5b;
+}
+
+/// 7.5.1.1 Page request descriptor (256-bit).
+pub mod page_request {
+    /// Size in bytes.
+    pub const SIZE: u64 = 32;
+    /// Qword 0 type bits 7:0 = 1: page request.
+    pub const TYPE: u64 = 0x1;
+    /// Qword 0 bit 8: PASID present.
+    pub const PASID_P: u64 = 1 << 8;
+    /// Qword 0: requester id bits 31:16, PASID bits 51:32.
+    pub const fn q0(rid: u16, pasid: Option<u32>) -> u64 {
+        let p = match pasid {
+            Some(p) => PASID_P | ((p as u64 & 0xf_ffff) << 32),
+            None => 0,
+        };
+        TYPE | ((rid as u64) << 16) | p
+    }
+    /// Qword 1 bit 0: read requested; bit 1: write requested; bit 2: last in group.
+    pub const RD: u64 = 1 << 0;
+    /// Write requested.
+    pub const WR: u64 = 1 << 1;
+    /// Last page in group.
+    pub const LPIG: u64 = 1 << 2;
+    /// Qword 1: group index bits 11:3, address bits 63:12.
+    pub const fn q1(addr: u64, group: u32, read: bool, write: bool, last: bool) -> u64 {
+        (addr & !0xfff)
+            | ((group as u64 & 0x1ff) << 3)
+            | if read { RD } else { 0 }
+            | if write { WR } else { 0 }
+            | if last { LPIG } else { 0 }
+    }
+}

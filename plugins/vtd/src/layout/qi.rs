@@ -1,0 +1,127 @@
+//! Invalidation-queue descriptors (VT-d spec 6.5.2). 128-bit in legacy mode; 256-bit (the upper
+//! two qwords zero for these types) when IQA.DW is set, as scalable mode requires.
+
+/// 6.5.2.1 Context-cache invalidate descriptor, type 0x1.
+pub mod cc {
+    /// Type.
+    pub const TYPE: u64 = 0x1;
+    /// G bits 5:4 = 01: global.
+    pub const GLOBAL: u64 = 1 << 4;
+    /// G = 10: domain-selective.
+    pub const DOMAIN: u64 = 2 << 4;
+    /// G = 11: device-selective.
+    pub const DEVICE: u64 = 3 << 4;
+    /// Qword 0: granularity, DID bits 31:16, SID bits 47:32, FM bits 49:48.
+    pub const fn q0(gran: u64, did: u16, sid: u16) -> u64 {
+        TYPE | gran | ((did as u64) << 16) | ((sid as u64) << 32)
+    }
+}
+
+/// 6.5.2.3 IOTLB invalidate descriptor, type 0x2.
+pub mod iotlb {
+    /// Type.
+    pub const TYPE: u64 = 0x2;
+    /// G bits 5:4 = 01: global.
+    pub const GLOBAL: u64 = 1 << 4;
+    /// G = 10: domain-selective.
+    pub const DOMAIN: u64 = 2 << 4;
+    /// G = 11: page-selective within domain.
+    pub const PAGE: u64 = 3 << 4;
+    /// DW bit 6, DR bit 7: drain writes/reads.
+    pub const DRAIN: u64 = (1 << 6) | (1 << 7);
+    /// Qword 0: granularity and DID bits 31:16.
+    pub const fn q0(gran: u64, did: u16) -> u64 {
+        TYPE | gran | ((did as u64) << 16)
+    }
+    /// Qword 1: ADDR bits 63:12, IH bit 6, AM bits 5:0 (2^AM pages, naturally aligned).
+    pub const fn q1(addr: u64, am: u32) -> u64 {
+        (addr & !0xfff) | (am as u64 & 0x3f)
+    }
+}
+
+/// 6.5.2.5 Device-TLB invalidate descriptor, type 0x3.
+pub mod dev_tlb {
+    /// Type.
+    pub const TYPE: u64 = 0x3;
+    /// Qword 0: SID bits 47:32.
+    pub const fn q0(sid: u16) -> u64 {
+        TYPE | ((sid as u64) << 32)
+    }
+    /// Qword 1: ADDR bits 63:12, S bit 11 (size encoded in the address's low bits).
+    pub const S: u64 = 1 << 11;
+}
+
+/// 6.5.2.4 PASID-based IOTLB invalidate descriptor, type 0x6.
+pub mod p_iotlb {
+    /// Type.
+    pub const TYPE: u64 = 0x6;
+    /// G bits 5:4 = 10: all of one PASID.
+    pub const PASID: u64 = 2 << 4;
+    /// G = 11: page-selective within a PASID.
+    pub const PAGE: u64 = 3 << 4;
+    /// Qword 0: granularity, DID bits 31:16, PASID bits 51:32.
+    pub const fn q0(gran: u64, did: u16, pasid: u32) -> u64 {
+        TYPE | gran | ((did as u64) << 16) | ((pasid as u64 & 0xf_ffff) << 32)
+    }
+}
+
+/// 6.5.2.2 PASID-cache invalidate descriptor, type 0x7.
+pub mod pc {
+    /// Type.
+    pub const TYPE: u64 = 0x7;
+    /// G bits 5:4 = 00: all PASIDs of a domain.
+    pub const DOMAIN: u64 = 0 << 4;
+    /// G = 01: one PASID of a domain.
+    pub const PASID: u64 = 1 << 4;
+    /// G = 11: global.
+    pub const GLOBAL: u64 = 3 << 4;
+    /// Qword 0: granularity, DID bits 31:16, PASID bits 51:32.
+    pub const fn q0(gran: u64, did: u16, pasid: u32) -> u64 {
+        TYPE | gran | ((did as u64) << 16) | ((pasid as u64 & 0xf_ffff) << 32)
+    }
+}
+
+/// 6.5.2.8 Invalidation wait descriptor, type 0x5.
+pub mod wait {
+    /// Type.
+    pub const TYPE: u64 = 0x5;
+    /// IF bit 4: interrupt on completion.
+    pub const IF: u64 = 1 << 4;
+    /// SW bit 5: write status data to the status address.
+    pub const SW: u64 = 1 << 5;
+    /// FN bit 6: fence.
+    pub const FN: u64 = 1 << 6;
+    /// Qword 0: flags and status data bits 63:32.
+    pub const fn q0(flags: u64, data: u32) -> u64 {
+        TYPE | flags | ((data as u64) << 32)
+    }
+    /// Qword 1: status address bits 63:2 (dword aligned).
+    pub const fn q1(addr: u64) -> u64 {
+        addr & !3
+    }
+}
+
+/// 6.5.2.10 Page group response descriptor, type 0x9.
+pub mod page_response {
+    /// Type.
+    pub const TYPE: u64 = 0x9;
+    /// PASID present bit 4.
+    pub const PASID_P: u64 = 1 << 4;
+    /// Qword 0: response code bits 15:12, requester id bits 31:16, PASID bits 51:32.
+    pub const fn q0(code: u32, rid: u16, pasid: Option<u32>) -> u64 {
+        let p = match pasid {
+            Some(p) => PASID_P | ((p as u64 & 0xf_ffff) << 32),
+            None => 0,
+        };
+        TYPE | ((code as u64 & 0xf) << 12) | ((rid as u64) << 16) | p
+    }
+    /// Qword 1: LPIG bit 2, page request group index bits 11:3.
+    pub const fn q1(group: u32, last: bool) -> u64 {
+        ((last as u64) << 2) | ((group as u64 & 0x1ff) << 3)
+    }
+}
+
+/// The type of a descriptor (bits 3:0, and 11:9 extended).
+pub const fn type_of(q0: u64) -> u64 {
+    (q0 & 0xf) | ((q0 >> 5) & 0x70)
+}

@@ -1,0 +1,228 @@
+//! Remapping-hardware registers (VT-d spec chapter 11, "Register Descriptions").
+
+/// Offsets in the register window (VT-d spec 11.4).
+pub mod off {
+    /// 11.4.1 Version Register (32-bit).
+    pub const VER: u64 = 0x000;
+    /// 11.4.2 Capability Register.
+    pub const CAP: u64 = 0x008;
+    /// 11.4.3 Extended Capability Register.
+    pub const ECAP: u64 = 0x010;
+    /// 11.4.4 Global Command Register (32-bit).
+    pub const GCMD: u64 = 0x018;
+    /// 11.4.5 Global Status Register (32-bit).
+    pub const GSTS: u64 = 0x01c;
+    /// 11.4.6 Root Table Address Register.
+    pub const RTADDR: u64 = 0x020;
+    /// 11.4.7 Context Command Register.
+    pub const CCMD: u64 = 0x028;
+    /// 11.4.9.1 Fault Status Register (32-bit).
+    pub const FSTS: u64 = 0x034;
+    /// 11.4.9.2 Fault Event Control Register (32-bit).
+    pub const FECTL: u64 = 0x038;
+    /// 11.4.10.1 Invalidation Queue Head.
+    pub const IQH: u64 = 0x080;
+    /// 11.4.10.2 Invalidation Queue Tail.
+    pub const IQT: u64 = 0x088;
+    /// 11.4.10.3 Invalidation Queue Address.
+    pub const IQA: u64 = 0x090;
+    /// 11.4.10.4 Invalidation Completion Status (32-bit).
+    pub const ICS: u64 = 0x09c;
+    /// 11.4.11.1 Page Request Queue Head.
+    pub const PQH: u64 = 0x0c0;
+    /// 11.4.11.2 Page Request Queue Tail.
+    pub const PQT: u64 = 0x0c8;
+    /// 11.4.11.3 Page Request Queue Address.
+    pub const PQA: u64 = 0x0d0;
+    /// 11.4.11.4 Page Request Status (32-bit).
+    pub const PRS: u64 = 0x0dc;
+}
+
+/// 11.4.2 CAP_REG fields.
+pub mod cap {
+    /// ND bits 2:0: domain ids supported = 2^(4 + 2*ND).
+    pub const fn nd(cap: u64) -> u32 {
+        (cap & 7) as u32
+    }
+    /// RWBF bit 4: write-buffer flushing required.
+    pub const RWBF: u64 = 1 << 4;
+    /// CM bit 7: caching mode (not-present entries may be cached).
+    pub const CM: u64 = 1 << 7;
+    /// SAGAW bits 12:8: bit 1 = 39-bit 3-level, bit 2 = 48-bit 4-level, bit 3 = 57-bit 5-level.
+    pub const fn sagaw(cap: u64) -> u32 {
+        ((cap >> 8) & 0x1f) as u32
+    }
+    /// MGAW bits 21:16: maximum guest address width - 1.
+    pub const fn mgaw(cap: u64) -> u32 {
+        ((cap >> 16) & 0x3f) as u32 + 1
+    }
+    /// FRO bits 33:24: fault-recording register offset, in 16-byte units.
+    pub const fn fro(cap: u64) -> u64 {
+        ((cap >> 24) & 0x3ff) * 16
+    }
+    /// SLLPS bits 37:34: bit 0 = 2 MiB, bit 1 = 1 GiB second-level pages.
+    pub const fn sllps(cap: u64) -> u32 {
+        ((cap >> 34) & 0xf) as u32
+    }
+    /// PSI bit 39: page-selective invalidation.
+    pub const PSI: u64 = 1 << 39;
+    /// NFR bits 47:40: number of fault-recording registers - 1.
+    pub const fn nfr(cap: u64) -> u32 {
+        ((cap >> 40) & 0xff) as u32 + 1
+    }
+    /// MAMV bits 53:48: maximum address-mask value for page-selective invalidation.
+    pub const fn mamv(cap: u64) -> u32 {
+        ((cap >> 48) & 0x3f) as u32
+    }
+    /// DWD bit 54, DRD bit 55: write/read draining.
+    pub const DWD: u64 = 1 << 54;
+    /// DRD.
+    pub const DRD: u64 = 1 << 55;
+    /// FS1GP bit 56: first-stage 1 GiB pages.
+    pub const FS1GP: u64 = 1 << 56;
+    /// FS5LP bit 60: first-stage 5-level paging.
+    pub const FS5LP: u64 = 1 << 60;
+}
+
+/// 11.4.3 ECAP_REG fields.
+pub mod ecap {
+    /// C bit 0: page-walk coherency.
+    pub const C: u64 = 1 << 0;
+    /// QI bit 1: queued invalidation.
+    pub const QI: u64 = 1 << 1;
+    /// DT bit 2: device-TLB (ATS).
+    pub const DT: u64 = 1 << 2;
+    /// IR bit 3: interrupt remapping.
+    pub const IR: u64 = 1 << 3;
+    /// PT bit 6: pass-through.
+    pub const PT: u64 = 1 << 6;
+    /// SC bit 7: snoop control.
+    pub const SC: u64 = 1 << 7;
+    /// IRO bits 17:8: IOTLB register offset, in 16-byte units.
+    pub const fn iro(ecap: u64) -> u64 {
+        ((ecap >> 8) & 0x3ff) * 16
+    }
+    /// NEST bit 26: nested translation.
+    pub const NEST: u64 = 1 << 26;
+    /// PRS bit 29: page requests.
+    pub const PRS: u64 = 1 << 29;
+    /// PSS bits 39:35: PASID size supported - 1.
+    pub const fn pss(ecap: u64) -> u32 {
+        ((ecap >> 35) & 0x1f) as u32 + 1
+    }
+    /// PASID bit 40.
+    pub const PASID: u64 = 1 << 40;
+    /// SMTS bit 43: scalable-mode translation.
+    pub const SMTS: u64 = 1 << 43;
+    /// SSADS bit 45 (SLADS in older revisions): second-stage accessed/dirty.
+    pub const SSADS: u64 = 1 << 45;
+    /// SSTS bit 46 (SLTS): second-stage translation in scalable mode.
+    pub const SSTS: u64 = 1 << 46;
+    /// FSTS bit 47 (FLTS): first-stage translation in scalable mode.
+    pub const FSTS: u64 = 1 << 47;
+}
+
+/// 11.4.4 GCMD_REG / 11.4.5 GSTS_REG bits (same positions).
+pub mod gcmd {
+    /// TE/TES bit 31: translation enable.
+    pub const TE: u32 = 1 << 31;
+    /// SRTP/RTPS bit 30: set root table pointer.
+    pub const SRTP: u32 = 1 << 30;
+    /// WBF/WBFS bit 27: write buffer flush.
+    pub const WBF: u32 = 1 << 27;
+    /// QIE/QIES bit 26: queued invalidation enable.
+    pub const QIE: u32 = 1 << 26;
+    /// Bits of GCMD that are one-shot commands, never kept when writing back GSTS.
+    pub const ONE_SHOT: u32 = SRTP | WBF | (1 << 24) | (1 << 29);
+}
+
+/// 11.4.6 RTADDR_REG: TTM bits 11:10.
+pub mod rtaddr {
+    /// Legacy mode.
+    pub const TTM_LEGACY: u64 = 0 << 10;
+    /// Scalable mode.
+    pub const TTM_SCALABLE: u64 = 1 << 10;
+    /// Mask of TTM.
+    pub const TTM_MASK: u64 = 3 << 10;
+}
+
+/// 11.4.7 CCMD_REG.
+pub mod ccmd {
+    /// ICC bit 63: invalidate context cache (cleared by hardware when done).
+    pub const ICC: u64 = 1 << 63;
+    /// CIRG bits 62:61 = 01: global.
+    pub const GLOBAL: u64 = 1 << 61;
+    /// CIRG = 10: domain-selective.
+    pub const DOMAIN: u64 = 2 << 61;
+    /// CIRG = 11: device-selective.
+    pub const DEVICE: u64 = 3 << 61;
+    /// SID bits 31:16.
+    pub const fn sid(sid: u16) -> u64 {
+        (sid as u64) << 16
+    }
+}
+
+/// 11.4.8 IOTLB registers at ECAP.IRO: IVA at +0, IOTLB at +8.
+pub mod iotlb {
+    /// Offset of IVA_REG from IRO.
+    pub const IVA: u64 = 0;
+    /// Offset of IOTLB_REG from IRO.
+    pub const REG: u64 = 8;
+    /// IVT bit 63: invalidate (cleared by hardware when done).
+    pub const IVT: u64 = 1 << 63;
+    /// IIRG bits 61:60 = 01: global.
+    pub const GLOBAL: u64 = 1 << 60;
+    /// IIRG = 10: domain-selective.
+    pub const DOMAIN: u64 = 2 << 60;
+    /// IIRG = 11: page-selective within domain.
+    pub const PAGE: u64 = 3 << 60;
+    /// DR bit 49, DW bit 48: drain reads/writes.
+    pub const DRAIN: u64 = (1 << 49) | (1 << 48);
+    /// DID bits 47:32.
+    pub const fn did(did: u16) -> u64 {
+        (did as u64) << 32
+    }
+    /// IVA_REG: address bits 63:12, IH bit 6, AM bits 5:0.
+    pub const fn iva(addr: u64, am: u32) -> u64 {
+        (addr & !0xfff) | (am as u64 & 0x3f)
+    }
+}
+
+/// 11.4.9.1 FSTS_REG bits.
+pub mod fsts {
+    /// PFO bit 0: primary fault overflow.
+    pub const PFO: u32 = 1 << 0;
+    /// PPF bit 1: primary pending fault.
+    pub const PPF: u32 = 1 << 1;
+    /// IQE bit 4: invalidation queue error.
+    pub const IQE: u32 = 1 << 4;
+    /// ICE bit 5: invalidation completion error.
+    pub const ICE: u32 = 1 << 5;
+    /// ITE bit 6: invalidation time-out error.
+    pub const ITE: u32 = 1 << 6;
+    /// FRI bits 15:8: index of the first pending fault record.
+    pub const fn fri(fsts: u32) -> u32 {
+        (fsts >> 8) & 0xff
+    }
+}
+
+/// 11.4.10.3 IQA_REG: address bits 63:12, DW bit 11 (256-bit descriptors), QS bits 2:0.
+pub mod iqa {
+    /// DW: 256-bit descriptors (scalable mode).
+    pub const DW: u64 = 1 << 11;
+    /// QS: 2^QS pages of 4 KiB.
+    pub const fn value(base: u64, qs: u32, wide: bool) -> u64 {
+        (base & !0xfff) | if wide { DW } else { 0 } | (qs as u64 & 7)
+    }
+}
+
+/// 11.4.10.4 ICS_REG: IWC bit 0.
+pub const ICS_IWC: u32 = 1;
+
+/// 11.4.11.4 PRS_REG: PPR bit 0, PRO bit 1.
+pub mod prs {
+    /// Pending page request.
+    pub const PPR: u32 = 1 << 0;
+    /// Page request overflow.
+    pub const PRO: u32 = 1 << 1;
+}

@@ -1,0 +1,186 @@
+//! Translation structures in memory (VT-d spec chapter 9, "Translation Structure Formats").
+
+/// Bits 63:12 of an entry: a 4 KiB-aligned pointer. Host addresses are below 2^52.
+pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// 9.1 Root entry (legacy mode, 128-bit; 256 entries in the 4 KiB root table, by bus).
+pub mod root {
+    /// Lower qword bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Lower qword: context-table pointer.
+    pub const fn lo(context_table: u64) -> u64 {
+        (context_table & super::ADDR) | P
+    }
+    /// Entry offset for a bus.
+    pub const fn offset(bus: u8) -> u64 {
+        bus as u64 * 16
+    }
+}
+
+/// 9.2 Scalable-mode root entry (128-bit): the lower context table serves devfn 0-127, the
+/// upper one devfn 128-255.
+pub mod sm_root {
+    /// LP (lower qword bit 0) / UP (upper qword bit 0): present.
+    pub const P: u64 = 1 << 0;
+}
+
+/// 9.3 Context entry (legacy mode, 128-bit; 256 per table, by devfn).
+pub mod context {
+    /// Lower qword bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Lower qword bit 1: fault processing disable.
+    pub const FPD: u64 = 1 << 1;
+    /// Lower qword TT bits 3:2 = 00: untranslated requests through the second-level table.
+    pub const TT_SL: u64 = 0 << 2;
+    /// TT = 01: also translated requests (device-TLB).
+    pub const TT_SL_DT: u64 = 1 << 2;
+    /// TT = 10: pass-through.
+    pub const TT_PT: u64 = 2 << 2;
+    /// Mask of TT.
+    pub const TT_MASK: u64 = 3 << 2;
+    /// Upper qword AW bits 2:0: 1 = 39-bit 3-level, 2 = 48-bit 4-level, 3 = 57-bit 5-level.
+    pub const AW_MASK: u64 = 7;
+    /// Upper qword DID bits 23:8.
+    pub const fn did(did: u16) -> u64 {
+        (did as u64) << 8
+    }
+    /// The DID field of an upper qword.
+    pub const fn did_of(hi: u64) -> u16 {
+        (hi >> 8) as u16
+    }
+    /// Entry offset for a devfn (legacy: 16 bytes).
+    pub const fn offset(devfn: u8) -> u64 {
+        devfn as u64 * 16
+    }
+}
+
+/// 9.4 Scalable-mode context entry (256-bit; 128 per table, by devfn & 0x7f).
+pub mod sm_context {
+    /// Qword 0 bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Qword 0 bit 1: fault processing disable.
+    pub const FPD: u64 = 1 << 1;
+    /// Qword 0 bit 2: device-TLB enable.
+    pub const DTE: u64 = 1 << 2;
+    /// Qword 0 bit 3: PASID enable (requests with PASID allowed).
+    pub const PASIDE: u64 = 1 << 3;
+    /// Qword 0 bit 4: page request enable.
+    pub const PRE: u64 = 1 << 4;
+    /// Qword 0 PDTS bits 11:9: the PASID directory has 2^(PDTS + 7) entries.
+    pub const fn pdts(entries_log2: u32) -> u64 {
+        ((entries_log2 as u64).saturating_sub(7) & 7) << 9
+    }
+    /// PASID-directory entries given by a qword 0.
+    pub const fn pdir_entries(q0: u64) -> u64 {
+        1 << (((q0 >> 9) & 7) + 7)
+    }
+    /// Qword 1 RID_PASID bits 19:0: the PASID used for requests without one.
+    pub const RID_PASID_MASK: u64 = 0xf_ffff;
+    /// Entry offset for a devfn (32 bytes, lower or upper table).
+    pub const fn offset(devfn: u8) -> u64 {
+        (devfn as u64 & 0x7f) * 32
+    }
+}
+
+/// 9.5 Scalable-mode PASID directory entry (64-bit), indexed by PASID bits 19:6.
+pub mod pasid_dir {
+    /// Bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Bit 1: fault processing disable.
+    pub const FPD: u64 = 1 << 1;
+    /// Entry offset for a PASID.
+    pub const fn offset(pasid: u32) -> u64 {
+        ((pasid as u64) >> 6) * 8
+    }
+}
+
+/// 9.6 Scalable-mode PASID table entry (512-bit; 64 per 4 KiB table, by PASID bits 5:0).
+pub mod pasid_entry {
+    /// Size in bytes.
+    pub const SIZE: u64 = 64;
+    /// Qword 0 bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Qword 0 bit 1: fault processing disable.
+    pub const FPD: u64 = 1 << 1;
+    /// Qword 0 AW bits 4:2 (as in the context entry).
+    pub const fn aw(aw: u64) -> u64 {
+        (aw & 7) << 2
+    }
+    /// Qword 0 PGTT bits 8:6 = 001: first-stage only.
+    pub const PGTT_FS: u64 = 1 << 6;
+    /// PGTT = 010: second-stage only.
+    pub const PGTT_SS: u64 = 2 << 6;
+    /// PGTT = 011: nested.
+    pub const PGTT_NESTED: u64 = 3 << 6;
+    /// PGTT = 100: pass-through.
+    pub const PGTT_PT: u64 = 4 << 6;
+    /// Mask of PGTT.
+    pub const PGTT_MASK: u64 = 7 << 6;
+    /// Qword 0 bit 9: second-stage accessed/dirty enable (SSADE; SLADE before 3.2).
+    pub const SSADE: u64 = 1 << 9;
+    /// Qword 0 bits 63:12: second-stage table pointer.
+    /// Qword 1 DID bits 15:0.
+    pub const DID_MASK: u64 = 0xffff;
+    /// Qword 1 bit 24: page snoop (PGSNP): force snoop on every access.
+    pub const PGSNP: u64 = 1 << 24;
+    /// Qword 2 FSPM bits 3:2 = 00: 4-level first-stage paging.
+    pub const FSPM_4LEVEL: u64 = 0 << 2;
+    /// FSPM = 01: 5-level.
+    pub const FSPM_5LEVEL: u64 = 1 << 2;
+    /// Qword 2 bits 63:12: first-stage table pointer.
+    /// Entry offset for a PASID in its table.
+    pub const fn offset(pasid: u32) -> u64 {
+        (pasid as u64 & 0x3f) * SIZE
+    }
+}
+
+/// 9.8 Second-stage (second-level) paging entry.
+pub mod sl {
+    /// Bit 0: read.
+    pub const R: u64 = 1 << 0;
+    /// Bit 1: write.
+    pub const W: u64 = 1 << 1;
+    /// Bit 2: execute (requests with execute permission).
+    pub const X: u64 = 1 << 2;
+    /// Bit 7: page size (a 2 MiB leaf at level 2, a 1 GiB leaf at level 3).
+    pub const PS: u64 = 1 << 7;
+    /// Bit 8: accessed (when SSADE).
+    pub const A: u64 = 1 << 8;
+    /// Bit 9: dirty (when SSADE, leaves only).
+    pub const D: u64 = 1 << 9;
+    /// Bit 11: snoop behaviour (with ECAP.SC).
+    pub const SNP: u64 = 1 << 11;
+    /// Index of `iova` at `level` (1 = 4 KiB leaves, 2 = 2 MiB, 3 = 1 GiB, 4, 5).
+    pub const fn index(iova: u64, level: u32) -> u64 {
+        (iova >> (12 + 9 * (level - 1))) & 0x1ff
+    }
+    /// Bytes covered by one entry at `level`.
+    pub const fn span(level: u32) -> u64 {
+        1 << (12 + 9 * (level - 1))
+    }
+    /// A present entry has R or W set.
+    pub const fn present(e: u64) -> bool {
+        e & (R | W) != 0
+    }
+}
+
+/// 9.7 First-stage paging entry (the x86-64 format).
+pub mod fl {
+    /// Bit 0: present.
+    pub const P: u64 = 1 << 0;
+    /// Bit 1: read/write.
+    pub const RW: u64 = 1 << 1;
+    /// Bit 2: user/supervisor.
+    pub const US: u64 = 1 << 2;
+    /// Bit 5: accessed.
+    pub const A: u64 = 1 << 5;
+    /// Bit 6: dirty.
+    pub const D: u64 = 1 << 6;
+    /// Bit 7: page size.
+    pub const PS: u64 = 1 << 7;
+    /// Bit 63: execute disable.
+    pub const XD: u64 = 1 << 63;
+}
+
+/// Address widths (9.3 AW, 11.4.2 SAGAW): (AW value, levels, width in bits).
+pub const AGAWS: [(u64, u32, u32); 3] = [(1, 3, 39), (2, 4, 48), (3, 5, 57)];
