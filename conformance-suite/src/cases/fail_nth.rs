@@ -1,7 +1,7 @@
 //! An allocation failure injected at every allocation point of a scenario, one run each (as
 //! Linux's fail_nth does): each leaves the state exactly as before, with nothing leaked.
 
-use ioasis::{Context, Error, Iova, PhysAddr, Prot, Target, UnmapMode};
+use ioasis::{Context, Error, IoasId, Iova, PhysAddr, Prot, Target, UnmapMode};
 
 use super::{done, e};
 use crate::rig::Rig;
@@ -34,37 +34,31 @@ fn every_point(
     Err("still allocating after 256 points".into())
 }
 
+/// A check that the table pages and the areas of `ioas` are as they are now, and that the page
+/// at 0x1000 still translates.
+fn unchanged_from_now(r: &Rig, ioas: IoasId) -> Result<impl FnMut(usize) -> Result<(), String> + '_, String> {
+    let pages = r.table_pages();
+    let areas = r.ctx.areas(ioas).map_err(e)?;
+    Ok(move |_| {
+        if r.table_pages() != pages {
+            return Err(format!("{} table pages, {pages} before", r.table_pages()));
+        }
+        if r.ctx.areas(ioas).map_err(e)? != areas {
+            return Err("the areas changed".into());
+        }
+        r.lands(1, None, 0x1000, 0x1000, b"intact")
+    })
+}
+
 pub(crate) fn map_and_cut(r: &Rig, _: u64) -> Result<Pass, String> {
     let (_, ioas, _) = r.attached(1)?;
     r.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 4 << 20, Prot::RW).map_err(e)?;
-    let pages = r.table_pages();
-    let areas = r.ctx.areas(ioas).map_err(e)?;
     let (iova, len) = (0x3fe0_0000 - 0x1000, (6 << 20) + 0x1000);
     let map = || r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(0x1000_0000 - 0x1000), len, Prot::RW).map(|_| ());
-    let unchanged = |_| -> Result<(), String> {
-        if r.table_pages() != pages {
-            return Err(format!("{} table pages, {pages} before", r.table_pages()));
-        }
-        if r.ctx.areas(ioas).map_err(e)? != areas {
-            return Err("the areas changed".into());
-        }
-        r.lands(1, None, 0x1000, 0x1000, b"intact")
-    };
-    let n_map = every_point(&r.ctx, map, unchanged)?;
+    let n_map = every_point(&r.ctx, map, unchanged_from_now(r, ioas)?)?;
     // The map went through on the last run: now a cut that needs splits.
-    let pages = r.table_pages();
-    let areas = r.ctx.areas(ioas).map_err(e)?;
     let cut = || r.ctx.unmap(ioas, Iova(0x1000), 0x1000, UnmapMode::Cut).map(|_| ());
-    let unchanged = |_| -> Result<(), String> {
-        if r.table_pages() != pages {
-            return Err(format!("{} table pages, {pages} before", r.table_pages()));
-        }
-        if r.ctx.areas(ioas).map_err(e)? != areas {
-            return Err("the areas changed".into());
-        }
-        r.lands(1, None, 0x1000, 0x1000, b"intact")
-    };
-    let n_cut = every_point(&r.ctx, cut, unchanged)?;
+    let n_cut = every_point(&r.ctx, cut, unchanged_from_now(r, ioas)?)?;
     if n_map == 0 {
         return Err("the map allocated nothing: the case proves nothing".into());
     }
