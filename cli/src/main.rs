@@ -11,6 +11,7 @@ use ioasis::platform::ModelFactory;
 use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
 use ioasis_baremetal::{Machine, MachineConfig};
 use ioasis_plugin_mock::MockModelFactory;
+use ioasis_plugin_vtd::factory::VtdModelFactory;
 use serde::Deserialize;
 
 /// Exit status of a failed check (refused intent, failed step or case).
@@ -84,7 +85,7 @@ enum Format {
 
 /// The hardware models this binary can simulate units with.
 fn factories() -> Vec<&'static dyn ModelFactory> {
-    vec![&MockModelFactory]
+    vec![&MockModelFactory, &VtdModelFactory]
 }
 
 fn registry(cli: &Cli) -> Result<Registry, String> {

@@ -1,4 +1,47 @@
 //! The Intel VT-d backend: a driver that programs VT-d remapping units (legacy and scalable
 //! mode), and a model of the hardware that reads what it writes.
 
+mod driver;
+pub mod factory;
 pub mod layout;
+pub mod model;
+
+use abi_stable::prefix_type::WithMetadata;
+use abi_stable::sabi_extern_fn;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, RResult, RString};
+use ioasis::abi::{
+    guard, BackendBox, Backend_TO, PluginError, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
+};
+
+pub use driver::{Mode, VtdBackend, VtdParams};
+
+/// The plugin's name.
+pub const NAME: &str = "vtd";
+
+#[sabi_extern_fn]
+fn info() -> PluginInfo {
+    PluginInfo {
+        name: RString::from(NAME),
+        version: RString::from(env!("CARGO_PKG_VERSION")),
+        vendor: RString::from("ioasis project"),
+        description: RString::from("Intel VT-d remapping units (legacy and scalable mode)"),
+    }
+}
+
+#[sabi_extern_fn]
+fn new_backend() -> RResult<BackendBox, PluginError> {
+    guard("new_backend", || Ok(Backend_TO::from_ptr(RArc::new(VtdBackend), TD_Opaque)))
+}
+
+const ROOT: &WithMetadata<PluginRoot> =
+    &WithMetadata::new(PluginRoot { interface: INTERFACE_VERSION, info, new_backend });
+
+/// The plugin's root module: what the cdylib exports and the built-in registration uses.
+pub fn root_module() -> PluginRoot_Ref {
+    PluginRoot_Ref(ROOT.static_as_prefix())
+}
+
+inventory::submit! {
+    ioasis::loader::Builtin { name: NAME, root: root_module }
+}

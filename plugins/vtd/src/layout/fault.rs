@@ -89,3 +89,25 @@ pub mod page_request {
             | if last { LPIG } else { 0 }
     }
 }
+
+/// 11.4.9.3 Fault Recording Register, lower qword.
+pub mod frcd_lo {
+    /// FI bits 63:12: the faulting page address (bits 11:0 are reserved).
+    pub const fn fi(lo: u64) -> u64 {
+        lo & !0xfff
+    }
+}
+
+/// More fault reasons (VT-d spec Appendix A) that the model reports.
+pub mod reason_more {
+    /// Error reading a root entry.
+    pub const ROOT_ENTRY_ERROR: u8 = 0x8;
+    /// Error reading a context entry.
+    pub const CONTEXT_ENTRY_ERROR: u8 = 0x9;
+    /// Reserved field set in a present root entry.
+    pub const ROOT_RESERVED: u8 = 0xa;
+    /// Error reading a PASID directory entry (scalable mode).
+    pub const PASID_DIR_ERROR: u8 = 0x50;
+    /// Error reading a PASID table entry (scalable mode).
+    pub const PASID_TABLE_ERROR: u8 = 0x58;
+}

@@ -226,3 +226,95 @@ pub mod prs {
     /// Page request overflow.
     pub const PRO: u32 = 1 << 1;
 }
+
+/// 11.4.11.3 PQA_REG: page request queue base bits 63:12, PQS bits 2:0 (2^PQS 4 KiB pages).
+pub mod pqa {
+    /// The register value for a queue at `base` of 2^`pqs` pages.
+    pub const fn value(base: u64, pqs: u32) -> u64 {
+        (base & !0xfff) | (pqs as u64 & 7)
+    }
+}
+
+/// More register offsets (VT-d spec 11.4) that the model answers.
+pub mod off_more {
+    /// 11.4.9 Fault Event Data Register (32-bit).
+    pub const FEDATA: u64 = 0x03c;
+    /// 11.4.9 Fault Event Address Register (32-bit).
+    pub const FEADDR: u64 = 0x040;
+    /// 11.4.9 Fault Event Upper Address Register (32-bit).
+    pub const FEUADDR: u64 = 0x044;
+    /// 11.4.10 Invalidation Event Control Register (32-bit).
+    pub const IECTL: u64 = 0x0a0;
+    /// 11.4.10 Invalidation Event Data Register (32-bit).
+    pub const IEDATA: u64 = 0x0a4;
+    /// 11.4.10 Invalidation Event Address Register (32-bit).
+    pub const IEADDR: u64 = 0x0a8;
+    /// 11.4.10 Invalidation Event Upper Address Register (32-bit).
+    pub const IEUADDR: u64 = 0x0ac;
+    /// 11.4.11 Page Request Event Control Register (32-bit).
+    pub const PECTL: u64 = 0x0e0;
+    /// 11.4.11 Page Request Event Data Register (32-bit).
+    pub const PEDATA: u64 = 0x0e4;
+    /// 11.4.11 Page Request Event Address Register (32-bit).
+    pub const PEADDR: u64 = 0x0e8;
+    /// 11.4.11 Page Request Event Upper Address Register (32-bit).
+    pub const PEUADDR: u64 = 0x0ec;
+}
+
+/// 11.4.9.2 FECTL_REG (and the same layout in IECTL 11.4.10, PECTL 11.4.11).
+pub mod event_ctl {
+    /// IM bit 31: interrupt mask (set at reset).
+    pub const IM: u32 = 1 << 31;
+    /// IP bit 30: interrupt pending.
+    pub const IP: u32 = 1 << 30;
+}
+
+/// 11.4.7 CCMD_REG fields beyond the layout above.
+pub mod ccmd_more {
+    /// CIRG bits 62:61 of a CCMD value.
+    pub const fn cirg(v: u64) -> u64 {
+        (v >> 61) & 3
+    }
+    /// CAIG bits 60:59: the granularity hardware actually used.
+    pub const fn caig(g: u64) -> u64 {
+        (g & 3) << 59
+    }
+    /// Mask of CAIG.
+    pub const CAIG_MASK: u64 = 3 << 59;
+    /// FM bits 33:32: function mask for device-selective invalidation.
+    pub const fn fm(v: u64) -> u64 {
+        (v >> 32) & 3
+    }
+    /// SID bits 31:16.
+    pub const fn sid_of(v: u64) -> u16 {
+        (v >> 16) as u16
+    }
+    /// DID bits 15:0.
+    pub const fn did_of(v: u64) -> u16 {
+        v as u16
+    }
+}
+
+/// 11.4.8.1 IOTLB_REG fields beyond the layout above.
+pub mod iotlb_more {
+    /// IIRG bits 61:60 of an IOTLB_REG value.
+    pub const fn iirg(v: u64) -> u64 {
+        (v >> 60) & 3
+    }
+    /// IAIG bits 58:57: the granularity hardware actually used.
+    pub const fn iaig(g: u64) -> u64 {
+        (g & 3) << 57
+    }
+    /// Mask of IAIG.
+    pub const IAIG_MASK: u64 = 3 << 57;
+    /// DID bits 47:32.
+    pub const fn did_of(v: u64) -> u16 {
+        (v >> 32) as u16
+    }
+}
+
+/// 11.4.10.1-2 IQH_REG / IQT_REG: QH/QT bits 18:4, a byte offset into the queue.
+pub const IQ_OFFSET_MASK: u64 = 0x7fff0;
+
+/// 11.4.11.1-2 PQH_REG / PQT_REG: PQH/PQT bits 18:5, a byte offset into the queue.
+pub const PQ_OFFSET_MASK: u64 = 0x7ffe0;

@@ -1,0 +1,354 @@
+//! VT-d HWPTs: a domain id (DID) and, for paging, a second-stage page table (VT-d spec 9.8).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
+use ioasis::abi::{guard, guard_or, CacheInvalidation, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
+
+use super::inv::Desc;
+use super::pagetable::{leaf_addr, leaf_prot, PageTable};
+use super::unit::UnitCore;
+use crate::layout::qi;
+use crate::layout::tables::{pasid_entry, sl};
+
+/// What a HWPT translates with.
+pub enum Table {
+    /// A second-stage table of its own.
+    Paging(PageTable),
+    /// A guest x86-64 first stage over a paging parent (PGTT 011, 9.6).
+    Nested {
+        /// The second-stage parent.
+        parent: Arc<HwptInner>,
+        /// FSPTPTR: the stage-1 root, a parent IOVA (guest physical).
+        s1_root: u64,
+    },
+    /// Identity or blocking: no table.
+    Fixed,
+}
+
+/// One device (or PASID of it) that uses a HWPT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Source id.
+    pub sid: u16,
+    /// The PASID its entry is for (scalable mode; 0 = RID_PASID), `None` in legacy mode.
+    pub pasid: Option<u32>,
+    /// The PASID-table entry (scalable) or context entry (legacy).
+    pub entry: u64,
+    /// The device-TLB is enabled for it (ATS).
+    pub ats: bool,
+}
+
+/// The HWPT's state, shared with the unit while devices are attached.
+pub struct HwptInner {
+    pub(super) core: Arc<UnitCore>,
+    /// Handle, unique per unit.
+    pub handle: u64,
+    /// Domain id (0 for blocking: it tags nothing).
+    pub did: u16,
+    pub(super) kind: HwptKind,
+    pub(super) flags: HwptFlags,
+    pub(super) table: Table,
+    /// Serialises changes to the page table.
+    pub(super) lock: Mutex<()>,
+    /// SSADE wanted in the entries that use it.
+    pub(super) dirty_on: AtomicBool,
+    /// Entries that point at it.
+    pub(super) users: Mutex<Vec<User>>,
+    /// Nested HWPTs over this one, whose cached translations depend on this table.
+    pub(super) children: Mutex<Vec<Weak<HwptInner>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HwptInner {
+    pub(super) fn paging(&self) -> Result<&PageTable, PluginError> {
+        match &self.table {
+            Table::Paging(t) => Ok(t),
+            _ => Err(PluginError::invalid(format!("a {} HWPT has no page table", self.kind.name()))),
+        }
+    }
+
+    /// The users, copied.
+    pub(super) fn users(&self) -> Vec<User> {
+        lock(&self.users).clone()
+    }
+
+    pub(super) fn add_user(&self, u: User) {
+        let mut users = lock(&self.users);
+        users.retain(|x| x.entry != u.entry);
+        users.push(u);
+    }
+
+    pub(super) fn remove_user(&self, entry: u64) {
+        lock(&self.users).retain(|x| x.entry != entry);
+    }
+
+    fn children(&self) -> Vec<Arc<HwptInner>> {
+        lock(&self.children).iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// SSADE for entries built on this second-stage table.
+    pub(super) fn ssade(&self) -> bool {
+        self.flags.contains(HwptFlags::DIRTY_TRACKING) && self.dirty_on.load(Ordering::SeqCst)
+    }
+
+    /// Invalidation descriptors for this domain's translations in a range (`None`: all): the
+    /// IOTLB (6.5.2.3), in scalable mode the PASID-based IOTLB of each user (6.5.2.4), the
+    /// device-TLB of ATS users (6.5.2.5), and every nested child's domain.
+    pub(super) fn flush_descs(&self, range: Option<(u64, u64)>) -> Vec<Desc> {
+        let c = &self.core;
+        let mut b = match range {
+            Some((iova, len)) => c.inv.iotlb_range(self.did, iova, len),
+            None => vec![[qi::iotlb::q0(qi::iotlb::DOMAIN, self.did), 0]],
+        };
+        for u in self.users() {
+            if let Some(p) = u.pasid {
+                b.extend(c.inv.piotlb_range(self.did, p, range));
+            }
+            if u.ats {
+                b.push(dev_tlb_all(u.sid));
+            }
+        }
+        for child in self.children() {
+            b.extend(child.flush_descs(None));
+        }
+        b
+    }
+
+    /// Flushes this domain's cached translations of a range (after a table change).
+    pub(super) fn flush(&self, range: Option<(u64, u64)>) -> Result<(), PluginError> {
+        self.core.write_buffer_flush()?;
+        self.core.inv.submit(&self.core.io, &self.flush_descs(range))
+    }
+}
+
+/// A device-TLB invalidation of the whole address space (6.5.2.5: S = 1 with address bits
+/// 62:12 set).
+pub fn dev_tlb_all(sid: u16) -> Desc {
+    [qi::dev_tlb::q0(sid), 0x7fff_ffff_ffff_f000 | qi::dev_tlb::S]
+}
+
+impl Drop for HwptInner {
+    fn drop(&mut self) {
+        guard_or("HWPT drop", (), || {
+            if let Table::Paging(t) = &self.table {
+                t.destroy(&self.core.io);
+            }
+            if self.did != 0 {
+                self.core.free_did(self.did);
+            }
+        })
+    }
+}
+
+/// The object handed to the host.
+#[derive(Clone)]
+pub struct VtdHwpt(pub Arc<HwptInner>);
+
+impl VtdHwpt {
+    fn set_dirty(&self, enable: bool) -> Result<(), PluginError> {
+        let h = &self.0;
+        if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
+            return Err(PluginError::unsupported("HWPT was not allocated with dirty tracking"));
+        }
+        let _g = lock(&h.lock);
+        h.dirty_on.store(enable, Ordering::SeqCst);
+        let c = &h.core;
+        let mut batch = Vec::new();
+        // 9.6: SSADE lives in qword 0 of each PASID entry that uses this second stage (its own
+        // and its nested children's); one 8-byte store flips it, P stays set.
+        let mut domains = vec![h.clone()];
+        domains.extend(h.children());
+        for d in &domains {
+            for u in d.users() {
+                let Some(p) = u.pasid else { continue };
+                let q0 = c.io.rd(u.entry)?;
+                let new = if enable { q0 | pasid_entry::SSADE } else { q0 & !pasid_entry::SSADE };
+                if new != q0 {
+                    c.io.wr(u.entry, new)?;
+                    batch.push([qi::pc::q0(qi::pc::PASID, d.did, p), 0]);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for d in &domains {
+            batch.extend(d.flush_descs(None));
+        }
+        c.inv.submit(&c.io, &batch)
+    }
+
+    fn dirty(&self, iova: u64, len: u64, page_shift: u8, bm: &mut [u64], keep: bool) -> Result<(), PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        if !(12..=30).contains(&page_shift) {
+            return Err(PluginError::invalid(format!("page shift {page_shift} out of 12..=30")));
+        }
+        let page = 1u64 << page_shift;
+        let pages = len / page;
+        if len % page != 0 || iova % page != 0 || (bm.len() as u64) * 64 < pages {
+            return Err(PluginError::invalid("range or bitmap does not fit the page size"));
+        }
+        let io = &h.core.io;
+        let _g = lock(&h.lock);
+        let mut any = false;
+        t.for_each_leaf(io, iova, len, &mut |leaf_va, leaf| {
+            if leaf.value & sl::D == 0 {
+                return Ok(());
+            }
+            if !keep {
+                // Atomic: the unit may set A/D in the same entry meanwhile.
+                io.and(leaf.entry_pa, !sl::D)?;
+                any = true;
+            }
+            let first = leaf_va.max(iova);
+            let last = (leaf_va + leaf.span).min(iova + len);
+            let mut a = first & !(page - 1);
+            while a < last {
+                let bit = (a - iova) / page;
+                if let Some(w) = bm.get_mut((bit / 64) as usize) {
+                    *w |= 1 << (bit % 64);
+                }
+                a += page;
+            }
+            Ok(())
+        })?;
+        if any {
+            // Cached translations would not set D again: drop them for the range.
+            h.flush(Some((iova, len)))?;
+        }
+        Ok(())
+    }
+
+    fn nested_invalidate(&self, reqs: &[CacheInvalidation]) -> Result<u32, PluginError> {
+        let h = &self.0;
+        if h.kind != HwptKind::NESTED {
+            return Err(PluginError::invalid("cache invalidation requests are for nested HWPTs"));
+        }
+        let c = &h.core;
+        let mut batch = Vec::new();
+        let users = h.users();
+        for (n, r) in reqs.iter().enumerate() {
+            let range = match r.scope {
+                CacheInvalidation::ALL | CacheInvalidation::PASID => None,
+                CacheInvalidation::RANGE if r.len > 0 => Some((r.iova.0, r.len)),
+                s => return Err(PluginError::invalid(format!("request {n}: unknown scope {s} or empty range"))),
+            };
+            // 6.5.2.4: first-stage translations are tagged by DID and PASID.
+            for u in &users {
+                batch.extend(c.inv.piotlb_range(h.did, u.pasid.unwrap_or(0), range));
+                if u.ats {
+                    batch.push(dev_tlb_all(u.sid));
+                }
+            }
+        }
+        c.inv.submit(&c.io, &batch)?;
+        Ok(reqs.len() as u32)
+    }
+}
+
+impl Hwpt for VtdHwpt {
+    fn info(&self) -> HwptInfo {
+        let h = &self.0;
+        let c = &h.core;
+        let (format, page_sizes) = match &h.table {
+            Table::Paging(t) => (PtFormat::VTD_SECOND_LEVEL, t.sizes),
+            Table::Nested { .. } => (PtFormat::X86_64, PageSizes::SZ_4K_2M_1G),
+            Table::Fixed => (PtFormat::NONE, PageSizes(0)),
+        };
+        HwptInfo {
+            kind: h.kind,
+            format,
+            page_sizes,
+            aperture: IovaRange { start: Iova(0), last: Iova((1u64 << c.ias) - 1) },
+            handle: h.handle,
+        }
+    }
+
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
+        guard("map", || {
+            let h = &self.0;
+            let t = h.paging()?;
+            let _g = lock(&h.lock);
+            t.map(&h.core.io, iova.0, pa.0, len, prot)?;
+            if h.core.cap & crate::layout::regs::cap::CM != 0 {
+                // 6.1: with caching mode, not-present entries may be cached: invalidate.
+                h.flush(Some((iova.0, len)))
+            } else {
+                h.core.write_buffer_flush()
+            }
+        })
+    }
+
+    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
+        guard("unmap", || {
+            let h = &self.0;
+            let t = h.paging()?;
+            let _g = lock(&h.lock);
+            let bytes = t.unmap(&h.core.io, iova.0, len)?;
+            if bytes > 0 {
+                h.flush(Some((iova.0, len)))?;
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn split(&self, iova: Iova) -> RResult<(), PluginError> {
+        guard("split", || {
+            let h = &self.0;
+            let t = h.paging()?;
+            let _g = lock(&h.lock);
+            let mut log = Vec::new();
+            // Identical translations in smaller pages: a cached large page stays correct, and a
+            // later page-selective invalidation covers it (6.5.2.3: entries overlapping the range).
+            t.split_at(&h.core.io, iova.0, &mut log).inspect_err(|_| t.revert_splits(&h.core.io, &log))
+        })
+    }
+
+    fn translate(&self, iova: Iova) -> ROption<Translation> {
+        guard_or("translate", ROption::RNone, || {
+            let h = &self.0;
+            let Ok(t) = h.paging() else { return ROption::RNone };
+            match t.walk(&h.core.io, iova.0) {
+                Ok(Some(leaf)) => ROption::RSome(Translation {
+                    pa: PhysAddr(leaf_addr(leaf.value, leaf.span) + (iova.0 & (leaf.span - 1))),
+                    prot: leaf_prot(leaf.value),
+                    page_size: leaf.span,
+                }),
+                _ => ROption::RNone,
+            }
+        })
+    }
+
+    fn set_dirty_tracking(&self, enable: bool) -> RResult<(), PluginError> {
+        guard("set_dirty_tracking", || self.set_dirty(enable))
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        len: u64,
+        page_shift: u8,
+        mut bitmap: RSliceMut<'_, u64>,
+        keep: bool,
+    ) -> RResult<(), PluginError> {
+        guard("read_and_clear_dirty", || self.dirty(iova.0, len, page_shift, bitmap.as_mut_slice(), keep))
+    }
+
+    fn invalidate(&self, reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
+        guard("invalidate", || self.nested_invalidate(reqs.as_slice()))
+    }
+
+    fn table_pages(&self) -> u64 {
+        guard_or("table_pages", 0, || match &self.0.table {
+            Table::Paging(t) => t.count_pages(&self.0.core.io).unwrap_or(0),
+            _ => 0,
+        })
+    }
+}

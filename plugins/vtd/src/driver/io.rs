@@ -1,0 +1,129 @@
+//! The driver's access to its unit: memory and registers through host services, with bounded
+//! polling (VT-d spec 11.4: 32-bit registers are accessed with width 4, 64-bit ones with 8).
+
+use abi_stable::std_types::RResult;
+use ioasis::abi::{ErrorCode, HostError, HostServicesBox, LogLevel, PluginError};
+use ioasis::PhysAddr;
+
+use crate::layout::regs::{gcmd, off};
+use crate::layout::tables::ADDR;
+
+/// How long a register or status poll may take before the driver reports a timeout.
+pub const POLL_TIMEOUT_NS: u64 = 200_000_000;
+
+/// A host error as the driver reports it.
+pub fn host_err(what: &str, e: HostError) -> PluginError {
+    let code = if e.code == HostError::NO_MEMORY { ErrorCode::NO_MEMORY } else { ErrorCode::HOST };
+    PluginError::new(code, format!("{what}: {e}"))
+}
+
+fn ok<T>(what: &str, r: RResult<T, HostError>) -> Result<T, PluginError> {
+    r.into_result().map_err(|e| host_err(what, e))
+}
+
+/// Memory and register access of one unit.
+pub struct Io {
+    host: HostServicesBox,
+}
+
+impl Io {
+    /// Wraps the unit's host services.
+    pub fn new(host: HostServicesBox) -> Self {
+        Self { host }
+    }
+
+    /// Reads a table entry (one qword).
+    pub fn rd(&self, pa: u64) -> Result<u64, PluginError> {
+        ok("read table entry", self.host.read_u64(PhysAddr(pa)))
+    }
+
+    /// Writes a table entry (one qword, atomically as hardware sees it).
+    pub fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
+        ok("write table entry", self.host.write_u64(PhysAddr(pa), v))
+    }
+
+    /// Clears bits of an entry atomically; returns the old value.
+    pub fn and(&self, pa: u64, mask: u64) -> Result<u64, PluginError> {
+        ok("update table entry", self.host.fetch_and_u64(PhysAddr(pa), mask))
+    }
+
+    /// Reads a whole 4 KiB table as 512 qwords, in one host call.
+    pub fn entries(&self, pa: u64) -> Result<[u64; 512], PluginError> {
+        let mut buf = [0u8; 4096];
+        ok("read table", self.host.read_phys(PhysAddr(pa), buf.as_mut_slice().into()))?;
+        let mut out = [0u64; 512];
+        for (o, c) in out.iter_mut().zip(buf.chunks_exact(8)) {
+            *o = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        }
+        Ok(out)
+    }
+
+    /// A zeroed table page.
+    pub fn alloc(&self) -> Result<u64, PluginError> {
+        let pa = ok("allocate table page", self.host.alloc_table_page())?.0;
+        if pa & !ADDR != 0 {
+            return Err(PluginError::new(ErrorCode::HOST, format!("host gave unusable page {pa:#x}")));
+        }
+        Ok(pa)
+    }
+
+    /// Frees a table page. A failure here is a host bug: it is logged, not propagated.
+    pub fn free(&self, pa: u64) {
+        if let RResult::RErr(e) = self.host.free_table_page(PhysAddr(pa)) {
+            self.log(LogLevel::Error, &format!("freeing table page {pa:#x}: {e}"));
+        }
+    }
+
+    /// Reads a 32-bit register.
+    pub fn rd32(&self, offset: u64) -> Result<u32, PluginError> {
+        ok("read register", self.host.mmio_read(offset, 4)).map(|v| v as u32)
+    }
+
+    /// Writes a 32-bit register.
+    pub fn wr32(&self, offset: u64, v: u32) -> Result<(), PluginError> {
+        ok("write register", self.host.mmio_write(offset, 4, v as u64))
+    }
+
+    /// Reads a 64-bit register.
+    pub fn rd64(&self, offset: u64) -> Result<u64, PluginError> {
+        ok("read register", self.host.mmio_read(offset, 8))
+    }
+
+    /// Writes a 64-bit register.
+    pub fn wr64(&self, offset: u64, v: u64) -> Result<(), PluginError> {
+        ok("write register", self.host.mmio_write(offset, 8, v))
+    }
+
+    /// Polls until `done()` returns a value, bounded by [`POLL_TIMEOUT_NS`].
+    pub fn poll<T>(
+        &self,
+        what: &str,
+        mut done: impl FnMut() -> Result<Option<T>, PluginError>,
+    ) -> Result<T, PluginError> {
+        let start = self.host.now_ns();
+        loop {
+            if let Some(v) = done()? {
+                return Ok(v);
+            }
+            if self.host.now_ns().saturating_sub(start) > POLL_TIMEOUT_NS {
+                return Err(PluginError::new(ErrorCode::TIMEOUT, format!("{what}: no completion in time")));
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Issues a global command (11.4.4): writes the persistent GSTS bits (TE, QIE, ...) with
+    /// `set` added and `clear` removed — never a one-shot bit read back — then polls GSTS until
+    /// `done(gsts)`.
+    pub fn gcmd(&self, set: u32, clear: u32, what: &str, done: impl Fn(u32) -> bool) -> Result<(), PluginError> {
+        let sts = self.rd32(off::GSTS)?;
+        let cmd = ((sts & !gcmd::ONE_SHOT) | set) & !clear;
+        self.wr32(off::GCMD, cmd)?;
+        self.poll(what, || Ok(done(self.rd32(off::GSTS)?).then_some(())))
+    }
+
+    /// Logs through the host.
+    pub fn log(&self, level: LogLevel, msg: &str) {
+        self.host.log(level, msg.into());
+    }
+}

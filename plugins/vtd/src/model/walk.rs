@@ -1,0 +1,213 @@
+//! Paging-structure walks: second-stage (VT-d spec 9.8, 3.7) and first-stage x86-64 tables
+//! (9.7, 3.6), and nested first-stage-through-second-stage (3.8).
+//!
+//! A walk reads at most one entry per level and at most five levels; every address is computed
+//! with checked arithmetic, and any memory content gives a leaf or a fault, never a panic.
+
+use ioasis::abi::Fault;
+use ioasis::platform::PhysMemory;
+use ioasis::{PhysAddr, Prot};
+
+use crate::layout::fault::reason;
+use crate::layout::tables::{fl, sl, ADDR};
+
+/// Why a translation failed: the VT-d fault reason (Appendix A) and its ioasis class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Failure {
+    /// VT-d fault reason code.
+    pub vtd: u8,
+    /// [`Fault`] reason constant.
+    pub kind: u32,
+}
+
+impl Failure {
+    pub const fn new(vtd: u8, kind: u32) -> Self {
+        Self { vtd, kind }
+    }
+}
+
+/// A not-present paging entry. VT-d reports it as a missing permission (Appendix A 0x5 for a
+/// write, 0x6 for a read); ioasis calls it not-present.
+pub(super) fn not_present(access: Prot) -> Failure {
+    let vtd = if access.write() { reason::NO_WRITE } else { reason::NO_READ };
+    Failure::new(vtd, Fault::NOT_PRESENT)
+}
+
+/// A paging entry with a reserved field set (Appendix A 0xc).
+const RESERVED: Failure = Failure::new(reason::PAGING_RESERVED, Fault::BAD_ENTRY);
+/// An unreadable paging entry (Appendix A 0x7).
+const UNREADABLE: Failure = Failure::new(reason::PAGING_ENTRY_ERROR, Fault::BAD_ENTRY);
+
+/// What a walk found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Leaf {
+    /// Output address of the first byte of the page.
+    pub base: u64,
+    /// Page size.
+    pub size: u64,
+    /// Permissions (the AND of every level).
+    pub prot: Prot,
+    /// The leaf's D bit is set, or the table does not track dirtiness.
+    pub dirty_done: bool,
+}
+
+impl Leaf {
+    /// Output address of `input`, which lies in this leaf's page.
+    pub fn output(&self, input: u64) -> u64 {
+        self.base | (input & (self.size - 1))
+    }
+}
+
+/// A second-stage table (9.8).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SsTable {
+    /// Root table address.
+    pub root: u64,
+    /// Levels (3, 4 or 5).
+    pub levels: u32,
+    /// Input address width in bits (min of AGAW and MGAW).
+    pub width: u32,
+    /// SSADE: set A on walked entries and D on written leaves (9.8, 3.7.2).
+    pub ad: bool,
+    /// CAP.SLLPS (11.4.2): bit 0 = 2 MiB leaves, bit 1 = 1 GiB leaves.
+    pub sllps: u32,
+}
+
+/// Reads a table entry.
+fn read(mem: &dyn PhysMemory, pa: u64) -> Result<u64, Failure> {
+    mem.read_u64(PhysAddr(pa)).map_err(|_| UNREADABLE)
+}
+
+/// Address of the entry for `input` at `level` in the table at `table`.
+fn entry_addr(table: u64, input: u64, level: u32) -> Result<u64, Failure> {
+    table.checked_add(sl::index(input, level) * 8).ok_or(UNREADABLE)
+}
+
+/// Walks a second-stage table for `input` (9.8). The leaf is returned whatever its permissions;
+/// the caller checks `access` against them.
+pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Prot) -> Result<Leaf, Failure> {
+    if t.width < 64 && input >> t.width != 0 {
+        return Err(Failure::new(reason::ADDRESS_BEYOND_AW, Fault::ADDRESS_SIZE));
+    }
+    if !(1..=5).contains(&t.levels) {
+        return Err(Failure::new(reason::CONTEXT_INVALID, Fault::BAD_ENTRY));
+    }
+    let mut table = t.root;
+    let (mut r, mut w) = (true, true);
+    for level in (1..=t.levels).rev() {
+        let at = entry_addr(table, input, level)?;
+        let e = read(mem, at)?;
+        if !sl::present(e) {
+            return Err(not_present(access));
+        }
+        r &= e & sl::R != 0;
+        w &= e & sl::W != 0;
+        let large = level > 1 && e & sl::PS != 0;
+        if large {
+            // 9.8: PS is reserved at level 4 and above, and where CAP.SLLPS has no such size.
+            let allowed = match level {
+                2 => t.sllps & 1 != 0,
+                3 => t.sllps & 2 != 0,
+                _ => false,
+            };
+            if !allowed {
+                return Err(RESERVED);
+            }
+        }
+        let leaf = level == 1 || large;
+        if t.ad {
+            let mut bits = sl::A;
+            if leaf && access.write() && w {
+                bits |= sl::D;
+            }
+            if e & bits != bits {
+                mem.fetch_or_u64(PhysAddr(at), bits).map_err(|_| UNREADABLE)?;
+            }
+        }
+        if leaf {
+            let size = sl::span(level);
+            let addr = e & ADDR;
+            if addr & (size - 1) != 0 {
+                return Err(RESERVED);
+            }
+            let prot = prot_of(r, w);
+            let dirty_done = !t.ad || e & sl::D != 0 || (access.write() && w);
+            return Ok(Leaf { base: addr, size, prot, dirty_done });
+        }
+        table = e & ADDR;
+    }
+    Err(UNREADABLE)
+}
+
+fn prot_of(r: bool, w: bool) -> Prot {
+    match (r, w) {
+        (true, true) => Prot::RW,
+        (true, false) => Prot::READ,
+        (false, true) => Prot::WRITE,
+        (false, false) => Prot::NONE,
+    }
+}
+
+/// A first-stage table (9.7, x86-64 paging).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FsTable {
+    /// Root table address (for nested translation, a second-stage input address).
+    pub root: u64,
+    /// 4 or 5 levels (PASID entry FSPM, 9.6).
+    pub levels: u32,
+    /// CAP.FS1GP (11.4.2): 1 GiB leaves allowed.
+    pub gp1: bool,
+}
+
+/// Walks a first-stage table for `input` (9.7). Every table address goes through `xlate` (the
+/// identity for first-stage only, the second stage for nested). A is set on every entry walked
+/// and D on the leaf of a permitted write (x86-64 semantics, 3.6.2). Reads need P; writes need
+/// RW at every level. US is ignored (DMA requests are treated as supervisor-agnostic).
+pub(super) fn walk_fs(
+    mem: &dyn PhysMemory,
+    t: &FsTable,
+    input: u64,
+    access: Prot,
+    xlate: &mut dyn FnMut(u64) -> Result<u64, Failure>,
+) -> Result<Leaf, Failure> {
+    if !(4..=5).contains(&t.levels) {
+        return Err(Failure::new(reason::PASID_ENTRY_INVALID, Fault::BAD_ENTRY));
+    }
+    // Canonical input (3.6.1): bits above the top translated bit repeat it.
+    let width = 12 + 9 * t.levels;
+    let upper = (input as i64) >> (width - 1);
+    if upper != 0 && upper != -1 {
+        return Err(Failure::new(reason::ADDRESS_BEYOND_AW, Fault::ADDRESS_SIZE));
+    }
+    let mut table = t.root;
+    let mut w = true;
+    for level in (1..=t.levels).rev() {
+        let at = xlate(entry_addr(table, input, level)?)?;
+        let e = read(mem, at)?;
+        if e & fl::P == 0 {
+            return Err(not_present(access));
+        }
+        w &= e & fl::RW != 0;
+        let large = level > 1 && e & fl::PS != 0;
+        if large && !(level == 2 || (level == 3 && t.gp1)) {
+            return Err(RESERVED);
+        }
+        let leaf = level == 1 || large;
+        let mut bits = fl::A;
+        if leaf && access.write() && w {
+            bits |= fl::D;
+        }
+        if e & bits != bits {
+            mem.fetch_or_u64(PhysAddr(at), bits).map_err(|_| UNREADABLE)?;
+        }
+        if leaf {
+            let size = sl::span(level);
+            // Bit 12 of a large leaf is PAT (9.7), not address.
+            let base = e & ADDR & !(size - 1);
+            let dirty_done = e & fl::D != 0 || (access.write() && w);
+            return Ok(Leaf { base, size, prot: prot_of(true, w), dirty_done });
+        }
+        table = e & ADDR;
+    }
+    Err(UNREADABLE)
+}
