@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # The main job: the conformance suite over every bundled plugin on the bare-metal harness,
-# with a readable summary. Extra arguments go to `ioasis conformance` (--filter, --seed,
-# --format json, --plugin PATH for a vendor's cdylib).
+# with a readable summary; then the VT-d backend again on each of its other model generations
+# (an old unit without queued invalidation, a 39-bit unit without superpages, QEMU 7.2's
+# legacy unit). Extra arguments go to every `ioasis conformance` run (--filter, --seed,
+# --format json); `--plugin PATH` runs the suite on a vendor's cdylib instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -q -p ioasis-cli
-exec ./target/release/ioasis conformance "$@"
+ioasis=./target/release/ioasis
+
+status=0
+"$ioasis" conformance "$@" || status=1
+case " $* " in
+  *" --plugin"*|*" --plugin-dir"*) exit "$status" ;;
+esac
+for generation in legacy legacy-no-qi legacy-39bit; do
+  echo
+  echo "== vtd, model generation: $generation =="
+  "$ioasis" conformance --backend vtd --unit-model "generation = \"$generation\"" "$@" || status=1
+done
+exit "$status"

@@ -130,3 +130,22 @@ fn conformance_runs_on_a_vendor_cdylib_alone() {
     assert!(t.contains("pass mock@libioasis_mock map-unmap/"), "{t}");
     assert!(!t.contains("pass mock map-unmap/"), "built-ins must not run when a plugin is given: {t}");
 }
+
+#[test]
+fn conformance_runs_vtd_generations_by_name() {
+    let o = ioasis(&[
+        "conformance",
+        "--backend",
+        "vtd",
+        "--unit-model",
+        "generation = \"legacy-no-qi\"",
+        "--filter",
+        "invalidation",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("pass vtd invalidation/no-stale-iotlb"), "{t}");
+    assert!(!t.contains(" mock "), "{t}");
+    let o = ioasis(&["conformance", "--backend", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
