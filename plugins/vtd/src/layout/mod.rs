@@ -60,4 +60,30 @@ mod tests {
         assert_eq!(sm_context::pdir_entries(sm_context::pdts(14)), 1 << 14);
         assert_eq!(root::lo(0x1234_5000), 0x1234_5001);
     }
+
+    #[test]
+    fn entry_bits_match_the_spec_tables() {
+        use tables::*;
+        // 9.3: a legacy context entry for DID 0x2a, 4-level (AW=2), table at 0x1234_5000.
+        let lo = 0x1234_5000 | context::TT_SL | context::P;
+        let hi = context::did(0x2a) | 2;
+        assert_eq!((lo, hi), (0x1234_5001, 0x2a02));
+        assert_eq!(context::did_of(hi), 0x2a);
+        // 9.4: scalable context entry with PASIDE + PRE, a 2^14-entry PASID directory.
+        let q0 = 0x5000 | sm_context::pdts(14) | sm_context::PRE | sm_context::PASIDE | sm_context::P;
+        assert_eq!(q0, 0x5000 | (7 << 9) | 0b11001);
+        // 9.6: PASID entry, second-stage only, 4-level, SSADE, table at 0x9000.
+        let pe0 = 0x9000 | pasid_entry::SSADE | pasid_entry::PGTT_SS | pasid_entry::aw(2) | pasid_entry::P;
+        assert_eq!(pe0, 0x9000 | (1 << 9) | (2 << 6) | (2 << 2) | 1);
+        // 9.8: a 2 MiB read-write leaf with snoop at 0x4020_0000, accessed and dirty.
+        let leaf = 0x4020_0000 | sl::SNP | sl::D | sl::A | sl::PS | sl::W | sl::R;
+        assert_eq!(leaf, 0x4020_0000 | 0xb83);
+        assert!(sl::present(leaf) && !sl::present(sl::PS));
+        // 7.5.1.1: a page request from 00:04.0, PASID 5, write, group 3, last.
+        let q0 = fault::page_request::q0(0x20, Some(5));
+        let q1 = fault::page_request::q1(0x7000, 3, false, true, true);
+        assert_eq!((q0, q1), ((5 << 32) | (0x20 << 16) | (1 << 8) | 1, 0x7000 | (3 << 3) | 0b110));
+        // 6.5.2.10: the response to it.
+        assert_eq!(qi::page_response::q0(0, 0x20, Some(5)), (5 << 32) | (0x20 << 16) | (1 << 4) | 9);
+    }
 }
