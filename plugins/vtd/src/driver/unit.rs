@@ -881,7 +881,10 @@ impl VtdUnit {
                 }
                 let lo = io.rd64(rec)?;
                 let sid = frcd::sid(hi);
-                let pasid = (hi & frcd::PP != 0).then(|| frcd::pasid(hi));
+                // PASID 0 is the RID_PASID of untagged DMA (9.4; attach refuses it as a PASID).
+                // QEMU 7.2 in scalable mode records untagged DMA with PP=1 and PASID 0: that
+                // is untagged DMA, not a PASID the host could have attached.
+                let pasid = (hi & frcd::PP != 0).then(|| frcd::pasid(hi)).filter(|p| !(c.scalable && *p == 0));
                 let addr = frcd_lo::fi(lo);
                 let access = if hi & frcd::T_READ != 0 { Prot::READ } else { Prot::WRITE };
                 let r = self.fault_reason(&t, sid, pasid, addr, frcd::reason(hi));
