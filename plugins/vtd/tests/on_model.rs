@@ -127,3 +127,18 @@ fn conformance_legacy_without_queued_invalidation() {
 fn conformance_legacy_39bit_without_superpages() {
     conformance("legacy-39bit");
 }
+
+/// A unit that offers only 5-level, 57-bit second-stage tables (SAGAW bit 3, MGAW 57): the
+/// driver builds 5-level tables and the whole suite passes on them.
+#[test]
+fn conformance_on_a_57_bit_five_level_unit() {
+    let legacy = 0x00d2_008c_222f_0606u64;
+    let cap = (legacy & !(0x1f << 8) & !(0x3f << 16)) | (0b01000 << 8) | (56 << 16);
+    let mut model = model_config("legacy");
+    model.insert("cap".into(), toml::Value::Integer(cap as i64));
+    let opts = Options { filter: None, seed: 5, unit_params: String::new(), unit_model: model };
+    let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
+    assert!(report.passed(), "{}", report.summary());
+    let caps = report.results.iter().find(|r| r.case == "widths-and-formats").expect("ran");
+    assert!(matches!(&caps.outcome, Outcome::Passed(d) if d.contains("57-bit IOVA")), "{caps:?}");
+}

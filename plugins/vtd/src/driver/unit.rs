@@ -174,9 +174,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The second-stage geometry SAGAW offers (11.4.2): (AW, levels, width).
+/// The second-stage geometry SAGAW offers (11.4.2): (AW, levels, width). 4-level 48-bit tables
+/// when the unit has them, else 5-level 57-bit, else 3-level 39-bit.
 fn pick_agaw(sagaw: u32) -> Option<(u64, u32, u32)> {
-    [AGAWS[1], AGAWS[0]].into_iter().find(|(aw, _, _)| sagaw & (1 << aw) != 0)
+    [AGAWS[1], AGAWS[2], AGAWS[0]].into_iter().find(|(aw, _, _)| sagaw & (1 << aw) != 0)
 }
 
 impl VtdUnit {
