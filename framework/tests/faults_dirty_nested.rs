@@ -18,7 +18,9 @@ fn a_dma_fault_is_recorded_with_source_address_and_reason() {
     let DmaError::Fault(f) = e else { panic!("{e:?}") };
     assert_eq!(f.reason, Fault::NOT_PRESENT);
     assert_eq!(rig.ctx.poll_faults().unwrap(), 1);
+    assert_eq!(rig.ctx.fault_log().len(), 1, "peeking does not drain");
     let log = rig.ctx.take_fault_log();
+    assert!(rig.ctx.fault_log().is_empty());
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].dev, Rig::rid(4));
     assert_eq!(log[0].addr, Iova(0x1234_5000));

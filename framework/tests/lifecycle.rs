@@ -118,6 +118,9 @@ fn pasid_attach_uses_its_own_ioas() {
     rig.ctx.map(tagged, Some(Iova(0x1000)), PhysAddr(0x20_0000), 0x1000, Prot::RW).unwrap();
     rig.ctx.attach(dev, None, Target::Ioas(untagged)).unwrap();
     rig.ctx.attach(dev, Some(ioasis::Pasid(5)), Target::Ioas(tagged)).unwrap();
+    assert_eq!(rig.ctx.attached_ioas(dev, None).unwrap(), Some(untagged));
+    assert_eq!(rig.ctx.attached_ioas(dev, Some(ioasis::Pasid(5))).unwrap(), Some(tagged));
+    assert_eq!(rig.ctx.attached_ioas(dev, Some(ioasis::Pasid(6))).unwrap(), None);
     rig.dma_write(0, 1, None, 0x1000, b"rid").unwrap();
     rig.dma_write(0, 1, Some(5), 0x1000, b"pasid").unwrap();
     assert_eq!(rig.ram(0x10_0000, 3), b"rid");

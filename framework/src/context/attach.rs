@@ -77,6 +77,12 @@ impl Context {
         Ok(lock(&self.device(device)?.attached).get(&pasid).map(|a| a.describe()))
     }
 
+    /// The IOAS a device's untagged DMA or PASID translates through (a nested HWPT's is its
+    /// parent's), if any.
+    pub fn attached_ioas(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<Option<IoasId>> {
+        Ok(lock(&self.device(device)?.attached).get(&pasid).and_then(|a| a.ioas_id()))
+    }
+
     /// The HWPT a device's untagged DMA or PASID goes through, if it is a hardware attachment.
     pub fn attached_hwpt(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<Option<HwptId>> {
         Ok(lock(&self.device(device)?.attached).get(&pasid).and_then(|a| match a {

@@ -349,6 +349,11 @@ impl Context {
         first.map_or(Ok(()), Err)
     }
 
+    /// The unrecoverable faults logged so far, oldest first, without draining them.
+    pub fn fault_log(&self) -> Vec<crate::abi::Fault> {
+        lock(&self.fault_log).iter().copied().collect()
+    }
+
     /// Unrecoverable faults the units recorded (read by [`Context::poll_faults`]); drained.
     pub fn take_fault_log(&self) -> Vec<crate::abi::Fault> {
         lock(&self.fault_log).drain(..).collect()
