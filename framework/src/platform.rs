@@ -36,6 +36,10 @@ pub trait Platform: PhysMemory {
     fn alloc_table_page(&self) -> Result<PhysAddr, HostError>;
     /// Frees a page from [`Platform::alloc_table_page`].
     fn free_table_page(&self, page: PhysAddr) -> Result<(), HostError>;
+    /// `count` zeroed, physically contiguous 4 KiB pages (tables larger than a page).
+    fn alloc_table_pages(&self, count: u64) -> Result<PhysAddr, HostError>;
+    /// Frees pages from [`Platform::alloc_table_pages`].
+    fn free_table_pages(&self, first: PhysAddr, count: u64) -> Result<(), HostError>;
     /// Table pages allocated now (for leak checks).
     fn table_pages(&self) -> u64;
     /// Reads a register of the unit whose window starts at `base`.

@@ -50,6 +50,18 @@ impl HostServices for UnitServices {
         self.platform.free_table_page(page).into()
     }
 
+    fn alloc_table_pages(&self, count: u32) -> RResult<PhysAddr, HostError> {
+        if self.fail.should_fail() {
+            tracing::debug!(unit = %self.unit, count, "injected table-pages allocation failure");
+            return RResult::RErr(HostError::new(HostError::NO_MEMORY, 0));
+        }
+        self.platform.alloc_table_pages(u64::from(count)).into()
+    }
+
+    fn free_table_pages(&self, first: PhysAddr, count: u32) -> RResult<(), HostError> {
+        self.platform.free_table_pages(first, u64::from(count)).into()
+    }
+
     fn read_phys(&self, pa: PhysAddr, mut buf: RSliceMut<'_, u8>) -> RResult<(), HostError> {
         self.platform.read(pa, buf.as_mut_slice()).into()
     }

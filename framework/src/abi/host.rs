@@ -84,6 +84,11 @@ pub trait HostServices: Send + Sync + Clone {
     fn alloc_table_page(&self) -> RResult<PhysAddr, HostError>;
     /// Gives back a page from [`HostServices::alloc_table_page`].
     fn free_table_page(&self, page: PhysAddr) -> RResult<(), HostError>;
+    /// `count` zeroed, physically contiguous, 4 KiB-aligned pages, for a table larger than a
+    /// page (a VT-d PASID directory, an SMMU stream table). One allocation for fail-nth.
+    fn alloc_table_pages(&self, count: u32) -> RResult<PhysAddr, HostError>;
+    /// Gives back pages from [`HostServices::alloc_table_pages`].
+    fn free_table_pages(&self, first: PhysAddr, count: u32) -> RResult<(), HostError>;
     /// Reads `buf.len()` bytes of physical memory at `pa`.
     fn read_phys(&self, pa: PhysAddr, buf: RSliceMut<'_, u8>) -> RResult<(), HostError>;
     /// Writes `data` to physical memory at `pa`.

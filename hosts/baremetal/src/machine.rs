@@ -293,6 +293,17 @@ impl Platform for Machine {
         tracing::trace!(%page, "table page freed");
         Ok(())
     }
+    fn alloc_table_pages(&self, count: u64) -> Result<PhysAddr, HostError> {
+        let first = self.pool.alloc_run(count)?;
+        if let Err(e) = self.ram.zero(first, count * PAGE_SIZE) {
+            let _ = self.pool.free_run(first, count);
+            return Err(e);
+        }
+        Ok(first)
+    }
+    fn free_table_pages(&self, first: PhysAddr, count: u64) -> Result<(), HostError> {
+        self.pool.free_run(first, count)
+    }
     fn table_pages(&self) -> u64 {
         self.pool.allocated()
     }

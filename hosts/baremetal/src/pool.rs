@@ -94,6 +94,60 @@ impl TablePool {
         Ok(PhysAddr(self.base + idx * PAGE_SIZE))
     }
 
+    /// Takes `count` contiguous pages (not zeroed), or [`HostError::NO_MEMORY`]. Fresh pages
+    /// first; otherwise the lowest run of free pages (a scan: runs are rare, e.g. a VT-d PASID
+    /// directory).
+    pub fn alloc_run(&self, count: u64) -> Result<PhysAddr, HostError> {
+        let none = HostError::new(HostError::NO_MEMORY, 0);
+        if count <= 1 {
+            return if count == 1 { self.alloc() } else { Err(none) };
+        }
+        let mut st = self.state();
+        let start = if st.fresh.checked_add(count).is_some_and(|end| end <= self.pages) {
+            st.fresh += count;
+            st.fresh - count
+        } else {
+            let mut run = 0;
+            let mut found = None;
+            for idx in 0..st.fresh {
+                run = if st.is_set(idx) { 0 } else { run + 1 };
+                if run == count {
+                    found = Some(idx + 1 - count);
+                    break;
+                }
+            }
+            let start = found.ok_or(none)?;
+            st.recycled.retain(|i| *i < start || *i >= start + count);
+            start
+        };
+        for idx in start..start + count {
+            st.set(idx, true);
+        }
+        st.allocated += count;
+        Ok(PhysAddr(self.base + start * PAGE_SIZE))
+    }
+
+    /// Gives back a run from [`TablePool::alloc_run`]; refused as a whole (nothing freed) when
+    /// any of its pages is not allocated.
+    pub fn free_run(&self, first: PhysAddr, count: u64) -> Result<(), HostError> {
+        let not_allocated = HostError::new(HostError::NOT_ALLOCATED, first.raw());
+        let off = first.raw().checked_sub(self.base).ok_or(not_allocated)?;
+        let end = (off / PAGE_SIZE).checked_add(count).ok_or(not_allocated)?;
+        if off % PAGE_SIZE != 0 || count == 0 || end > self.pages {
+            return Err(not_allocated);
+        }
+        let mut st = self.state();
+        if (off / PAGE_SIZE..end).any(|i| !st.is_set(i)) {
+            return Err(not_allocated);
+        }
+        for idx in off / PAGE_SIZE..end {
+            st.set(idx, false);
+            st.recycled.push(idx);
+        }
+        st.allocated -= count;
+        Ok(())
+    }
+
     /// Gives back a page from [`TablePool::alloc`]; a page that is not allocated from this pool
     /// (double free, foreign or misaligned address) is [`HostError::NOT_ALLOCATED`].
     pub fn free(&self, page: PhysAddr) -> Result<(), HostError> {
@@ -147,6 +201,26 @@ mod tests {
         // Never-allocated page inside the pool.
         assert_eq!(code(pool.free(PhysAddr(0x10_0000 + 129 * PAGE_SIZE))), HostError::NOT_ALLOCATED);
         assert_eq!(pool.allocated(), 0);
+    }
+
+    #[test]
+    fn runs_are_contiguous_and_reuse_freed_space() {
+        let pool = TablePool::new(PhysAddr(0x10_0000), 8);
+        let a = pool.alloc().unwrap();
+        let run = pool.alloc_run(4).unwrap();
+        assert_eq!(run, PhysAddr(0x10_1000));
+        assert_eq!(pool.allocated(), 5);
+        // Only 3 fresh pages are left: a run of 4 must come from freed space.
+        assert_eq!(pool.alloc_run(4).unwrap_err().code, HostError::NO_MEMORY);
+        pool.free_run(run, 4).unwrap();
+        assert_eq!(pool.free_run(run, 4).unwrap_err().code, HostError::NOT_ALLOCATED);
+        assert_eq!(pool.alloc_run(4).unwrap(), run, "the freed run is found again");
+        // A single page never comes from inside a live run.
+        let b = pool.alloc().unwrap();
+        assert!(b.raw() >= 0x10_5000, "{b:?}");
+        pool.free(a).unwrap();
+        assert_eq!(pool.free_run(PhysAddr(0x10_0000), 2).unwrap_err().code, HostError::NOT_ALLOCATED);
+        assert_eq!(pool.allocated(), 5);
     }
 
     #[test]

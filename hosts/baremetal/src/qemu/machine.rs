@@ -511,6 +511,20 @@ impl Platform for QemuMachine {
         Ok(())
     }
 
+    fn alloc_table_pages(&self, count: u64) -> Result<PhysAddr, HostError> {
+        let first = self.pool.alloc_run(count)?;
+        let r = self.with_qtest(|q| q.memset(first.raw(), count * PAGE_SIZE, 0));
+        if let Err(e) = self.host(first.raw(), r) {
+            let _ = self.pool.free_run(first, count);
+            return Err(e);
+        }
+        Ok(first)
+    }
+
+    fn free_table_pages(&self, first: PhysAddr, count: u64) -> Result<(), HostError> {
+        self.pool.free_run(first, count)
+    }
+
     fn table_pages(&self) -> u64 {
         self.pool.allocated()
     }

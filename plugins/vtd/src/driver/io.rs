@@ -67,6 +67,29 @@ impl Io {
         Ok(pa)
     }
 
+    /// `count` contiguous zeroed table pages (a PASID directory larger than a page).
+    pub fn alloc_n(&self, count: u32) -> Result<u64, PluginError> {
+        if count == 1 {
+            return self.alloc();
+        }
+        let pa = ok("allocate table pages", self.host.alloc_table_pages(count))?.0;
+        if pa & !ADDR != 0 {
+            self.free_n(pa, count);
+            return Err(PluginError::new(ErrorCode::HOST, format!("host gave unusable pages at {pa:#x}")));
+        }
+        Ok(pa)
+    }
+
+    /// Frees pages from [`Io::alloc_n`].
+    pub fn free_n(&self, pa: u64, count: u32) {
+        if count == 1 {
+            return self.free(pa);
+        }
+        if let RResult::RErr(e) = self.host.free_table_pages(PhysAddr(pa), count) {
+            self.log(LogLevel::Error, &format!("freeing {count} table pages at {pa:#x}: {e}"));
+        }
+    }
+
     /// Frees a table page. A failure here is a host bug: it is logged, not propagated.
     pub fn free(&self, pa: u64) {
         if let RResult::RErr(e) = self.host.free_table_page(PhysAddr(pa)) {

@@ -114,6 +114,33 @@ impl HostServices for Fake {
             RResult::RErr(HostError::new(HostError::NOT_ALLOCATED, page.0))
         }
     }
+    fn alloc_table_pages(&self, count: u32) -> RResult<PhysAddr, HostError> {
+        let mut s = self.st();
+        s.allocs += 1;
+        if s.fail_at == Some(s.allocs) {
+            return RResult::RErr(HostError::new(HostError::NO_MEMORY, 0));
+        }
+        let p = s.next_page;
+        s.next_page += 4096 * u64::from(count);
+        for page in 0..u64::from(count) {
+            s.live.insert(p + page * 4096);
+            for i in 0..512 {
+                s.mem.remove(&(p + page * 4096 + i * 8));
+            }
+        }
+        ok(PhysAddr(p))
+    }
+    fn free_table_pages(&self, first: PhysAddr, count: u32) -> RResult<(), HostError> {
+        let mut s = self.st();
+        let pages: Vec<u64> = (0..u64::from(count)).map(|i| first.0 + i * 4096).collect();
+        if !pages.iter().all(|p| s.live.contains(p)) {
+            return RResult::RErr(HostError::new(HostError::NOT_ALLOCATED, first.0));
+        }
+        for p in pages {
+            s.live.remove(&p);
+        }
+        ok(())
+    }
     fn read_phys(&self, pa: PhysAddr, mut buf: RSliceMut<'_, u8>) -> RResult<(), HostError> {
         let s = self.st();
         for (i, c) in buf.as_mut_slice().chunks_mut(8).enumerate() {
@@ -257,7 +284,7 @@ fn probe_sets_root_then_enables_queue_then_translation() {
 
 #[test]
 fn probe_refuses_units_without_a_usable_sagaw() {
-    let f = Fake::new(CAP & !(0x1f << 8) | (1 << 11), ECAP); // 57-bit only
+    let f = Fake::new(CAP & !(0x1f << 8) | (1 << 8), ECAP); // SAGAW bit 0 (30-bit, 2-level): no usable width
     let e = VtdUnit::probe(&desc(""), Io::new(f.host())).err().expect("refused");
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("SAGAW"), "{}", e.message);
@@ -449,7 +476,7 @@ fn scalable_attach_writes_pasid_entries() {
     assert_eq!(f.st().regs[&off::RTADDR] & regs::rtaddr::TTM_MASK, regs::rtaddr::TTM_SCALABLE);
     assert_ne!(f.st().regs[&off::IQA] & regs::iqa::DW, 0);
     let caps = unit.caps();
-    assert_eq!(caps.pasid_bits, 15);
+    assert_eq!(caps.pasid_bits, 20, "a multi-page PASID directory reaches 20 bits");
     assert_eq!(caps.nested_formats.as_slice(), &[ioasis::PtFormat::X86_64]);
     let h = unit.alloc_hwpt(&paging(HwptFlags::DIRTY_TRACKING)).unwrap();
     let d = dev(4);

@@ -43,11 +43,20 @@ pub enum Mode {
     Scalable,
 }
 
-/// log2 of the PASID-directory entries: one 4 KiB page of 512 entries (9.5), each leading to a
-/// 64-entry PASID table (9.6): 15-bit PASIDs. The host hands out single pages only.
-const PDIR_LOG2: u32 = 9;
-/// PASID width the driver can reach with a one-page directory.
-const MAX_PASID_BITS: u32 = PDIR_LOG2 + 6;
+/// The widest PASID (20 bits): a PASID directory (9.5) of 2^14 entries, each leading to a
+/// 64-entry PASID table (9.6).
+const MAX_PASID_BITS: u32 = 20;
+
+/// log2 of the PASID-directory entries for PASIDs of `bits` bits: at least one page (512
+/// entries), at most 2^14 (9.4 PDTS = 7).
+fn pdir_log2(bits: u32) -> u32 {
+    bits.saturating_sub(6).clamp(9, 14)
+}
+
+/// 4 KiB pages of a PASID directory of 2^`log2` 8-byte entries.
+fn pdir_pages(log2: u32) -> u32 {
+    1 << (log2 - 9)
+}
 
 /// What the unit and its HWPTs share.
 pub struct UnitCore {
@@ -134,8 +143,10 @@ impl UnitCore {
 struct DevState {
     /// Context entry (legacy 128-bit, scalable 256-bit).
     ctx_entry: u64,
-    /// PASID directory page (scalable mode).
+    /// PASID directory (scalable mode): first page, and its 4 KiB pages.
     pasid_dir: u64,
+    /// Pages of the PASID directory.
+    pasid_dir_pages: u32,
     /// PASID table pages by directory index.
     pasid_tables: HashMap<u64, u64>,
     /// The device-TLB is enabled (ATS).
@@ -689,26 +700,28 @@ impl VtdUnit {
         let half = devfn >> 7;
         let ats = dev.ats && c.has(ecap::DT);
         // Allocate everything first, hook nothing until all allocations succeeded.
-        let mut fresh = Vec::new();
-        let alloc = |fresh: &mut Vec<u64>| -> Result<u64, PluginError> {
-            let pg = io.alloc()?;
-            fresh.push(pg);
+        let mut fresh: Vec<(u64, u32)> = Vec::new();
+        let alloc = |fresh: &mut Vec<(u64, u32)>, count: u32| -> Result<u64, PluginError> {
+            let pg = io.alloc_n(count)?;
+            fresh.push((pg, count));
             Ok(pg)
         };
+        // The directory covers the PASIDs this device can use.
+        let dir_log2 = pdir_log2(c.pasid_bits().min(u32::from(dev.pasid_bits)));
         let pages = (|| -> Result<[Option<u64>; 3], PluginError> {
-            let ctx = if t.ctx.contains_key(&(bus, half)) { None } else { Some(alloc(&mut fresh)?) };
+            let ctx = if t.ctx.contains_key(&(bus, half)) { None } else { Some(alloc(&mut fresh, 1)?) };
             let st = t.devices.get(&sid);
-            let pdir = if st.is_some() { None } else { Some(alloc(&mut fresh)?) };
+            let pdir = if st.is_some() { None } else { Some(alloc(&mut fresh, pdir_pages(dir_log2))?) };
             let idx = (p >> 6) as u64;
             let ptab =
-                if st.is_some_and(|s| s.pasid_tables.contains_key(&idx)) { None } else { Some(alloc(&mut fresh)?) };
+                if st.is_some_and(|s| s.pasid_tables.contains_key(&idx)) { None } else { Some(alloc(&mut fresh, 1)?) };
             Ok([ctx, pdir, ptab])
         })();
         let [ctx_new, pdir_new, ptab_new] = match pages {
             Ok(x) => x,
             Err(e) => {
-                for pg in fresh {
-                    io.free(pg);
+                for (pg, count) in fresh {
+                    io.free_n(pg, count);
                 }
                 return Err(e);
             }
@@ -720,7 +733,7 @@ impl VtdUnit {
         let mut batch = Vec::new();
         if let Some(pdir) = pdir_new {
             let entry = ctx + sm_context::offset(devfn);
-            let mut q0 = (pdir & ADDR) | sm_context::pdts(PDIR_LOG2) | sm_context::P;
+            let mut q0 = (pdir & ADDR) | sm_context::pdts(dir_log2) | sm_context::P;
             if c.has(ecap::PASID) {
                 q0 |= sm_context::PASIDE;
             }
@@ -735,7 +748,11 @@ impl VtdUnit {
             io.wr(entry + 16, 0)?;
             io.wr(entry + 24, 0)?;
             io.wr(entry, q0)?;
-            t.devices.insert(sid, DevState { ctx_entry: entry, pasid_dir: pdir, ats, ..Default::default() });
+            let pasid_dir_pages = pdir_pages(dir_log2);
+            t.devices.insert(
+                sid,
+                DevState { ctx_entry: entry, pasid_dir: pdir, pasid_dir_pages, ats, ..Default::default() },
+            );
             batch.push(self.cc_device(0, sid));
         }
         let st = t.devices.get_mut(&sid).ok_or_else(|| PluginError::not_found("device state vanished"))?;
@@ -821,7 +838,7 @@ impl VtdUnit {
                 for (_, pg) in st.pasid_tables.drain() {
                     io.free(pg);
                 }
-                io.free(st.pasid_dir);
+                io.free_n(st.pasid_dir, st.pasid_dir_pages);
             }
             t.devices.remove(&sid);
         }
@@ -1006,7 +1023,7 @@ impl VtdUnit {
                 io.free(pg);
             }
             if st.pasid_dir != 0 {
-                io.free(st.pasid_dir);
+                io.free_n(st.pasid_dir, st.pasid_dir_pages);
             }
         }
         for (_, pg) in t.ctx.drain() {
@@ -1104,7 +1121,11 @@ impl Unit for VtdUnit {
                 return 0;
             }
             let queue = if self.core.inv.queued() { 2 } else { 0 };
-            let devs: u64 = t.devices.values().map(|d| d.pasid_tables.len() as u64 + u64::from(d.pasid_dir != 0)).sum();
+            let devs: u64 = t
+                .devices
+                .values()
+                .map(|d| d.pasid_tables.len() as u64 + if d.pasid_dir != 0 { u64::from(d.pasid_dir_pages) } else { 0 })
+                .sum();
             1 + t.ctx.len() as u64 + queue + u64::from(t.prq.is_some()) + devs
         })
     }
