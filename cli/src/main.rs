@@ -10,6 +10,7 @@ use ioasis::loader::{Plugin, Registry};
 use ioasis::platform::ModelFactory;
 use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
 use ioasis_baremetal::{Machine, MachineConfig};
+use ioasis_conformance::{PlatformChoice, QemuProfile};
 use ioasis_plugin_mock::MockModelFactory;
 use ioasis_plugin_vtd::factory::VtdModelFactory;
 use serde::Deserialize;
@@ -75,9 +76,39 @@ enum Command {
         /// Also write the results as JUnit XML to this file.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Where the cases run: a simulated machine with the plugin's own hardware model, or
+        /// QEMU with the unit it emulates (needs qemu-system-x86_64).
+        #[arg(long, value_enum, default_value_t = PlatformArg::Simulated)]
+        platform: PlatformArg,
+        /// The unit QEMU emulates, with --platform qemu (default: vtd-legacy).
+        #[arg(long, value_enum, value_name = "PROFILE")]
+        qemu_profile: Option<QemuProfileArg>,
     },
     /// List the conformance suite's cases.
     Cases,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlatformArg {
+    Simulated,
+    Qemu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QemuProfileArg {
+    /// q35 with intel-iommu in legacy mode.
+    VtdLegacy,
+    /// q35 with intel-iommu in scalable mode (x-scalable-mode=on).
+    VtdScalable,
+}
+
+impl From<QemuProfileArg> for QemuProfile {
+    fn from(p: QemuProfileArg) -> Self {
+        match p {
+            QemuProfileArg::VtdLegacy => QemuProfile::VtdLegacy,
+            QemuProfileArg::VtdScalable => QemuProfile::VtdScalable,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -212,6 +243,8 @@ struct SuiteArgs<'a> {
     unit_params: &'a str,
     unit_model: &'a str,
     junit: Option<&'a Path>,
+    platform: PlatformArg,
+    qemu_profile: Option<QemuProfileArg>,
 }
 
 fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
@@ -228,9 +261,26 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     }
     let unit_model: toml::Table =
         toml::from_str(a.unit_model).map_err(|e| format!("--unit-model: {}", e.message().trim()))?;
-    let opts =
-        ioasis_conformance::Options { filter: a.filter, seed: a.seed, unit_params: a.unit_params.into(), unit_model };
+    let platform = match (a.platform, a.qemu_profile) {
+        (PlatformArg::Simulated, None) => PlatformChoice::Simulated,
+        (PlatformArg::Simulated, Some(_)) => return Err("--qemu-profile needs --platform qemu".into()),
+        (PlatformArg::Qemu, _) if !unit_model.is_empty() => {
+            return Err("--unit-model configures a simulated unit; QEMU's unit is set by --qemu-profile".into())
+        }
+        (PlatformArg::Qemu, p) => PlatformChoice::Qemu(p.map_or(QemuProfile::VtdLegacy, QemuProfile::from)),
+    };
+    platform.available()?;
+    let opts = ioasis_conformance::Options {
+        filter: a.filter,
+        seed: a.seed,
+        unit_params: a.unit_params.into(),
+        unit_model,
+        platform,
+    };
     let human = matches!(a.format, Format::Human);
+    if human && opts.platform != PlatformChoice::Simulated {
+        println!("platform: {}", opts.platform);
+    }
     let report = ioasis_conformance::run(&plugins, &factories(), &opts, |r| {
         if human {
             let (mark, detail) = match &r.outcome {
@@ -290,7 +340,17 @@ fn main() -> ExitCode {
         Command::Plugins => Ok(plugins(&reg)),
         Command::Negotiate { file } => negotiate(&reg, file),
         Command::Run { scenario } => run(&reg, scenario),
-        Command::Conformance { filter, format, seed, unit_params, unit_model, backends, junit } => conformance(
+        Command::Conformance {
+            filter,
+            format,
+            seed,
+            unit_params,
+            unit_model,
+            backends,
+            junit,
+            platform,
+            qemu_profile,
+        } => conformance(
             &reg,
             SuiteArgs {
                 only_loaded: !cli.plugins.is_empty() || !cli.plugin_dirs.is_empty(),
@@ -301,6 +361,8 @@ fn main() -> ExitCode {
                 unit_params,
                 unit_model,
                 junit: junit.as_deref(),
+                platform: *platform,
+                qemu_profile: *qemu_profile,
             },
         ),
         Command::Cases => {

@@ -149,3 +149,42 @@ fn conformance_runs_vtd_generations_by_name() {
     let o = ioasis(&["conformance", "--backend", "nosuch"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+#[test]
+fn conformance_runs_on_qemu_or_says_why_not() {
+    // Without QEMU in PATH: a clear usage error.
+    let empty = std::env::temp_dir().join(format!("ioasis-no-qemu-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ioasis"))
+        .args(["conformance", "--platform", "qemu", "--filter", "capabilities"])
+        .env("PATH", &empty)
+        .current_dir(root())
+        .output()
+        .expect("runs");
+    std::fs::remove_dir_all(&empty).unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("qemu-system-x86_64 is not installed"), "{}", text(&o));
+    // Options that do not go together.
+    let o = ioasis(&["conformance", "--qemu-profile", "vtd-scalable", "--filter", "capabilities"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = ioasis(&["conformance", "--platform", "qemu", "--unit-model", "generation = \"legacy\""]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let bin = "qemu-system-x86_64";
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
+    if !found {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "missing prerequisite under CI=true: {bin}");
+        eprintln!("SKIP: {bin} is not installed (scripts/setup-debian.sh installs it)");
+        return;
+    }
+    let o =
+        ioasis(&["conformance", "--platform", "qemu", "--qemu-profile", "vtd-scalable", "--filter", "capabilities"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("platform: QEMU vtd-scalable"), "{t}");
+    assert!(t.contains("pass vtd capabilities/widths-and-formats: VT-d 1.0 scalable"), "{t}");
+    assert!(
+        t.contains("skip mock capabilities/widths-and-formats: QEMU profile vtd-scalable is for plugin `vtd`"),
+        "{t}"
+    );
+}

@@ -5,7 +5,13 @@
 //! unit the way the hardware reads it: real DMA, real faults, stale IOTLB entries kept until the
 //! plugin invalidates them. Random cases are seeded; every failure prints the command that
 //! reproduces it. A case that needs a capability the unit lacks is skipped, never passed.
+//!
+//! With [`PlatformChoice::Qemu`], each case runs on a fresh QEMU instead, against the unit QEMU
+//! emulates (a model written by other people), with QEMU's `edu` device as the one DMA engine.
+//! What QEMU cannot do (DMA from other devices, PASID-tagged, parallel or concurrent DMA) is a
+//! platform limit: a case that runs into one is skipped with the limit named, never passed.
 
+mod bench;
 mod cases;
 mod report;
 mod rig;
@@ -15,6 +21,7 @@ use std::sync::Arc;
 use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
+pub use bench::{PlatformChoice, QemuProfile};
 pub use report::{CaseResult, Outcome, Report};
 
 /// How to run the suite.
@@ -28,6 +35,8 @@ pub struct Options {
     pub unit_params: String,
     /// Hardware model configuration of the unit (model-specific keys; empty: the full unit).
     pub unit_model: toml::Table,
+    /// Where the cases run.
+    pub platform: PlatformChoice,
 }
 
 /// What a case found when it did not fail.
@@ -45,7 +54,29 @@ pub(crate) type CaseFn = fn(&rig::Rig, u64) -> Result<Pass, String>;
 pub(crate) struct Case {
     pub category: &'static str,
     pub name: &'static str,
+    /// The PCI device number (00:dma_dev.0) whose DMA the case drives; on QEMU the edu device
+    /// sits there.
+    pub dma_dev: u8,
     pub run: CaseFn,
+}
+
+impl Case {
+    /// A case whose DMA comes from device 1.
+    pub const fn new(category: &'static str, name: &'static str, run: CaseFn) -> Self {
+        Self { category, name, dma_dev: 1, run }
+    }
+
+    /// The same case with its DMA from device `dev`.
+    pub const fn dma_from(self, dev: u8) -> Self {
+        Self { dma_dev: dev, ..self }
+    }
+}
+
+/// How a plugin's cases get their machine.
+#[derive(Clone, Copy)]
+enum Bed<'a> {
+    Simulated(&'a dyn ModelFactory),
+    Qemu(QemuProfile),
 }
 
 /// The `category/name` of every case, in run order.
@@ -63,21 +94,34 @@ pub fn run(
     let mut report = Report::default();
     for plugin in plugins {
         let factory = factories.iter().find(|f| f.plugin() == plugin.info.name).copied();
+        let bed = match opts.platform {
+            PlatformChoice::Simulated => factory
+                .map(Bed::Simulated)
+                .ok_or_else(|| format!("no hardware model for plugin `{}` in this binary", plugin.info.name)),
+            PlatformChoice::Qemu(p) if p.plugin() == plugin.info.name => Ok(Bed::Qemu(p)),
+            PlatformChoice::Qemu(p) => Err(format!(
+                "QEMU profile {} is for plugin `{}`; QEMU emulates no unit for `{}`",
+                p.name(),
+                p.plugin(),
+                plugin.info.name
+            )),
+        };
         for case in cases::ALL {
             let id = format!("{}/{}", case.category, case.name);
             if opts.filter.as_deref().is_some_and(|f| !id.contains(f)) {
                 continue;
             }
             let started = std::time::Instant::now();
-            let outcome = match factory {
-                None => Outcome::Skipped(format!("no hardware model for plugin `{}` in this binary", plugin.info.name)),
-                Some(f) => run_case(plugin, f, opts, case),
+            let outcome = match &bed {
+                Err(why) => Outcome::Skipped(why.clone()),
+                Ok(bed) => run_case(plugin, *bed, opts, case),
             };
             let result = CaseResult {
                 plugin: plugin.name.clone(),
                 category: case.category.to_string(),
                 case: case.name.to_string(),
                 seed: opts.seed,
+                platform: opts.platform,
                 millis: started.elapsed().as_millis() as u64,
                 outcome,
             };
@@ -88,8 +132,12 @@ pub fn run(
     report
 }
 
-fn run_case(plugin: &Arc<Plugin>, factory: &dyn ModelFactory, opts: &Options, case: &Case) -> Outcome {
-    let rig = match rig::Rig::new(plugin, factory, opts) {
+fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> Outcome {
+    let bench: Result<Box<dyn bench::Bench>, String> = match bed {
+        Bed::Simulated(f) => bench::Simulated::new(f, opts).map(|b| Box::new(b) as _),
+        Bed::Qemu(p) => bench::Qemu::start(p, case.dma_dev).map(|b| Box::new(b) as _),
+    };
+    let rig = match bench.and_then(|b| rig::Rig::new(plugin, b, opts)) {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(format!("setting up the machine: {e}")),
     };
@@ -102,6 +150,12 @@ fn run_case(plugin: &Arc<Plugin>, factory: &dyn ModelFactory, opts: &Options, ca
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             Outcome::Failed(format!("the case panicked: {}", msg.unwrap_or_default()))
         }
+    };
+    // A case that ran into a platform limit could not check what it is for: skipped, whatever
+    // it returned.
+    let outcome = match rig.limit_hit() {
+        Some(why) => Outcome::Skipped(format!("platform limit: {why}")),
+        None => outcome,
     };
     // Every case ends with a teardown that must leave no table page behind.
     match (outcome, rig.ctx.teardown()) {

@@ -5,6 +5,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::PlatformChoice;
+
 /// What a case gave.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", content = "detail", rename_all = "lowercase")]
@@ -28,6 +30,8 @@ pub struct CaseResult {
     pub case: String,
     /// Seed it ran with.
     pub seed: u64,
+    /// Where it ran.
+    pub platform: PlatformChoice,
     /// How long it took.
     pub millis: u64,
     /// Outcome.
@@ -38,7 +42,13 @@ pub struct CaseResult {
 impl CaseResult {
     /// The command line that reruns this case.
     pub fn reproduce(&self) -> String {
-        format!("ioasis conformance --filter {}/{} --seed {}", self.category, self.case, self.seed)
+        format!(
+            "ioasis conformance --filter {}/{} --seed {}{}",
+            self.category,
+            self.case,
+            self.seed,
+            self.platform.cli_args()
+        )
     }
 }
 
@@ -162,7 +172,15 @@ mod tests {
     use super::*;
 
     fn result(outcome: Outcome) -> CaseResult {
-        CaseResult { plugin: "p<1>".into(), category: "c".into(), case: "n".into(), seed: 3, millis: 5, outcome }
+        CaseResult {
+            plugin: "p<1>".into(),
+            category: "c".into(),
+            case: "n".into(),
+            seed: 3,
+            platform: PlatformChoice::default(),
+            millis: 5,
+            outcome,
+        }
     }
 
     #[test]

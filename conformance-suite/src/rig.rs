@@ -1,28 +1,33 @@
 //! A fresh machine with one unit of the plugin under test, and helpers the cases share.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::Fault;
 use ioasis::loader::Plugin;
-use ioasis::platform::{ModelFactory, Platform};
 use ioasis::{
-    Context, DeviceDesc, DeviceId, DeviceRef, HwptId, Intent, IntentItem, IoasId, Iova, Pasid, PhysAddr, RequesterId,
-    Target, UnitCaps, UnitId,
+    Context, DeviceDesc, DeviceId, DeviceRef, HwptId, Intent, IntentItem, IoasId, PhysAddr, RequesterId, Target,
+    UnitCaps, UnitId,
 };
-use ioasis_baremetal::{DmaError, Machine, MachineConfig};
+use ioasis_baremetal::dma::DmaJob;
+use ioasis_baremetal::DmaError;
 
+use crate::bench::{Bench, DmaFailure, Need, Sizes, Source};
 use crate::Options;
 
-/// Register window of the unit under test.
-pub const UNIT_BASE: PhysAddr = PhysAddr(0xfed0_0000);
 /// Name of the unit under test.
 pub const UNIT: &str = "unit0";
 
 pub(crate) struct Rig {
-    pub machine: Arc<Machine>,
+    // Dropped before the bench: the context's teardown still reaches the machine.
     pub ctx: Context,
     pub unit: UnitId,
     pub caps: UnitCaps,
+    bench: Box<dyn Bench>,
+    /// The device bound for each PCI device number.
+    bound: Mutex<HashMap<u8, DeviceId>>,
+    /// The first platform limit the case ran into.
+    limit: Mutex<Option<String>>,
 }
 
 /// A PCI requester id 00:dev.0.
@@ -30,25 +35,59 @@ pub(crate) fn rid(dev: u8) -> DeviceRef {
     DeviceRef::Rid(RequesterId::new(0, 0, dev, 0))
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Rig {
-    pub fn new(plugin: &Arc<Plugin>, factory: &dyn ModelFactory, opts: &Options) -> Result<Self, String> {
-        let machine = Arc::new(
-            Machine::new(MachineConfig { ram_bytes: 1 << 30, table_pool_bytes: 64 << 20 })
-                .map_err(|e| e.to_string())?,
-        );
-        let model = factory.build(&opts.unit_model)?;
-        machine.add_unit(UNIT_BASE, factory.window(), model).map_err(|e| e.to_string())?;
-        let ctx = Context::new(machine.clone());
-        let unit = ctx.add_unit(plugin, UNIT, UNIT_BASE, 0, &opts.unit_params).map_err(|e| e.to_string())?;
+    /// A context on `bench`'s platform with the plugin's unit probed.
+    pub fn new(plugin: &std::sync::Arc<Plugin>, bench: Box<dyn Bench>, opts: &Options) -> Result<Self, String> {
+        let ctx = Context::new(bench.platform());
+        let unit = ctx.add_unit(plugin, UNIT, bench.unit_base(), 0, &opts.unit_params).map_err(|e| e.to_string())?;
         let caps = ctx.unit_caps(unit).map_err(|e| e.to_string())?;
-        Ok(Rig { machine, ctx, unit, caps })
+        Ok(Rig { ctx, unit, caps, bench, bound: Mutex::default(), limit: Mutex::default() })
+    }
+
+    /// Err (the case ends, and is reported as skipped) when this platform cannot do `need`.
+    pub fn need(&self, need: Need) -> Result<(), String> {
+        match self.bench.limit(need) {
+            None => Ok(()),
+            Some(why) => {
+                let msg = format!("platform limit: {why}");
+                self.hit(why);
+                Err(msg)
+            }
+        }
+    }
+
+    /// Records a platform limit the case ran into (the first one is kept).
+    fn hit(&self, why: String) {
+        lock(&self.limit).get_or_insert(why);
+    }
+
+    /// The platform limit the case ran into, if any.
+    pub fn limit_hit(&self) -> Option<String> {
+        lock(&self.limit).clone()
+    }
+
+    /// How big the expensive cases are on this platform.
+    pub fn sizes(&self) -> Sizes {
+        self.bench.sizes()
+    }
+
+    /// Register window of the unit under test.
+    pub fn unit_base(&self) -> PhysAddr {
+        self.bench.unit_base()
     }
 
     /// Binds PCI device 00:dev.0 behind the unit, shaped by `shape`.
     pub fn bind(&self, dev: u8, shape: impl FnOnce(&mut DeviceDesc)) -> Result<DeviceId, String> {
-        let mut d = DeviceDesc::pci(&format!("dev{dev}"), RequesterId::new(0, 0, dev, 0), UNIT);
+        let DeviceRef::Rid(r) = rid(dev) else { unreachable!("a PCI device has a requester id") };
+        let mut d = DeviceDesc::pci(&format!("dev{dev}"), r, UNIT);
         shape(&mut d);
-        self.ctx.bind_device(d).map_err(|e| e.to_string())
+        let id = self.ctx.bind_device(d).map_err(|e| e.to_string())?;
+        lock(&self.bound).insert(dev, id);
+        Ok(id)
     }
 
     /// Binds 00:dev.0 (with PASID/ATS/PRI) and negotiates `items`.
@@ -71,28 +110,42 @@ impl Rig {
         Ok((id, ioas, hwpt))
     }
 
+    fn source(&self, dev: u8, pasid: Option<u32>) -> Source {
+        Source { dev, pasid, id: lock(&self.bound).get(&dev).copied() }
+    }
+
+    fn noted<T>(&self, r: Result<T, DmaFailure>) -> Result<T, DmaFailure> {
+        if let Err(DmaFailure::Limit(why)) = &r {
+            self.hit(why.clone());
+        }
+        r
+    }
+
     /// Device 00:dev.0 writes `data` at `iova`.
-    pub fn write(&self, dev: u8, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.machine.dma_write(UNIT_BASE, rid(dev), pasid.map(Pasid), Iova(iova), data)
+    pub fn write(&self, dev: u8, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
+        self.noted(self.bench.dma_write(&self.ctx, self.source(dev, pasid), iova, data))
     }
 
     /// Device 00:dev.0 reads `len` bytes at `iova`.
-    pub fn read(&self, dev: u8, pasid: Option<u32>, iova: u64, len: usize) -> Result<Vec<u8>, DmaError> {
-        let mut buf = vec![0; len];
-        self.machine.dma_read(UNIT_BASE, rid(dev), pasid.map(Pasid), Iova(iova), &mut buf)?;
-        Ok(buf)
+    pub fn read(&self, dev: u8, pasid: Option<u32>, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure> {
+        self.noted(self.bench.dma_read(&self.ctx, self.source(dev, pasid), iova, len))
+    }
+
+    /// Runs `jobs` at once (see [`Need::ParallelDma`]).
+    pub fn parallel(&self, jobs: &[DmaJob<'_>]) -> Result<Vec<Result<Vec<u8>, DmaFailure>>, String> {
+        self.noted(self.bench.dma_parallel(jobs)).map_err(|e| e.to_string())
     }
 
     /// RAM at `pa`.
     pub fn ram(&self, pa: u64, len: usize) -> Result<Vec<u8>, String> {
         let mut buf = vec![0; len];
-        self.machine.ram().read(PhysAddr(pa), &mut buf).map_err(|e| e.to_string())?;
+        self.ctx.platform().read(PhysAddr(pa), &mut buf).map_err(|e| e.to_string())?;
         Ok(buf)
     }
 
     /// Writes RAM at `pa`.
     pub fn put(&self, pa: u64, data: &[u8]) -> Result<(), String> {
-        self.machine.ram().write(PhysAddr(pa), data).map_err(|e| e.to_string())
+        self.ctx.platform().write(PhysAddr(pa), data).map_err(|e| e.to_string())
     }
 
     /// A write of `data` at `iova` must land at `pa`.
@@ -106,27 +159,37 @@ impl Rig {
     }
 
     pub fn table_pages(&self) -> u64 {
-        self.machine.table_pages()
+        self.ctx.table_pages()
     }
 }
 
 /// The fault a DMA must have raised, with the reason wanted.
-pub(crate) fn faulted<T: std::fmt::Debug>(r: Result<T, DmaError>, reason: u32, what: &str) -> Result<Fault, String> {
+pub(crate) fn faulted<T: std::fmt::Debug>(r: Result<T, DmaFailure>, reason: u32, what: &str) -> Result<Fault, String> {
     match r {
-        Err(DmaError::Fault(f)) if f.reason == reason => Ok(f),
-        Err(DmaError::Fault(f)) => Err(format!(
+        Err(DmaFailure::Dma(DmaError::Fault(f))) if f.reason == reason => Ok(f),
+        Err(DmaFailure::Dma(DmaError::Fault(f))) => Err(format!(
             "{what}: fault reason {}, expected {}",
             Fault::reason_name(f.reason),
             Fault::reason_name(reason)
         )),
-        other => Err(format!("{what}: expected a {} fault, got {other:?}", Fault::reason_name(reason))),
+        other => Err(format!("{what}: expected a {} fault, got {}", Fault::reason_name(reason), shown(&other))),
     }
 }
 
 /// Any fault.
-pub(crate) fn any_fault<T: std::fmt::Debug>(r: Result<T, DmaError>, what: &str) -> Result<Fault, String> {
+pub(crate) fn any_fault<T: std::fmt::Debug>(r: Result<T, DmaFailure>, what: &str) -> Result<Fault, String> {
     match r {
-        Err(DmaError::Fault(f)) => Ok(f),
-        other => Err(format!("{what}: expected a fault, got {other:?}")),
+        Err(DmaFailure::Dma(DmaError::Fault(f))) => Ok(f),
+        other => Err(format!("{what}: expected a fault, got {}", shown(&other))),
+    }
+}
+
+/// A DMA result as a failure message shows it.
+fn shown<T: std::fmt::Debug>(r: &Result<T, DmaFailure>) -> String {
+    match r {
+        // Dma(..) keeps the shape the simulated suite always printed.
+        Err(DmaFailure::Dma(e)) => format!("Err({e:?})"),
+        Err(other) => format!("Err({other})"),
+        Ok(v) => format!("Ok({v:?})"),
     }
 }

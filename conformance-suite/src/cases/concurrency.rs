@@ -3,10 +3,12 @@
 use ioasis::{Iova, PhysAddr, Prot, UnmapMode};
 
 use super::{done, e, Rng};
+use crate::bench::Need;
 use crate::rig::Rig;
 use crate::Pass;
 
 pub(crate) fn threads_map_unmap_and_dma(r: &Rig, seed: u64) -> Result<Pass, String> {
+    r.need(Need::ConcurrentDma)?;
     let (_, ioas, _) = r.attached(1)?;
     let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4u64)
@@ -50,13 +52,14 @@ pub(crate) fn threads_map_unmap_and_dma(r: &Rig, seed: u64) -> Result<Pass, Stri
 }
 
 pub(crate) fn parallel_devices(r: &Rig, seed: u64) -> Result<Pass, String> {
-    use ioasis_baremetal::dma::{run_parallel, DmaDevice, DmaJob, DmaOp};
+    use ioasis_baremetal::dma::{DmaDevice, DmaJob, DmaOp};
+    r.need(Need::ParallelDma)?;
     let (_, ioas, _) = r.attached(1)?;
     let mut devices = Vec::new();
     for d in 2..10u8 {
         let id = r.device(d, &[ioasis::IntentItem::UntaggedDma])?;
         r.ctx.attach(id, None, ioasis::Target::Ioas(ioas)).map_err(e)?;
-        devices.push(DmaDevice::new(crate::rig::rid(d), crate::rig::UNIT_BASE));
+        devices.push(DmaDevice::new(crate::rig::rid(d), r.unit_base()));
     }
     let mut rng = Rng(seed);
     r.ctx.map(ioas, Some(Iova(0)), PhysAddr(0x800_0000), 8 << 20, Prot::RW).map_err(e)?;
@@ -79,11 +82,11 @@ pub(crate) fn parallel_devices(r: &Rig, seed: u64) -> Result<Pass, String> {
             }
             Ok(())
         });
-        let out = run_parallel(&r.machine, &jobs);
+        let out = r.parallel(&jobs);
         (out, churn.join().unwrap_or_else(|_| Err("the mapping thread panicked".into())))
     });
     results.1?;
-    for (job, res) in jobs.iter().zip(results.0) {
+    for (job, res) in jobs.iter().zip(results.0?) {
         res.map_err(|x| format!("parallel DMA to {}: {x}", job.iova))?;
         let DmaOp::Write(data) = &job.op else { continue };
         if r.ram(0x800_0000 + job.iova.0, data.len())? != *data {

@@ -53,16 +53,17 @@ pub(crate) fn permission_recorded(r: &Rig, _: u64) -> Result<Pass, String> {
 }
 
 pub(crate) fn blocked_device(r: &Rig, _: u64) -> Result<Pass, String> {
-    r.device(0x0d, &[IntentItem::UntaggedDma])?;
+    let dev = r.device(0x0d, &[IntentItem::UntaggedDma])?;
     let f = any_fault(r.write(0x0d, None, 0x1000, b"x"), "DMA of a bound but unattached device")?;
     if f.dev != rid(0x0d) {
         return Err(format!("fault source {}, expected {}", f.dev, rid(0x0d)));
     }
-    let (dev, ioas, _) = r.attached(0x0e)?;
+    let ioas = r.ctx.alloc_ioas();
+    r.ctx.attach(dev, None, Target::Ioas(ioas)).map_err(e)?;
     r.ctx.map(ioas, Some(Iova(0x1000)), PhysAddr(0x1000), 0x1000, Prot::RW).map_err(e)?;
-    r.lands(0x0e, None, 0x1000, 0x1000, b"ok")?;
+    r.lands(0x0d, None, 0x1000, 0x1000, b"ok")?;
     r.ctx.detach(dev, None).map_err(e)?;
-    any_fault(r.write(0x0e, None, 0x1000, b"x"), "DMA after detach")?;
+    any_fault(r.write(0x0d, None, 0x1000, b"x"), "DMA after detach")?;
     done("unattached and detached devices are blocked")
 }
 

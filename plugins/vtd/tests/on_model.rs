@@ -102,7 +102,7 @@ fn dma_lands_in_legacy_mode_on_a_scalable_unit() {
 /// The whole conformance suite on one model generation: every case passes or is skipped for a
 /// capability the generation lacks.
 fn conformance(generation: &str) {
-    let opts = Options { filter: None, seed: 1, unit_params: String::new(), unit_model: model_config(generation) };
+    let opts = Options { seed: 1, unit_model: model_config(generation), ..Default::default() };
     let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
     assert!(report.passed(), "[{generation}]\n{}", report.summary());
     assert!(report.results.iter().any(|r| matches!(r.outcome, Outcome::Passed(_))));
@@ -136,7 +136,7 @@ fn conformance_on_a_57_bit_five_level_unit() {
     let cap = (legacy & !(0x1f << 8) & !(0x3f << 16)) | (0b01000 << 8) | (56 << 16);
     let mut model = model_config("legacy");
     model.insert("cap".into(), toml::Value::Integer(cap as i64));
-    let opts = Options { filter: None, seed: 5, unit_params: String::new(), unit_model: model };
+    let opts = Options { seed: 5, unit_model: model, ..Default::default() };
     let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
     assert!(report.passed(), "{}", report.summary());
     let caps = report.results.iter().find(|r| r.case == "widths-and-formats").expect("ran");

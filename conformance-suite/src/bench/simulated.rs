@@ -1,0 +1,67 @@
+//! The simulated machine: RAM, a table-page pool and the plugin's own hardware model as the
+//! unit; any requester id can DMA, with or without a PASID, from any number of threads.
+
+use std::sync::Arc;
+
+use ioasis::platform::{ModelFactory, Platform};
+use ioasis::{Context, Iova, Pasid, PhysAddr};
+use ioasis_baremetal::dma::{run_parallel, DmaJob};
+use ioasis_baremetal::{Machine, MachineConfig};
+
+use super::{Bench, DmaFailure, Need, Sizes, Source};
+use crate::rig::rid;
+use crate::Options;
+
+/// Register window of the unit under test.
+const UNIT_BASE: PhysAddr = PhysAddr(0xfed0_0000);
+
+pub(crate) struct Simulated {
+    machine: Arc<Machine>,
+}
+
+impl Simulated {
+    /// 1 GiB of RAM (the top 64 MiB are the table pool) and one unit built by `factory`.
+    pub fn new(factory: &dyn ModelFactory, opts: &Options) -> Result<Self, String> {
+        let machine = Arc::new(
+            Machine::new(MachineConfig { ram_bytes: 1 << 30, table_pool_bytes: 64 << 20 })
+                .map_err(|e| e.to_string())?,
+        );
+        let model = factory.build(&opts.unit_model)?;
+        machine.add_unit(UNIT_BASE, factory.window(), model).map_err(|e| e.to_string())?;
+        Ok(Self { machine })
+    }
+}
+
+impl Bench for Simulated {
+    fn platform(&self) -> Arc<dyn Platform> {
+        self.machine.clone()
+    }
+
+    fn unit_base(&self) -> PhysAddr {
+        UNIT_BASE
+    }
+
+    fn limit(&self, _: Need) -> Option<String> {
+        None
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes { random_ranges: 32 }
+    }
+
+    fn dma_write(&self, _: &Context, src: Source, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
+        self.machine.dma_write(UNIT_BASE, rid(src.dev), src.pasid.map(Pasid), Iova(iova), data).map_err(DmaFailure::Dma)
+    }
+
+    fn dma_read(&self, _: &Context, src: Source, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure> {
+        let mut buf = vec![0; len];
+        self.machine
+            .dma_read(UNIT_BASE, rid(src.dev), src.pasid.map(Pasid), Iova(iova), &mut buf)
+            .map_err(DmaFailure::Dma)?;
+        Ok(buf)
+    }
+
+    fn dma_parallel(&self, jobs: &[DmaJob<'_>]) -> Result<Vec<Result<Vec<u8>, DmaFailure>>, DmaFailure> {
+        Ok(run_parallel(&self.machine, jobs).into_iter().map(|r| r.map_err(DmaFailure::Dma)).collect())
+    }
+}
