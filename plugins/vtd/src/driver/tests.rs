@@ -415,6 +415,27 @@ fn unmap_sends_one_page_selective_batch_with_a_wait() {
 }
 
 #[test]
+fn caching_mode_invalidates_after_map_and_plain_units_do_not() {
+    for (cap_value, expect) in [(CAP | cap::CM, true), (CAP & !cap::CM, false)] {
+        let f = Fake::new(cap_value, ECAP);
+        let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+        let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+        unit.attach(&dev(4), ROption::RNone, &h).unwrap();
+        f.st().descs.clear();
+        h.map(Iova(0x40_0000), PhysAddr(0x20_0000), 0x2000, Prot::RW).unwrap();
+        let s = f.st();
+        let iotlb: Vec<_> = s.descs.iter().filter(|d| qi::type_of(d[0]) == qi::iotlb::TYPE).collect();
+        if expect {
+            // 6.1: not-present entries may be cached under CM, so the new range is invalidated.
+            assert_eq!(iotlb.len(), 1, "{:x?}", s.descs);
+            assert_eq!(iotlb[0][1], qi::iotlb::q1(0x40_0000, 1));
+        } else {
+            assert!(iotlb.is_empty(), "no invalidation for a not-present to present change: {:x?}", s.descs);
+        }
+    }
+}
+
+#[test]
 fn register_based_invalidation_without_qi() {
     let f = Fake::new(CAP, ECAP & !ecap::QI);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
