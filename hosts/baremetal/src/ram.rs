@@ -104,6 +104,18 @@ impl Ram {
         Ok(unsafe { self.base.as_ptr().add(off) })
     }
 
+    /// The host address of `[pa, pa+len)` after checking that it lies in RAM; `None` otherwise.
+    ///
+    /// This is for a VMM that registers part of RAM with a hypervisor as guest memory (e.g.
+    /// `KVM_SET_USER_MEMORY_REGION`), so that a vCPU and simulated DMA see the same bytes. The
+    /// pointer is valid for `len` bytes for as long as this `Ram` lives; `Ram` itself never
+    /// dereferences it. A caller that hands it to KVM must keep the `Ram` alive longer than the
+    /// VM (and every vCPU of it) and must only access the bytes through raw copies or atomics,
+    /// never through Rust references, as the rest of this type does.
+    pub fn host_range(&self, pa: PhysAddr, len: u64) -> Option<NonNull<u8>> {
+        self.ptr(pa, len).ok().and_then(NonNull::new)
+    }
+
     /// The atomic u64 at `pa` (8-byte aligned, in RAM).
     fn atomic(&self, pa: PhysAddr) -> Result<&AtomicU64, HostError> {
         if !pa.is_aligned(8) {
@@ -217,6 +229,20 @@ mod tests {
         // The whole of RAM, and empty accesses at its end, are fine.
         ram.read(PhysAddr(2 * PAGE_SIZE), &mut []).unwrap();
         ram.zero(PhysAddr(0), 2 * PAGE_SIZE).unwrap();
+    }
+
+    #[test]
+    fn host_range_is_bounds_checked() {
+        let ram = Ram::new(2 * PAGE_SIZE).unwrap();
+        let base = ram.host_range(PhysAddr(0), 2 * PAGE_SIZE).unwrap();
+        let second = ram.host_range(PhysAddr(PAGE_SIZE), PAGE_SIZE).unwrap();
+        assert_eq!(second.as_ptr() as usize - base.as_ptr() as usize, PAGE_SIZE as usize);
+        assert!(ram.host_range(PhysAddr(PAGE_SIZE), PAGE_SIZE + 1).is_none());
+        assert!(ram.host_range(PhysAddr(u64::MAX - 4), 8).is_none());
+        ram.write(PhysAddr(PAGE_SIZE), &[0x5a]).unwrap();
+        // SAFETY: `second` points to at least one byte of the live mapping (checked above), and
+        // no Rust reference to those bytes exists.
+        assert_eq!(unsafe { second.as_ptr().read() }, 0x5a);
     }
 
     #[test]
