@@ -25,6 +25,7 @@
 
 mod error;
 mod slots;
+pub mod viommu;
 mod vm;
 
 pub use error::{KvmError, SlotError};
