@@ -23,6 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod dirty;
 mod error;
 mod slots;
 pub mod viommu;
