@@ -79,6 +79,64 @@ pub trait UnitModel: Send + Sync {
     /// Translates one access as the unit would (caches, permission checks, A/D updates). On a
     /// fault the unit records it (fault registers or queue) and returns it.
     fn translate(&self, mem: &dyn PhysMemory, req: &DmaRequest) -> Result<DmaTarget, Fault>;
+
+    /// What a VMM shadows: the leaves of the translation that device `dev` (with `pasid`, or
+    /// untagged) has now, read from the tables in `mem` as the unit would walk them, but never
+    /// from the unit's caches and without side effects (no A/D updates, no fault recording).
+    ///
+    /// One [`GuestMapping`] per leaf, in IOVA order, nothing merged. Tables are untrusted (a
+    /// guest wrote them): the walk is bounded, and more than `limit` leaves is
+    /// [`ModelQueryError::TooMany`]. A device whose requests are blocked (translation enabled,
+    /// no present context) is [`ModelQueryError::Blocked`]; a translation mode the model cannot
+    /// enumerate (pass-through included: it has no leaves) is [`ModelQueryError::Unsupported`].
+    ///
+    /// The default: [`ModelQueryError::Unsupported`].
+    fn guest_mappings(
+        &self,
+        mem: &dyn PhysMemory,
+        dev: DeviceRef,
+        pasid: Option<Pasid>,
+        limit: usize,
+    ) -> Result<Vec<GuestMapping>, ModelQueryError> {
+        let _ = (mem, dev, pasid, limit);
+        Err(ModelQueryError::Unsupported)
+    }
+}
+
+/// One leaf of a device's translation, as [`UnitModel::guest_mappings`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GuestMapping {
+    /// First IOVA of the page.
+    pub iova: Iova,
+    /// The output address the model's tables give (guest-physical for a vIOMMU).
+    pub addr: PhysAddr,
+    /// Page size in bytes.
+    pub len: u64,
+    /// Permissions (the AND of every level).
+    pub prot: Prot,
+}
+
+/// Why [`UnitModel::guest_mappings`] gave no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelQueryError {
+    /// The model (or the device's translation mode) cannot enumerate its mappings.
+    #[error("the model cannot enumerate this translation")]
+    Unsupported,
+    /// The device's requests are blocked (no present root / context / PASID entry).
+    #[error("the device's requests are blocked")]
+    Blocked,
+    /// More leaves than the caller's limit.
+    #[error("more than {limit} mappings")]
+    TooMany {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A translation structure is unreadable or malformed.
+    #[error("bad translation structure at {addr:#x}")]
+    BadEntry {
+        /// Where (an address in the model's memory; 0 when not known).
+        addr: u64,
+    },
 }
 
 /// Makes the n-th allocation fail, as Linux's fail_nth does: arm it with `n`, run a scenario,

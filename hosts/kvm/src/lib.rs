@@ -25,6 +25,7 @@
 
 pub mod dirty;
 mod error;
+pub mod shadow;
 mod slots;
 pub mod viommu;
 mod vm;

@@ -60,8 +60,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::{Fault, HostError};
-use ioasis::platform::{DmaRequest, DmaTarget, PhysMemory, UnitModel};
-use ioasis::{DeviceRef, PhysAddr, Prot};
+use ioasis::platform::{DmaRequest, DmaTarget, GuestMapping, ModelQueryError, PhysMemory, UnitModel};
+use ioasis::{DeviceRef, Iova, Pasid, PhysAddr, Prot};
 
 use crate::layout::fault::{reason, reason_more};
 use crate::layout::regs::{cap, ecap, gcmd, rtaddr};
@@ -247,8 +247,14 @@ impl VtdModel {
         if let Some(e) = st.caches.context(sid, scalable) {
             return Ok(e);
         }
+        let e = Self::read_context(mem, st.regs.root & ADDR, sid, scalable)?;
+        st.caches.insert_context(sid, e);
+        Ok(e)
+    }
+
+    /// Reads the context entry of `sid` from memory (no cache), in the root table at `rt`.
+    fn read_context(mem: &dyn PhysMemory, rt: u64, sid: u16, scalable: bool) -> Result<CtxEntry, Failure> {
         let (bus, devfn) = ((sid >> 8) as u8, sid as u8);
-        let rt = st.regs.root & ADDR;
         let re_at = rt.checked_add(root::offset(bus));
         let e = if scalable {
             // 9.2: the lower context table serves devfn 0-127, the upper one 128-255.
@@ -285,7 +291,6 @@ impl VtdModel {
             }
             CtxEntry { scalable, lo, hi }
         };
-        st.caches.insert_context(sid, e);
         Ok(e)
     }
 
@@ -471,6 +476,49 @@ impl VtdModel {
     }
 }
 
+/// A failed context lookup as a [`ModelQueryError`].
+fn query_error(f: Failure) -> ModelQueryError {
+    if f.kind == Fault::BLOCKED {
+        ModelQueryError::Blocked
+    } else {
+        ModelQueryError::BadEntry { addr: 0 }
+    }
+}
+
+impl VtdModel {
+    /// The second-stage table a request of `sid` without PASID is translated through, read
+    /// from memory (no cache): legacy mode only (3.4.3, 9.1, 9.3).
+    fn query_table(&self, mem: &dyn PhysMemory, sid: u16) -> Result<SsTable, ModelQueryError> {
+        let (root, gsts) = {
+            let st = lock(&self.state);
+            (st.regs.root, st.regs.gsts)
+        };
+        if gsts & gcmd::TE == 0 {
+            // Untranslated: pa == iova, no leaves to enumerate.
+            return Err(ModelQueryError::Unsupported);
+        }
+        match root & rtaddr::TTM_MASK {
+            rtaddr::TTM_LEGACY => {}
+            rtaddr::TTM_SCALABLE if self.cfg.has_ecap(ecap::SMTS) => return Err(ModelQueryError::Unsupported),
+            _ => return Err(ModelQueryError::Blocked),
+        }
+        let ce = Self::read_context(mem, root & ADDR, sid, false).map_err(query_error)?;
+        match ce.lo & context::TT_MASK {
+            context::TT_PT if self.cfg.has_ecap(ecap::PT) => Err(ModelQueryError::Unsupported),
+            context::TT_SL => self.legacy_table(&ce),
+            context::TT_SL_DT if self.cfg.has_ecap(ecap::DT) => self.legacy_table(&ce),
+            _ => Err(ModelQueryError::BadEntry { addr: ce.lo & ADDR }),
+        }
+    }
+
+    fn legacy_table(&self, ce: &CtxEntry) -> Result<SsTable, ModelQueryError> {
+        match self.legacy_ss(ce) {
+            Some(Mode::Second(t)) => Ok(t),
+            _ => Err(ModelQueryError::BadEntry { addr: ce.lo & ADDR }),
+        }
+    }
+}
+
 impl UnitModel for VtdModel {
     fn mmio_read(&self, _mem: &dyn PhysMemory, offset: u64, width: u8) -> Result<u64, HostError> {
         let st = lock(&self.state);
@@ -488,5 +536,33 @@ impl UnitModel for VtdModel {
             return Ok(passthrough(req.iova.raw()));
         }
         self.translate_enabled(&mut st, mem, req).map_err(|m| self.report(&mut st, mem, req, m))
+    }
+
+    /// Legacy mode (RTADDR.TTM = 00): the leaves of the device's second-level table (root entry
+    /// 9.1 → context entry 9.3 → second-level entries 9.8), read from memory, not the caches, and
+    /// without setting A/D bits. A request with PASID, or a device the root / context tables do
+    /// not cover, is [`ModelQueryError::Blocked`]; translation disabled, pass-through contexts and
+    /// scalable mode are [`ModelQueryError::Unsupported`].
+    fn guest_mappings(
+        &self,
+        mem: &dyn PhysMemory,
+        dev: DeviceRef,
+        pasid: Option<Pasid>,
+        limit: usize,
+    ) -> Result<Vec<GuestMapping>, ModelQueryError> {
+        let sid = match dev {
+            DeviceRef::Rid(r) => r.source_id(),
+            DeviceRef::Sid(s) => u16::try_from(s).map_err(|_| ModelQueryError::Blocked)?,
+        };
+        let t = self.query_table(mem, sid)?;
+        if pasid.is_some() {
+            // 3.4.3: legacy mode has no requests with PASID (they fault, reason 0x3).
+            return Err(ModelQueryError::Blocked);
+        }
+        let leaves = walk::leaves_ss(mem, &t, limit).map_err(|_| ModelQueryError::TooMany { limit })?;
+        Ok(leaves
+            .into_iter()
+            .map(|(iova, l)| GuestMapping { iova: Iova(iova), addr: PhysAddr(l.base), len: l.size, prot: l.prot })
+            .collect())
     }
 }

@@ -753,3 +753,84 @@ fn hostile_memory_and_registers_never_panic() {
         }
     }
 }
+
+// ---- guest_mappings: what a VMM shadows. ----
+
+fn leaves(r: &Rig, devfn: u8, limit: usize) -> Result<Vec<(u64, u64, u64, Prot)>, ModelQueryError> {
+    let dev = DeviceRef::Rid(RequesterId::new(0, 0, devfn >> 3, devfn & 7));
+    let v = r.m.guest_mappings(&r.mem, dev, None, limit)?;
+    Ok(v.into_iter().map(|g| (g.iova.raw(), g.addr.raw(), g.len, g.prot)).collect())
+}
+
+#[test]
+fn guest_mappings_lists_legacy_leaves_from_memory() {
+    let r = Rig::new(VtdModelConfig::legacy());
+    let dev = DeviceRef::Rid(RequesterId::new(0, 0, DEV >> 3, DEV & 7));
+    assert_eq!(r.m.guest_mappings(&r.mem, dev, None, 16), Err(ModelQueryError::Unsupported), "TE off");
+    let (r, slpt) = legacy_rig(VtdModelConfig::legacy());
+    assert_eq!(leaves(&r, DEV, 16), Ok(vec![]));
+    r.map_ss(slpt, 4, 0x80_0000_0000, 0x1_0000_0000, 3, sl::R | sl::W);
+    r.map_ss(slpt, 4, 0x1000, 0x8000_0000, 1, sl::R | sl::W);
+    r.map_ss(slpt, 4, 0x4000_0000, 0x8020_0000, 2, sl::R);
+    // A misaligned 2 MiB leaf is left out (translate faults on it); a write-only leaf is kept.
+    r.map_ss(slpt, 4, 0x6000_0000, 0x8000_1000, 2, sl::R);
+    r.map_ss(slpt, 4, 0x2000, 0x9000_0000, 1, sl::W);
+    let want = vec![
+        (0x1000, 0x8000_0000, 0x1000, Prot::RW),
+        (0x2000, 0x9000_0000, 0x1000, Prot::WRITE),
+        (0x4000_0000, 0x8020_0000, 0x20_0000, Prot::READ),
+        (0x80_0000_0000, 0x1_0000_0000, 1 << 30, Prot::RW),
+    ];
+    assert_eq!(leaves(&r, DEV, 16), Ok(want.clone()));
+    // The limit bounds the answer.
+    assert_eq!(leaves(&r, DEV, 3), Err(ModelQueryError::TooMany { limit: 3 }));
+    // Requests with PASID and devices without a context are blocked in legacy mode.
+    assert_eq!(r.m.guest_mappings(&r.mem, dev, Some(Pasid(1)), 16), Err(ModelQueryError::Blocked));
+    assert_eq!(leaves(&r, DEV + 1, 16), Err(ModelQueryError::Blocked));
+    // Memory, not caches: translate caches 0x1000; the driver clears the leaf without
+    // invalidating; the IOTLB still translates it, guest_mappings no longer lists it.
+    r.pa(DEV, None, 0x1000, Prot::READ);
+    let walks = r.m.cache_stats();
+    r.mem.w(slpt_leaf(&r, slpt, 0x1000), 0);
+    assert_eq!(r.pa(DEV, None, 0x1000, Prot::READ), 0x8000_0000, "stale IOTLB entry");
+    assert_eq!(leaves(&r, DEV, 16), Ok(want[1..].to_vec()));
+    assert_eq!(r.m.cache_stats().iotlb_hits, walks.iotlb_hits + 1, "guest_mappings used no cache");
+    // Pass-through contexts have no leaves to list.
+    r.legacy_ctx(DEV + 2, 0, 2, 2, context::TT_PT);
+    assert_eq!(leaves(&r, DEV + 2, 16), Err(ModelQueryError::Unsupported));
+}
+
+/// The address of the 4 KiB leaf entry of `iova` in the 4-level table at `slpt`.
+fn slpt_leaf(r: &Rig, slpt: u64, iova: u64) -> u64 {
+    let mut table = slpt;
+    for level in (2..=4).rev() {
+        table = r.mem.r(table + sl::index(iova, level) * 8) & ADDR;
+    }
+    table + sl::index(iova, 1) * 8
+}
+
+#[test]
+fn guest_mappings_of_hostile_tables_is_bounded() {
+    // Every absent word reads as a mostly-present entry pointing somewhere: a table that is
+    // all garbage. The walk must end, within the limit or with TooMany, and write nothing.
+    let mut r = Rig::new(VtdModelConfig::legacy());
+    r.mem.chaos = true;
+    r.legacy_ctx(DEV, 0x40_0000, 2, 1, context::TT_SL);
+    r.enable(rtaddr::TTM_LEGACY);
+    let before = r.mem.words.lock().unwrap().len();
+    for limit in [0, 1, 64, 1000] {
+        match leaves(&r, DEV, limit) {
+            Ok(v) => assert!(v.len() <= limit),
+            Err(e) => assert!(matches!(e, ModelQueryError::TooMany { .. } | ModelQueryError::BadEntry { .. }), "{e}"),
+        }
+    }
+    assert_eq!(r.mem.words.lock().unwrap().len(), before, "no A/D bits written");
+    // A table pointing at itself at every level: depth is bounded by the levels.
+    let r = Rig::new(VtdModelConfig::legacy());
+    let slpt = r.page();
+    r.legacy_ctx(DEV, slpt, 2, 1, context::TT_SL);
+    r.enable(rtaddr::TTM_LEGACY);
+    r.mem.w(slpt, slpt | sl::R | sl::W);
+    let v = leaves(&r, DEV, 16).unwrap();
+    assert_eq!(v, vec![(0, slpt, 0x1000, Prot::RW)], "the self-pointer read as a leaf at level 1");
+}

@@ -139,6 +139,81 @@ pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Pro
     Err(UNREADABLE)
 }
 
+/// More present entries or leaves than [`leaves_ss`] was allowed to visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TooMany;
+
+/// Every leaf of a second-stage table (9.8, 3.7) with at least one permission, in input-address
+/// order, as `(input address, leaf)`: exactly the pages [`walk_ss`] translates without a fault.
+///
+/// Nothing is written (no A/D bits). Entries `walk_ss` would fault on are left out: not
+/// present, PS where 9.8 reserves it, a misaligned large leaf, an unreadable table (its whole
+/// span), inputs beyond the address width. The walk is bounded for untrusted tables: more than
+/// `limit` leaves, or more than `5 * limit + 64` present entries visited (which covers any table
+/// without empty subtrees), is [`TooMany`]; depth is at most `t.levels` (≤ 5).
+pub(super) fn leaves_ss(mem: &dyn PhysMemory, t: &SsTable, limit: usize) -> Result<Vec<(u64, Leaf)>, TooMany> {
+    let mut out = Vec::new();
+    if !(1..=5).contains(&t.levels) {
+        return Ok(out);
+    }
+    let mut budget = limit.saturating_mul(5).saturating_add(64);
+    let mut walk = Enumerate { mem, t, limit, out: &mut out, budget: &mut budget };
+    walk.table(t.root, t.levels, 0, true, true)?;
+    Ok(out)
+}
+
+/// The state of [`leaves_ss`].
+struct Enumerate<'a> {
+    mem: &'a dyn PhysMemory,
+    t: &'a SsTable,
+    limit: usize,
+    out: &'a mut Vec<(u64, Leaf)>,
+    budget: &'a mut usize,
+}
+
+impl Enumerate<'_> {
+    /// Visits the 512 entries of the table at `table` (level `level`, first input `base`; `r` /
+    /// `w`: the permissions of the levels above).
+    fn table(&mut self, table: u64, level: u32, base: u64, r: bool, w: bool) -> Result<(), TooMany> {
+        let size = sl::span(level);
+        for i in 0..512u64 {
+            // Cannot overflow: level ≤ 5, so i * size < 2^57, and base has no bits below size * 512.
+            let input = base | (i * size);
+            if self.t.width < 64 && input >> self.t.width != 0 {
+                break;
+            }
+            let Some(e) = table.checked_add(i * 8).and_then(|at| self.mem.read_u64(PhysAddr(at)).ok()) else {
+                // An unreadable table: every input under it faults (Appendix A 0x7).
+                return Ok(());
+            };
+            if !sl::present(e) {
+                continue;
+            }
+            *self.budget = self.budget.checked_sub(1).ok_or(TooMany)?;
+            let (r, w) = (r && e & sl::R != 0, w && e & sl::W != 0);
+            let large = level > 1 && e & sl::PS != 0;
+            if large && !matches!((level, self.t.sllps & 1 != 0, self.t.sllps & 2 != 0), (2, true, _) | (3, _, true)) {
+                continue; // 9.8: PS reserved here.
+            }
+            if level == 1 || large {
+                let addr = e & ADDR;
+                let prot = prot_of(r, w);
+                if addr & (size - 1) != 0 || prot == Prot::NONE {
+                    continue;
+                }
+                if self.out.len() >= self.limit {
+                    return Err(TooMany);
+                }
+                // A/D are not tracked here: `dirty_done` is irrelevant to an enumeration.
+                self.out.push((input, Leaf { base: addr, size, prot, dirty_done: true }));
+            } else {
+                self.table(e & ADDR, level - 1, input, r, w)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn prot_of(r: bool, w: bool) -> Prot {
     match (r, w) {
         (true, true) => Prot::RW,
