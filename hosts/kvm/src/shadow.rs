@@ -1,7 +1,7 @@
 //! Shadow mappings for a passthrough device behind a vIOMMU (issue 5, item 2, shadow half).
 //!
 //! When the host cannot nest the guest's tables (stage-1) on its own paging (stage-2), a VMM
-//! shadows them: it reads what the guest mapped in the vIOMMU ([`UnitModel::guest_mappings`],
+//! shadows them: it reads what the guest mapped in the vIOMMU ([`ioasis::platform::UnitModel::guest_mappings`],
 //! guest-physical outputs), converts every guest-physical page to machine memory through the
 //! VM's memory slots, and keeps a host IOAS — the one the passthrough device is attached to —
 //! mapping exactly that: IOVA (as the guest sees it) → machine address.
