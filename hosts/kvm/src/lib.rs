@@ -24,6 +24,7 @@
 //! ```
 
 pub mod dirty;
+pub mod dmar;
 mod error;
 pub mod shadow;
 mod slots;
