@@ -279,30 +279,27 @@ impl PhysMemory for Machine {
 
 impl Platform for Machine {
     fn alloc_table_page(&self) -> Result<PhysAddr, HostError> {
-        let page = self.pool.alloc()?;
-        if let Err(e) = self.ram.zero(page, PAGE_SIZE) {
-            // The pool lies inside RAM by construction; give the page back anyway.
-            let _ = self.pool.free(page);
-            return Err(e);
-        }
-        tracing::trace!(%page, "table page allocated");
-        Ok(page)
+        self.alloc_table_pages(1)
     }
     fn free_table_page(&self, page: PhysAddr) -> Result<(), HostError> {
-        self.pool.free(page).inspect_err(|_| tracing::warn!(%page, "free of a page that is not allocated"))?;
-        tracing::trace!(%page, "table page freed");
-        Ok(())
+        self.free_table_pages(page, 1)
     }
     fn alloc_table_pages(&self, count: u64) -> Result<PhysAddr, HostError> {
         let first = self.pool.alloc_run(count)?;
         if let Err(e) = self.ram.zero(first, count * PAGE_SIZE) {
+            // The pool lies inside RAM by construction; give the pages back anyway.
             let _ = self.pool.free_run(first, count);
             return Err(e);
         }
+        tracing::trace!(%first, count, "table pages allocated");
         Ok(first)
     }
     fn free_table_pages(&self, first: PhysAddr, count: u64) -> Result<(), HostError> {
-        self.pool.free_run(first, count)
+        self.pool
+            .free_run(first, count)
+            .inspect_err(|_| tracing::warn!(%first, count, "free of pages that are not allocated"))?;
+        tracing::trace!(%first, count, "table pages freed");
+        Ok(())
     }
     fn table_pages(&self) -> u64 {
         self.pool.allocated()

@@ -495,20 +495,11 @@ impl PhysMemory for QemuMachine {
 
 impl Platform for QemuMachine {
     fn alloc_table_page(&self) -> Result<PhysAddr, HostError> {
-        let page = self.pool.alloc()?;
-        let r = self.with_qtest(|q| q.memset(page.raw(), PAGE_SIZE, 0));
-        if let Err(e) = self.host(page.raw(), r) {
-            let _ = self.pool.free(page);
-            return Err(e);
-        }
-        tracing::trace!(%page, "table page allocated");
-        Ok(page)
+        self.alloc_table_pages(1)
     }
 
     fn free_table_page(&self, page: PhysAddr) -> Result<(), HostError> {
-        self.pool.free(page).inspect_err(|_| tracing::warn!(%page, "free of a page that is not allocated"))?;
-        tracing::trace!(%page, "table page freed");
-        Ok(())
+        self.free_table_pages(page, 1)
     }
 
     fn alloc_table_pages(&self, count: u64) -> Result<PhysAddr, HostError> {
@@ -518,11 +509,16 @@ impl Platform for QemuMachine {
             let _ = self.pool.free_run(first, count);
             return Err(e);
         }
+        tracing::trace!(%first, count, "table pages allocated");
         Ok(first)
     }
 
     fn free_table_pages(&self, first: PhysAddr, count: u64) -> Result<(), HostError> {
-        self.pool.free_run(first, count)
+        self.pool
+            .free_run(first, count)
+            .inspect_err(|_| tracing::warn!(%first, count, "free of pages that are not allocated"))?;
+        tracing::trace!(%first, count, "table pages freed");
+        Ok(())
     }
 
     fn table_pages(&self) -> u64 {
