@@ -284,3 +284,55 @@ mod tests {
         assert!(a.intersect(&c).is_none());
     }
 }
+
+/// Whose address space an IOAS is.
+///
+/// Most IOASes are the host's own: ioasis builds the HWPTs from the IOAS's mappings. A host
+/// adapter whose hypervisor owns the IOMMU (Xen: a domain's guest-physical space, which the
+/// hypervisor's p2m defines) names the guest here, so that a backend realising the IOAS in
+/// hypervisor terms knows which guest a paging HWPT belongs to. Backends that build their own
+/// tables may ignore it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct AddressSpace {
+    /// [`AddressSpace::HOST`] or [`AddressSpace::GUEST`].
+    pub kind: u32,
+    /// The host adapter's id of the guest (a Xen domid, a VM number); 0 for the host.
+    pub id: u64,
+}
+
+impl AddressSpace {
+    /// The host's own space: mappings come only from the IOAS.
+    pub const HOST: u32 = 0;
+    /// A guest's physical space, owned by a hypervisor.
+    pub const GUEST: u32 = 1;
+
+    /// The host's own space.
+    pub const fn host() -> Self {
+        Self { kind: Self::HOST, id: 0 }
+    }
+
+    /// Guest `id`'s physical space.
+    pub const fn guest(id: u64) -> Self {
+        Self { kind: Self::GUEST, id }
+    }
+
+    /// The guest's id, when this is a guest's space.
+    pub const fn guest_id(self) -> Option<u64> {
+        if self.kind == Self::GUEST {
+            Some(self.id)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for AddressSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.guest_id() {
+            Some(id) => write!(f, "guest {id}"),
+            None if self.kind == Self::HOST => f.write_str("host"),
+            None => write!(f, "space kind {}", self.kind),
+        }
+    }
+}

@@ -167,6 +167,17 @@ pub enum Error {
         /// The plugin's error.
         error: PluginError,
     },
+    /// A host adapter (KVM, Xen, bare metal) failed outside any backend: creating or
+    /// destroying a guest, reading the platform. Nothing was changed.
+    #[error("{host} host failed in {op}: {message}")]
+    Host {
+        /// Which host adapter.
+        host: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// What went wrong, in the host's words.
+        message: String,
+    },
 }
 
 impl Error {

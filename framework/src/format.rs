@@ -30,8 +30,11 @@ impl PtFormat {
     pub const AMD_V1: PtFormat = PtFormat(6);
     /// AMD-Vi guest page tables behind GCR3 (v2, x86-64 format), AMD IOMMU spec 2.2.6.
     pub const AMD_V2: PtFormat = PtFormat(7);
+    /// A guest's physical map that a hypervisor owns and the host cannot read (Xen's p2m, which
+    /// Xen shares with, or mirrors into, the IOMMU's tables).
+    pub const HYPERVISOR_P2M: PtFormat = PtFormat(8);
 
-    const NAMES: [(PtFormat, &'static str); 8] = [
+    const NAMES: [(PtFormat, &'static str); 9] = [
         (Self::NONE, "none"),
         (Self::MOCK, "mock"),
         (Self::VTD_SECOND_LEVEL, "vtd-sl"),
@@ -40,6 +43,7 @@ impl PtFormat {
         (Self::ARM_LPAE_S2, "arm-lpae-s2"),
         (Self::AMD_V1, "amd-v1"),
         (Self::AMD_V2, "amd-v2"),
+        (Self::HYPERVISOR_P2M, "hypervisor-p2m"),
     ];
 
     /// Short name, as used in TOML files and printed contracts.

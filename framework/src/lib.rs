@@ -15,7 +15,7 @@ pub mod format;
 pub mod intent;
 pub mod prot;
 
-pub use addr::{DeviceRef, Iova, IovaRange, Pasid, PhysAddr, RequesterId, PAGE_SIZE};
+pub use addr::{AddressSpace, DeviceRef, Iova, IovaRange, Pasid, PhysAddr, RequesterId, PAGE_SIZE};
 pub use caps::{Features, PageSizes, UnitCaps};
 pub use format::PtFormat;
 pub use intent::{Intent, IntentCode, IntentItem};
@@ -24,6 +24,7 @@ pub mod context;
 pub mod contract;
 pub mod device;
 pub mod error;
+pub mod guest;
 pub mod ioas;
 pub mod loader;
 pub mod object;

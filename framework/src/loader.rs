@@ -31,6 +31,9 @@ pub enum Origin {
     Builtin,
     /// Loaded from a shared library.
     Path(PathBuf),
+    /// Provided in-process by a host adapter (e.g. Xen, where the hypervisor owns the IOMMU
+    /// and the backend speaks hypercalls rather than registers).
+    Host,
 }
 
 impl fmt::Display for Origin {
@@ -38,6 +41,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Builtin => f.write_str("built-in"),
             Origin::Path(p) => write!(f, "{}", p.display()),
+            Origin::Host => f.write_str("host adapter"),
         }
     }
 }
@@ -162,6 +166,12 @@ impl Plugin {
         Self::from_root(root, Origin::Path(path.to_path_buf()))
     }
 
+    /// A backend that a host adapter provides in-process ([`Origin::Host`]): it speaks the
+    /// same interface as a plugin, so the context treats it as one.
+    pub fn from_host(info: PluginInfoOwned, backend: BackendBox) -> Self {
+        Plugin { name: info.name.clone(), info, origin: Origin::Host, interface: INTERFACE_VERSION, backend }
+    }
+
     /// The backend object.
     pub fn backend(&self) -> &BackendBox {
         &self.backend
@@ -222,7 +232,7 @@ impl Registry {
                 Origin::Path(p) => {
                     format!("{}@{}", plugin.name, p.file_stem().and_then(|s| s.to_str()).unwrap_or("lib"))
                 }
-                Origin::Builtin => plugin.name.clone(),
+                Origin::Builtin | Origin::Host => plugin.name.clone(),
             };
             let mut name = base.clone();
             let mut n = 2;

@@ -6,7 +6,7 @@ use abi_stable::StableAbi;
 
 use super::error::PluginError;
 use super::host::HostServicesBox;
-use crate::addr::{DeviceRef, Iova, IovaRange, Pasid, PhysAddr};
+use crate::addr::{AddressSpace, DeviceRef, Iova, IovaRange, Pasid, PhysAddr};
 use crate::caps::{PageSizes, UnitCaps};
 use crate::format::PtFormat;
 use crate::intent::IntentCode;
@@ -125,6 +125,8 @@ pub struct HwptRequest {
     pub parent: ROption<HwptBox>,
     /// For nested tables: the stage-1 description.
     pub stage1: ROption<Stage1Config>,
+    /// For paging tables: whose address space the IOAS is (see [`AddressSpace`]).
+    pub space: AddressSpace,
 }
 
 /// What a HWPT is, as the backend built it.

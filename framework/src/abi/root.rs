@@ -41,7 +41,7 @@ impl InterfaceVersion {
 }
 
 /// The interface version this build of the framework speaks.
-pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 1 };
+pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 2 };
 
 /// Name of the plain C symbol (a `[u16; 2]`) that every plugin exports beside its root module,
 /// so that the loader can name both versions before abi_stable checks any layout.

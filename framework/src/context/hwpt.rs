@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use abi_stable::std_types::{ROption, RVec};
 
 use crate::abi::{CacheInvalidation, HwptFlags, HwptInfo, HwptKind, HwptRequest, Stage1Config, Translation};
-use crate::addr::Iova;
+use crate::addr::{AddressSpace, Iova};
 use crate::error::{Error, Result};
 use crate::format::PtFormat;
 use crate::object::{FaultQueueId, HwptId, IoasId, UnitId};
@@ -58,12 +58,14 @@ impl Context {
         let mut queue = None;
         let req = match spec {
             HwptSpec::Paging { ioas: id, mut flags, fault_queue } => {
-                ioas = Some(self.ioas(id)?);
+                let obj = self.ioas(id)?;
+                let space = obj.space;
+                ioas = Some(obj);
                 if let Some(q) = fault_queue {
                     queue = Some(self.queue(q)?);
                     flags = HwptFlags(flags.0 | HwptFlags::PAGE_FAULTS.0);
                 }
-                HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone }
+                HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone, space }
             }
             HwptSpec::Nested { parent: pid, format, root, words, fault_queue } => {
                 let p = self.hwpt(pid)?;
@@ -89,6 +91,7 @@ impl Context {
                     flags,
                     parent: ROption::RSome(p.hw.clone()),
                     stage1: ROption::RSome(Stage1Config { format, root, words: RVec::from(words) }),
+                    space: p.ioas.as_ref().map_or(AddressSpace::host(), |i| i.space),
                 };
                 parent = Some(p);
                 req
@@ -98,12 +101,14 @@ impl Context {
                 flags: HwptFlags::default(),
                 parent: ROption::RNone,
                 stage1: ROption::RNone,
+                space: AddressSpace::host(),
             },
             HwptSpec::Identity => HwptRequest {
                 kind: HwptKind::IDENTITY,
                 flags: HwptFlags::default(),
                 parent: ROption::RNone,
                 stage1: ROption::RNone,
+                space: AddressSpace::host(),
             },
         };
         let flags = req.flags;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use abi_stable::std_types::RString;
 
 use crate::abi::{PluginError, UnitDesc};
-use crate::addr::{IovaRange, PhysAddr};
+use crate::addr::{AddressSpace, IovaRange, PhysAddr};
 use crate::caps::UnitCaps;
 use crate::contract::{Contract, Negotiation, SharedIoas};
 use crate::device::DeviceDesc;
@@ -243,11 +243,22 @@ impl Context {
         Ok(lock(&self.device(device)?.contract).clone())
     }
 
-    /// A new, empty IOAS.
+    /// A new, empty IOAS in the host's own address space.
     pub fn alloc_ioas(&self) -> IoasId {
+        self.alloc_ioas_in(AddressSpace::host())
+    }
+
+    /// A new, empty IOAS that is `space` (a guest's physical space, for a host adapter whose
+    /// hypervisor owns the IOMMU). Backends see `space` when they allocate its paging HWPTs.
+    pub fn alloc_ioas_in(&self, space: AddressSpace) -> IoasId {
         let id = IoasId(self.new_id());
-        self.write().ioases.insert(id.0, Arc::new(IoasObj::new(id)));
+        self.write().ioases.insert(id.0, Arc::new(IoasObj::new(id, space)));
         id
+    }
+
+    /// Whose address space `ioas` is.
+    pub fn ioas_space(&self, ioas: IoasId) -> Result<AddressSpace> {
+        Ok(self.ioas(ioas)?.space)
     }
 
     /// A fault queue: page requests on HWPTs allocated with it arrive here.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::abi::{HwptBox, HwptFlags, HwptInfo, PageResponse, UnitBox};
-use crate::addr::Pasid;
+use crate::addr::{AddressSpace, Pasid};
 use crate::caps::UnitCaps;
 use crate::contract::Contract;
 use crate::device::DeviceDesc;
@@ -90,6 +90,8 @@ impl DeviceObj {
 /// An IOAS: its IOVA bookkeeping and the paging HWPTs kept in step with it.
 pub(crate) struct IoasObj {
     pub id: IoasId,
+    /// Whose address space it is.
+    pub space: AddressSpace,
     pub map: Mutex<IovaMap>,
     /// Map and unmap hold this for reading across their backend calls; adding or removing a
     /// HWPT holds it for writing, so a new HWPT sees every area exactly once.
@@ -97,8 +99,8 @@ pub(crate) struct IoasObj {
 }
 
 impl IoasObj {
-    pub fn new(id: IoasId) -> Self {
-        Self { id, map: Mutex::new(IovaMap::default()), hwpts: RwLock::new(Vec::new()) }
+    pub fn new(id: IoasId, space: AddressSpace) -> Self {
+        Self { id, space, map: Mutex::new(IovaMap::default()), hwpts: RwLock::new(Vec::new()) }
     }
 
     pub fn remove_hwpt(&self, h: &Arc<HwptObj>) {

@@ -12,7 +12,7 @@ use ioasis::abi::{
     DeviceInfo, ErrorCode, HostError, HostServices, HostServices_TO, HwptFlags, HwptKind, HwptRequest, LogLevel, Unit,
     UnitDesc,
 };
-use ioasis::{DeviceRef, Iova, PageSizes, Pasid, PhysAddr, Prot, RequesterId};
+use ioasis::{AddressSpace, DeviceRef, Iova, PageSizes, Pasid, PhysAddr, Prot, RequesterId};
 
 use super::io::Io;
 use super::pagetable::PageTable;
@@ -236,7 +236,7 @@ fn dev(d: u8) -> DeviceInfo {
 }
 
 fn paging(flags: HwptFlags) -> HwptRequest {
-    HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone }
+    HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone, space: AddressSpace::host() }
 }
 
 #[test]
