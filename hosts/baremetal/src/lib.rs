@@ -16,11 +16,13 @@ mod ram;
 
 pub mod description;
 pub mod dma;
+pub mod guest;
 pub mod qemu;
 pub mod scenario;
 
 pub use description::{build, Built, BuiltDevice, BuiltUnit, PlatformDesc, Resolved};
 pub use dma::{run_parallel, AtcStats, DmaDevice, DmaJob, DmaOp};
+pub use guest::BareMetalHost;
 pub use machine::{DmaError, Machine, MachineConfig, MachineError};
 pub use pool::TablePool;
 pub use ram::{Ram, RamError, MAX_RAM_BYTES};

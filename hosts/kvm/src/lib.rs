@@ -26,11 +26,13 @@
 pub mod dirty;
 pub mod dmar;
 mod error;
+pub mod host;
 pub mod shadow;
 mod slots;
 pub mod viommu;
 mod vm;
 
 pub use error::{KvmError, SlotError};
+pub use host::KvmHost;
 pub use slots::{MemorySlots, Slot};
 pub use vm::{Vcpu, Vm};
