@@ -10,7 +10,7 @@ sudo_if_needed() {
 
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for pkg in build-essential pkg-config ca-certificates curl; do
+  for pkg in build-essential pkg-config ca-certificates curl xz-utils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -44,4 +44,6 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo --version
+# Xen 4.17, a dom0 kernel and busybox for the real-Xen testbed (hosts/xen/tests), in target/xen-guest.
+if command -v apt-get >/dev/null 2>&1; then ./scripts/fetch-xen.sh; fi
 cargo fetch --locked -q
