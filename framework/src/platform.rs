@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::abi::{Fault, HostError};
 use crate::addr::{DeviceRef, Iova, Pasid, PhysAddr};
+use crate::format::PtFormat;
 use crate::prot::Prot;
 
 /// Physical memory as a unit (or a plugin) sees it.
@@ -101,6 +102,52 @@ pub trait UnitModel: Send + Sync {
         let _ = (mem, dev, pasid, limit);
         Err(ModelQueryError::Unsupported)
     }
+
+    /// The stage-1 format a guest programs in this unit that a host could nest (the format
+    /// [`UnitModel::guest_stage1`] reports), or `None` when the unit offers none.
+    ///
+    /// The default: `None`.
+    fn guest_stage1_format(&self) -> Option<PtFormat> {
+        None
+    }
+
+    /// What a VMM nests: the stage-1 that device `dev` (with `pasid`, or untagged) is
+    /// translated through now, as a host backend's nested HWPT takes it
+    /// ([`crate::HwptSpec::Nested`]). Read from the structures in `mem` (not the unit's caches),
+    /// without side effects; the structures are untrusted and every read is bounded.
+    ///
+    /// A unit that does not translate the device's requests (translation disabled,
+    /// pass-through) is [`ModelQueryError::Untranslated`]; blocked requests are
+    /// [`ModelQueryError::Blocked`]; a translation without a stage-1 a host can nest (for
+    /// example second-stage-only tables, which a VMM shadows instead) is
+    /// [`ModelQueryError::UnsupportedMode`] with the reason; malformed structures are
+    /// [`ModelQueryError::BadEntry`].
+    ///
+    /// The default: [`ModelQueryError::Unsupported`].
+    fn guest_stage1(
+        &self,
+        mem: &dyn PhysMemory,
+        dev: DeviceRef,
+        pasid: Option<Pasid>,
+    ) -> Result<GuestStage1, ModelQueryError> {
+        let _ = (mem, dev, pasid);
+        Err(ModelQueryError::Unsupported)
+    }
+}
+
+/// A device's stage-1 as a guest programmed it, in the terms of a host's nested HWPT
+/// ([`crate::HwptSpec::Nested`], [`crate::abi::Stage1Config`]); see
+/// [`UnitModel::guest_stage1`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GuestStage1 {
+    /// The stage-1 format.
+    pub format: PtFormat,
+    /// Root of the stage-1 tables: an address in the model's memory (guest-physical for a
+    /// vIOMMU), which is an IOVA of the host's stage-2.
+    pub root: PhysAddr,
+    /// Format-specific words, meaning what [`crate::abi::Stage1Config::words`] means for
+    /// `format` (for [`PtFormat::X86_64`]: none, a 4-level table).
+    pub words: Vec<u64>,
 }
 
 /// One leaf of a device's translation, as [`UnitModel::guest_mappings`] reports it.
@@ -136,6 +183,18 @@ pub enum ModelQueryError {
     BadEntry {
         /// Where (an address in the model's memory; 0 when not known).
         addr: u64,
+    },
+    /// The unit does not translate the device's requests: they reach the address they carry
+    /// (translation disabled, or a pass-through entry). Reported by
+    /// [`UnitModel::guest_stage1`].
+    #[error("the unit does not translate the device's requests")]
+    Untranslated,
+    /// The device's translation is in a mode the query cannot express; the reason names the
+    /// mode and the fields that decide it. Reported by [`UnitModel::guest_stage1`].
+    #[error("the translation cannot be expressed: {reason}")]
+    UnsupportedMode {
+        /// Which mode, and why.
+        reason: &'static str,
     },
 }
 

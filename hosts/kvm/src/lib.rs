@@ -27,6 +27,7 @@ pub mod dirty;
 pub mod dmar;
 mod error;
 pub mod host;
+pub mod passthrough;
 pub mod shadow;
 mod slots;
 pub mod viommu;

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{vm_or_skip, MB, MSI_WINDOW, UNIT_BASE};
+use common::{enter_protected_mode, vm_or_skip, MB, MSI_WINDOW, UNIT_BASE};
 use ioasis::loader::Registry;
 use ioasis::platform::{ModelQueryError, PhysMemory};
 use ioasis::{
@@ -158,29 +158,8 @@ fn firmware(mem: &GuestPhys) -> u64 {
 /// IOTLB_REG's upper half (the invalidation command) the VMM syncs the shadow. Returns the
 /// stats of every sync.
 fn run(vcpu: &mut Vcpu, s: &mut Setup, rip: u64) -> Vec<SyncStats> {
+    enter_protected_mode(vcpu, rip);
     let fd = vcpu.fd();
-    let mut sregs = fd.get_sregs().expect("get sregs");
-    sregs.cr0 |= 1; // PE
-    let code = kvm_bindings::kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: 0x8,
-        type_: 11,
-        present: 1,
-        dpl: 0,
-        db: 1,
-        s: 1,
-        l: 0,
-        g: 1,
-        ..Default::default()
-    };
-    let data = kvm_bindings::kvm_segment { selector: 0x10, type_: 3, ..code };
-    sregs.cs = code;
-    for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
-        *seg = data;
-    }
-    fd.set_sregs(&sregs).expect("set sregs");
-    fd.set_regs(&kvm_bindings::kvm_regs { rip, rflags: 2, ..Default::default() }).expect("set regs");
     let mut syncs = Vec::new();
     let dev = DeviceRef::Rid(DEV);
     for _ in 0..MAX_EXITS {

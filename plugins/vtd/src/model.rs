@@ -60,8 +60,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::{Fault, HostError};
-use ioasis::platform::{DmaRequest, DmaTarget, GuestMapping, ModelQueryError, PhysMemory, UnitModel};
-use ioasis::{DeviceRef, Iova, Pasid, PhysAddr, Prot};
+use ioasis::platform::{DmaRequest, DmaTarget, GuestMapping, GuestStage1, ModelQueryError, PhysMemory, UnitModel};
+use ioasis::{DeviceRef, Iova, Pasid, PhysAddr, Prot, PtFormat};
 
 use crate::layout::fault::{reason, reason_more};
 use crate::layout::regs::{cap, ecap, gcmd, rtaddr};
@@ -353,22 +353,10 @@ impl VtdModel {
             Some(pe) => pe,
             None => {
                 let miss = |f: Failure, fpd: bool| Miss { fail: f, fpd, pre };
-                if u64::from(pasid >> 6) >= sm_context::pdir_entries(ce.lo) {
-                    return Err(miss(fail(reason::PASID_DIR_NOT_PRESENT, absent), fpd));
-                }
-                let de_at = (ce.lo & ADDR).checked_add(pasid_dir::offset(pasid));
-                let de = read(mem, de_at, reason_more::PASID_DIR_ERROR).map_err(|f| miss(f, fpd))?;
-                fpd |= de & pasid_dir::FPD != 0;
-                if de & pasid_dir::P == 0 {
-                    return Err(miss(fail(reason::PASID_DIR_NOT_PRESENT, absent), fpd));
-                }
-                let at = (de & ADDR).checked_add(pasid_entry::offset(pasid));
-                let mut q = [0u64; 4];
-                for (i, w) in q.iter_mut().enumerate() {
-                    let a = at.and_then(|a| a.checked_add(i as u64 * 8));
-                    *w = read(mem, a, reason_more::PASID_TABLE_ERROR).map_err(|f| miss(f, fpd))?;
-                }
-                let pe = PasidEntry { q };
+                let (pe, dir_fpd) =
+                    Self::read_pasid_entry(mem, &ce, pasid, absent).map_err(|(f, d)| miss(f, fpd || d))?;
+                fpd |= dir_fpd;
+                let q = pe.q;
                 if q[0] & pasid_entry::P == 0 {
                     return Err(miss(fail(reason::PASID_NOT_PRESENT, absent), fpd || q[0] & pasid_entry::FPD != 0));
                 }
@@ -380,6 +368,35 @@ impl VtdModel {
         fpd |= pe.q[0] & pasid_entry::FPD != 0;
         let mode = self.pasid_mode(&pe).map_err(|f| Miss { fail: f, fpd, pre })?;
         Ok(Resolved { mode, did: pe.did(), tag: Some(pasid), fpd, pre })
+    }
+
+    /// Reads the PASID-table entry of `pasid` under scalable context entry `ce` from memory, no
+    /// cache (9.4 PDTS, 9.5 directory entry, 9.6 table entry, its first four qwords): the entry,
+    /// present or not, and the directory entry's FPD. A PASID beyond the directory or a
+    /// not-present directory entry fails with reason 0x51 of class `absent`, an unreadable
+    /// structure with 0x50 / 0x58; the error carries the FPD seen so far.
+    fn read_pasid_entry(
+        mem: &dyn PhysMemory,
+        ce: &CtxEntry,
+        pasid: u32,
+        absent: u32,
+    ) -> Result<(PasidEntry, bool), (Failure, bool)> {
+        if u64::from(pasid >> 6) >= sm_context::pdir_entries(ce.lo) {
+            return Err((fail(reason::PASID_DIR_NOT_PRESENT, absent), false));
+        }
+        let de_at = (ce.lo & ADDR).checked_add(pasid_dir::offset(pasid));
+        let de = read(mem, de_at, reason_more::PASID_DIR_ERROR).map_err(|f| (f, false))?;
+        let fpd = de & pasid_dir::FPD != 0;
+        if de & pasid_dir::P == 0 {
+            return Err((fail(reason::PASID_DIR_NOT_PRESENT, absent), fpd));
+        }
+        let at = (de & ADDR).checked_add(pasid_entry::offset(pasid));
+        let mut q = [0u64; 4];
+        for (i, w) in q.iter_mut().enumerate() {
+            let a = at.and_then(|a| a.checked_add(i as u64 * 8));
+            *w = read(mem, a, reason_more::PASID_TABLE_ERROR).map_err(|f| (f, fpd))?;
+        }
+        Ok((PasidEntry { q }, fpd))
     }
 
     /// The translation a PASID-table entry (9.6) asks for, if the unit supports it.
@@ -476,6 +493,9 @@ impl VtdModel {
     }
 }
 
+/// Why a legacy-mode context with a second-level table has nothing to nest.
+const LEGACY_SECOND_STAGE: &str = "legacy mode (RTADDR.TTM = 00) has second-stage tables only, no stage-1 to nest";
+
 /// A failed context lookup as a [`ModelQueryError`].
 fn query_error(f: Failure) -> ModelQueryError {
     if f.kind == Fault::BLOCKED {
@@ -515,6 +535,87 @@ impl VtdModel {
         match self.legacy_ss(ce) {
             Some(Mode::Second(t)) => Ok(t),
             _ => Err(ModelQueryError::BadEntry { addr: ce.lo & ADDR }),
+        }
+    }
+
+    /// Why legacy mode (3.4.3, 9.3) gives no stage-1 for `sid`: its pass-through contexts are
+    /// untranslated, its other contexts have second-stage tables only.
+    fn query_legacy_stage1(&self, mem: &dyn PhysMemory, rt: u64, sid: u16, pasid: Option<Pasid>) -> ModelQueryError {
+        let ce = match Self::read_context(mem, rt, sid, false) {
+            Ok(ce) => ce,
+            Err(f) => return query_error(f),
+        };
+        if pasid.is_some() {
+            // 3.4.3: legacy mode has no requests with PASID (they fault, reason 0x3).
+            return ModelQueryError::Blocked;
+        }
+        match ce.lo & context::TT_MASK {
+            context::TT_PT if self.cfg.has_ecap(ecap::PT) => ModelQueryError::Untranslated,
+            context::TT_SL => ModelQueryError::UnsupportedMode { reason: LEGACY_SECOND_STAGE },
+            context::TT_SL_DT if self.cfg.has_ecap(ecap::DT) => {
+                ModelQueryError::UnsupportedMode { reason: LEGACY_SECOND_STAGE }
+            }
+            _ => ModelQueryError::BadEntry { addr: ce.lo & ADDR },
+        }
+    }
+
+    /// The first-stage table a request of `sid` (with `pasid`, or untagged through the context
+    /// entry's RID_PASID) is translated through, read from memory, not the caches (3.4.4;
+    /// scalable root 9.2, context 9.4, PASID directory 9.5 and PASID entry 9.6).
+    fn query_stage1(
+        &self,
+        mem: &dyn PhysMemory,
+        sid: u16,
+        pasid: Option<Pasid>,
+    ) -> Result<GuestStage1, ModelQueryError> {
+        let (root, gsts) = {
+            let st = lock(&self.state);
+            (st.regs.root, st.regs.gsts)
+        };
+        if gsts & gcmd::TE == 0 {
+            return Err(ModelQueryError::Untranslated);
+        }
+        match root & rtaddr::TTM_MASK {
+            rtaddr::TTM_SCALABLE if self.cfg.has_ecap(ecap::SMTS) => {}
+            rtaddr::TTM_LEGACY => return Err(self.query_legacy_stage1(mem, root & ADDR, sid, pasid)),
+            // TTM = 01 without ECAP.SMTS, or 10/11: every request is blocked.
+            _ => return Err(ModelQueryError::Blocked),
+        }
+        let ce = Self::read_context(mem, root & ADDR, sid, true).map_err(query_error)?;
+        let pasid = match pasid {
+            Some(p) => {
+                // 9.4: requests with PASID need ECAP.PASID, PASIDE and a PASID within ECAP.PSS.
+                let pss = ecap::pss(self.cfg.ecap);
+                let ok =
+                    self.cfg.has_ecap(ecap::PASID) && ce.lo & sm_context::PASIDE != 0 && u64::from(p.0) >> pss == 0;
+                if !ok {
+                    return Err(ModelQueryError::Blocked);
+                }
+                p.0
+            }
+            None => (ce.hi & sm_context::RID_PASID_MASK) as u32,
+        };
+        let (pe, _) = Self::read_pasid_entry(mem, &ce, pasid, Fault::BLOCKED).map_err(|(f, _)| query_error(f))?;
+        if pe.q[0] & pasid_entry::P == 0 {
+            return Err(ModelQueryError::Blocked);
+        }
+        // An entry translate would fault on (PGTT or FSPM the unit lacks, a bad AW): 0x5b.
+        let mode = self.pasid_mode(&pe).map_err(|_| ModelQueryError::BadEntry { addr: 0 })?;
+        match mode {
+            // 9.6 FSPM = 00, 4-level: what the x86-64 stage-1 format of a nested HWPT is.
+            Mode::First(fs) if fs.levels == 4 => {
+                Ok(GuestStage1 { format: PtFormat::X86_64, root: PhysAddr(fs.root), words: Vec::new() })
+            }
+            Mode::First(_) => Err(ModelQueryError::UnsupportedMode {
+                reason: "5-level first-stage paging (PASID entry FSPM = 01): the x86-64 stage-1 format nests 4-level tables only",
+            }),
+            Mode::Second(_) => Err(ModelQueryError::UnsupportedMode {
+                reason: "second-stage only translation (PASID entry PGTT = 010) has no stage-1 to nest",
+            }),
+            Mode::Nested(..) => Err(ModelQueryError::UnsupportedMode {
+                reason: "nested translation in the guest (PASID entry PGTT = 011): its stage-1 outputs are not guest-physical",
+            }),
+            Mode::PassThrough => Err(ModelQueryError::Untranslated),
         }
     }
 }
@@ -564,5 +665,36 @@ impl UnitModel for VtdModel {
             .into_iter()
             .map(|(iova, l)| GuestMapping { iova: Iova(iova), addr: PhysAddr(l.base), len: l.size, prot: l.prot })
             .collect())
+    }
+
+    /// [`PtFormat::X86_64`] when the unit has scalable mode with first-stage tables
+    /// (ECAP.SMTS and ECAP.FSTS, 11.4.3).
+    fn guest_stage1_format(&self) -> Option<PtFormat> {
+        (self.cfg.has_ecap(ecap::SMTS) && self.cfg.has_ecap(ecap::FSTS)).then_some(PtFormat::X86_64)
+    }
+
+    /// Scalable mode (RTADDR.TTM = 01) only: the device's PASID entry (9.6; untagged requests
+    /// use the context entry's RID_PASID) with PGTT = 001, first-stage only, and FSPM = 00
+    /// (4-level) gives an x86-64 stage-1 rooted at the entry's first-stage pointer (qword 2
+    /// bits 63:12), with no words. Read from memory, not the caches, without side effects.
+    ///
+    /// Translation disabled and pass-through (a legacy context with TT = 10, or PGTT = 100) are
+    /// [`ModelQueryError::Untranslated`]; a not-present root, context, PASID-directory or PASID
+    /// entry, a PASID beyond the directory, or a request with PASID the mode or context does
+    /// not allow is [`ModelQueryError::Blocked`]; legacy second-level contexts, second-stage-only
+    /// and nested PASID entries and 5-level first-stage tables are
+    /// [`ModelQueryError::UnsupportedMode`]; unreadable structures and entries the unit would
+    /// reject are [`ModelQueryError::BadEntry`].
+    fn guest_stage1(
+        &self,
+        mem: &dyn PhysMemory,
+        dev: DeviceRef,
+        pasid: Option<Pasid>,
+    ) -> Result<GuestStage1, ModelQueryError> {
+        let sid = match dev {
+            DeviceRef::Rid(r) => r.source_id(),
+            DeviceRef::Sid(s) => u16::try_from(s).map_err(|_| ModelQueryError::Blocked)?,
+        };
+        self.query_stage1(mem, sid, pasid)
     }
 }

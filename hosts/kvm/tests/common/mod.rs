@@ -1,5 +1,6 @@
 //! Shared by the KVM tests: a simulated machine with one mock IOMMU unit, a real KVM VM whose
-//! guest memory lives in the machine's RAM, and the prerequisite rule.
+//! guest memory lives in the machine's RAM, the prerequisite rule, and what guest programs need
+//! (32-bit protected mode, a tiny assembler).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -83,5 +84,95 @@ impl Rig {
         let mut buf = vec![0u8; len];
         self.machine.ram().read(PhysAddr(pa), &mut buf).expect("ram read");
         buf
+    }
+}
+
+/// Puts the vCPU in 32-bit flat protected mode (CR0.PE, flat 4 GiB code and data segments,
+/// no GDT in guest memory needed) at `rip`, paging off: linear = guest-physical.
+pub fn enter_protected_mode(vcpu: &mut ioasis_kvm::Vcpu, rip: u64) {
+    let fd = vcpu.fd();
+    let mut sregs = fd.get_sregs().expect("get sregs");
+    sregs.cr0 |= 1; // PE
+    let code = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x8,
+        type_: 11,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_bindings::kvm_segment { selector: 0x10, type_: 3, ..code };
+    sregs.cs = code;
+    for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
+        *seg = data;
+    }
+    fd.set_sregs(&sregs).expect("set sregs");
+    fd.set_regs(&kvm_bindings::kvm_regs { rip, rflags: 2, ..Default::default() }).expect("set regs");
+}
+
+/// A tiny assembler for 32-bit protected-mode guest programs (flat segments, paging off).
+#[derive(Default)]
+pub struct Asm(pub Vec<u8>);
+
+impl Asm {
+    /// `mov ebx, imm32`.
+    pub fn mov_ebx(&mut self, imm: u32) -> &mut Self {
+        self.0.push(0xbb);
+        self.0.extend(imm.to_le_bytes());
+        self
+    }
+
+    /// `mov dword [ebx+disp32], imm32`.
+    pub fn store(&mut self, disp: u32, imm: u32) -> &mut Self {
+        self.0.extend([0xc7, 0x83]);
+        self.0.extend(disp.to_le_bytes());
+        self.0.extend(imm.to_le_bytes());
+        self
+    }
+
+    /// `mov dword [addr32], imm32`.
+    pub fn store_abs(&mut self, addr: u32, imm: u32) -> &mut Self {
+        self.0.extend([0xc7, 0x05]);
+        self.0.extend(addr.to_le_bytes());
+        self.0.extend(imm.to_le_bytes());
+        self
+    }
+
+    /// Stores the 64-bit `value` at `addr` as two dwords, low first.
+    pub fn store64_abs(&mut self, addr: u32, value: u64) -> &mut Self {
+        self.store_abs(addr, value as u32).store_abs(addr + 4, (value >> 32) as u32)
+    }
+
+    /// Spins until a bit of `mask` is set in the dword at `[ebx+disp32]`:
+    /// `1: mov eax, [ebx+disp32]; test eax, mask; jz 1b`.
+    pub fn wait_set(&mut self, disp: u32, mask: u32) -> &mut Self {
+        self.0.extend([0x8b, 0x83]);
+        self.0.extend(disp.to_le_bytes());
+        self.0.push(0xa9);
+        self.0.extend(mask.to_le_bytes());
+        self.0.extend([0x74, (-13i8) as u8]);
+        self
+    }
+
+    /// Spins until the dword at `addr32` equals `value`:
+    /// `1: mov eax, [addr32]; cmp eax, value; jne 1b`.
+    pub fn wait_eq_abs(&mut self, addr: u32, value: u32) -> &mut Self {
+        self.0.push(0xa1);
+        self.0.extend(addr.to_le_bytes());
+        self.0.push(0x3d);
+        self.0.extend(value.to_le_bytes());
+        self.0.extend([0x75, (-12i8) as u8]);
+        self
+    }
+
+    /// `hlt`.
+    pub fn hlt(&mut self) -> &mut Self {
+        self.0.push(0xf4);
+        self
     }
 }

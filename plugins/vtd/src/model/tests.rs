@@ -526,7 +526,12 @@ fn bad_descriptor_sets_iqe() {
 /// A scalable unit with DEV's scalable context (devfn `devfn`), a PASID directory of
 /// 2^14 entries, and its PASID tables allocated on demand. Returns the directory.
 fn scalable_rig(devfn: u8, ctx_flags: u64, rid_pasid: u32) -> (Rig, u64) {
-    let r = Rig::new(VtdModelConfig::scalable());
+    scalable_rig_with(VtdModelConfig::scalable(), devfn, ctx_flags, rid_pasid)
+}
+
+/// [`scalable_rig`] on a unit with capability registers `cfg`.
+fn scalable_rig_with(cfg: VtdModelConfig, devfn: u8, ctx_flags: u64, rid_pasid: u32) -> (Rig, u64) {
+    let r = Rig::new(cfg);
     let dir = r.page();
     // Lower context table for devfn < 128, upper for the rest (9.2).
     r.mem.w(ROOT, CTX | sm_root::P);
@@ -833,4 +838,135 @@ fn guest_mappings_of_hostile_tables_is_bounded() {
     r.mem.w(slpt, slpt | sl::R | sl::W);
     let v = leaves(&r, DEV, 16).unwrap();
     assert_eq!(v, vec![(0, slpt, 0x1000, Prot::RW)], "the self-pointer read as a leaf at level 1");
+}
+
+// ---- guest_stage1: what a VMM nests. ----
+
+fn stage1(r: &Rig, devfn: u8, pasid: Option<u32>) -> Result<GuestStage1, ModelQueryError> {
+    let dev = DeviceRef::Rid(RequesterId::new(0, 0, devfn >> 3, devfn & 7));
+    r.m.guest_stage1(&r.mem, dev, pasid.map(Pasid))
+}
+
+fn x86_64(root: u64) -> Result<GuestStage1, ModelQueryError> {
+    Ok(GuestStage1 { format: PtFormat::X86_64, root: PhysAddr(root), words: vec![] })
+}
+
+/// The reason of an [`ModelQueryError::UnsupportedMode`].
+fn mode_reason(e: Result<GuestStage1, ModelQueryError>) -> &'static str {
+    match e {
+        Err(ModelQueryError::UnsupportedMode { reason }) => reason,
+        other => panic!("expected UnsupportedMode, got {other:?}"),
+    }
+}
+
+#[test]
+fn guest_stage1_reports_first_stage_pasid_entries_from_memory() {
+    let r = Rig::new(VtdModelConfig::scalable());
+    assert_eq!(r.m.guest_stage1_format(), Some(PtFormat::X86_64));
+    assert_eq!(Rig::new(VtdModelConfig::legacy()).m.guest_stage1_format(), None, "no SMTS / FSTS");
+    assert_eq!(stage1(&r, SDEV, None), Err(ModelQueryError::Untranslated), "TE off");
+    let (r, dir) = scalable_rig(SDEV, sm_context::PASIDE, 0);
+    assert_eq!(stage1(&r, SDEV, None), Err(ModelQueryError::Blocked), "RID_PASID entry not present");
+    let fs = r.page();
+    pasid_entry(&r, dir, 0, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs | pasid_entry::FSPM_4LEVEL]);
+    assert_eq!(stage1(&r, SDEV, None), x86_64(fs));
+    // A tagged request uses its own entry; the flag bits of qword 2 are not part of the root.
+    let fs2 = r.page();
+    pasid_entry(&r, dir, 0x45, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs2 | 0x1]);
+    assert_eq!(stage1(&r, SDEV, Some(0x45)), x86_64(fs2));
+    // Memory, not caches: translate caches the RID_PASID entry and the page; the guest points
+    // the entry at another table without invalidating. DMA still uses the cached entry,
+    // guest_stage1 reports the new root.
+    r.map_fs(fs, 0x1000, 0x3000, 1, fl::P | fl::RW, |a| a);
+    assert_eq!(r.pa(SDEV, None, 0x1000, Prot::READ), 0x3000);
+    let fs3 = r.page();
+    pasid_entry(&r, dir, 0, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs3]);
+    assert_eq!(r.pa(SDEV, None, 0x1000, Prot::READ), 0x3000, "stale PASID entry and IOTLB");
+    let stats = r.m.cache_stats();
+    assert_eq!(stage1(&r, SDEV, None), x86_64(fs3));
+    assert_eq!(r.m.cache_stats(), stats, "guest_stage1 used no cache");
+    // Other translation types.
+    let ss = r.page();
+    pasid_entry(&r, dir, 1, [ss | pasid_entry::aw(2) | pasid_entry::PGTT_SS | pasid_entry::P, 3, 0]);
+    assert!(mode_reason(stage1(&r, SDEV, Some(1))).contains("PGTT = 010"));
+    let q0 = ss | pasid_entry::aw(2) | pasid_entry::PGTT_NESTED | pasid_entry::P;
+    pasid_entry(&r, dir, 2, [q0, 3, fs]);
+    assert!(mode_reason(stage1(&r, SDEV, Some(2))).contains("PGTT = 011"));
+    pasid_entry(&r, dir, 3, [pasid_entry::aw(2) | pasid_entry::PGTT_PT | pasid_entry::P, 3, 0]);
+    assert_eq!(stage1(&r, SDEV, Some(3)), Err(ModelQueryError::Untranslated), "pass-through");
+    // 5-level first stage without CAP.FS5LP, and PGTT 000: entries translate faults on.
+    pasid_entry(&r, dir, 4, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs | pasid_entry::FSPM_5LEVEL]);
+    assert_eq!(stage1(&r, SDEV, Some(4)), Err(ModelQueryError::BadEntry { addr: 0 }));
+    pasid_entry(&r, dir, 5, [pasid_entry::P, 3, fs]);
+    assert_eq!(stage1(&r, SDEV, Some(5)), Err(ModelQueryError::BadEntry { addr: 0 }));
+    // Not present, beyond the PASID width, devices without a context: blocked.
+    pasid_entry(&r, dir, 6, [pasid_entry::PGTT_FS, 3, fs]);
+    assert_eq!(stage1(&r, SDEV, Some(6)), Err(ModelQueryError::Blocked));
+    assert_eq!(stage1(&r, SDEV, Some(7)), Err(ModelQueryError::Blocked), "PASID table entry never written");
+    assert_eq!(stage1(&r, SDEV, Some(1 << 20)), Err(ModelQueryError::Blocked), "beyond ECAP.PSS");
+    assert_eq!(stage1(&r, SDEV + 1, None), Err(ModelQueryError::Blocked), "no context entry");
+    let far = DeviceRef::Sid(1 << 16);
+    assert_eq!(r.m.guest_stage1(&r.mem, far, None), Err(ModelQueryError::Blocked));
+    // Without PASIDE, tagged requests are blocked; untagged ones use RID_PASID 3.
+    let (r2, dir2) = scalable_rig(0x10, 0, 3);
+    pasid_entry(&r2, dir2, 3, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs]);
+    assert_eq!(stage1(&r2, 0x10, None), x86_64(fs));
+    assert_eq!(stage1(&r2, 0x10, Some(3)), Err(ModelQueryError::Blocked));
+}
+
+#[test]
+fn guest_stage1_names_modes_it_cannot_express() {
+    // 5-level first stage on a unit with CAP.FS5LP: valid, but not the 4-level x86-64 format.
+    let cfg = VtdModelConfig { cap: VtdModelConfig::scalable().cap | cap::FS5LP, ..VtdModelConfig::scalable() };
+    let (r, dir) = scalable_rig_with(cfg, SDEV, 0, 0);
+    let fs = r.page();
+    pasid_entry(&r, dir, 0, [pasid_entry::PGTT_FS | pasid_entry::P, 3, fs | pasid_entry::FSPM_5LEVEL]);
+    assert!(mode_reason(stage1(&r, SDEV, None)).contains("FSPM = 01"));
+    // Legacy mode on a scalable-capable unit: second-level contexts have nothing to nest,
+    // pass-through contexts are untranslated, requests with PASID and missing or invalid
+    // contexts as translate treats them.
+    let (r, _) = legacy_rig(VtdModelConfig::scalable());
+    assert!(mode_reason(stage1(&r, DEV, None)).contains("TTM = 00"));
+    assert_eq!(stage1(&r, DEV, Some(1)), Err(ModelQueryError::Blocked));
+    r.legacy_ctx(DEV + 1, 0, 2, 2, context::TT_PT);
+    assert_eq!(stage1(&r, DEV + 1, None), Err(ModelQueryError::Untranslated));
+    assert_eq!(stage1(&r, DEV + 2, None), Err(ModelQueryError::Blocked), "no context entry");
+    r.legacy_ctx(DEV + 3, 0x5000, 2, 2, context::TT_MASK);
+    assert_eq!(stage1(&r, DEV + 3, None), Err(ModelQueryError::BadEntry { addr: 0x5000 }), "TT = 11");
+    // TTM = 01 on a unit without ECAP.SMTS blocks every request.
+    let r = Rig::new(VtdModelConfig::legacy());
+    r.enable(rtaddr::TTM_SCALABLE);
+    assert_eq!(stage1(&r, DEV, None), Err(ModelQueryError::Blocked));
+}
+
+#[test]
+fn guest_stage1_of_hostile_structures_is_bounded_and_writes_nothing() {
+    // Every absent word reads as a mostly-present entry pointing somewhere.
+    let mut r = Rig::new(VtdModelConfig::scalable());
+    r.mem.chaos = true;
+    r.enable(rtaddr::TTM_SCALABLE);
+    let before = r.mem.words.lock().unwrap().len();
+    let mut found = 0;
+    for devfn in 0..=255u8 {
+        for pasid in [None, Some(0), Some(1), Some(0x45), Some(0xf_ffff), Some(1 << 20), Some(u32::MAX)] {
+            match stage1(&r, devfn, pasid) {
+                Ok(s) => {
+                    assert_eq!((s.format, s.root.raw() & !ADDR, s.words.len()), (PtFormat::X86_64, 0, 0));
+                    found += 1;
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        ModelQueryError::Blocked
+                            | ModelQueryError::BadEntry { .. }
+                            | ModelQueryError::Untranslated
+                            | ModelQueryError::UnsupportedMode { .. }
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+    }
+    assert!(found > 0, "some garbage reads as a first-stage entry: the deep path ran");
+    assert_eq!(r.mem.words.lock().unwrap().len(), before, "nothing written");
 }

@@ -1,0 +1,427 @@
+//! A passthrough device behind a vIOMMU (issue 5, item 2): the guest's tables become a nested
+//! HWPT on the host where the host's backend grants nesting, and shadow mappings otherwise.
+//!
+//! The guest programs the vIOMMU ([`Viommu`]) as if the device were its own; the device's DMA
+//! really goes through a host IOMMU unit. [`Passthrough::new`] asks that unit, through the
+//! device's contract, for [`IntentItem::NestedStage1`] in the stage-1 format the vIOMMU offers
+//! ([`UnitModel::guest_stage1_format`](ioasis::platform::UnitModel::guest_stage1_format)):
+//!
+//! - **Granted: [`Mode::Nested`].** The host's stage-2 is a paging HWPT of the memory slots'
+//!   IOAS (IOVA = guest-physical). [`Passthrough::sync`] reads the stage-1 the guest programmed
+//!   ([`UnitModel::guest_stage1`](ioasis::platform::UnitModel::guest_stage1)), puts it in a
+//!   nested HWPT over that stage-2 (a new one when its root or words changed), attaches the
+//!   device to it and forwards a stage-1 cache invalidation ([`CacheInvalidation::ALL`]) to
+//!   the host unit, so that translations it cached from the guest's old entries drop. The
+//!   host unit walks the guest's own tables: nothing is copied.
+//! - **Refused: [`Mode::Shadow`]**, with the refusal's reason. The device is attached to a host
+//!   IOAS of its own that [`Shadow`] keeps in step with the guest's mappings.
+//!
+//! In both modes, [`Passthrough::sync`] follows what the vIOMMU does with the device's requests
+//! without PASID:
+//!
+//! | the vIOMMU | the device is attached to |
+//! |---|---|
+//! | does not translate them (translation off, pass-through) | the stage-2 paging HWPT: DMA reaches guest-physical addresses |
+//! | blocks them (no present context / PASID entry) | a blocking HWPT |
+//! | translates them through a stage-1 (nested mode) | a nested HWPT over the stage-2 |
+//! | translates them otherwise (e.g. VT-d legacy second-level tables), or in shadow mode | the shadow IOAS |
+//!
+//! The VMM calls [`Passthrough::sync`] after every guest operation that may change the device's
+//! translation and that the guest must follow with an invalidation or a command: an IOTLB,
+//! PASID-cache or context-cache invalidation (register-based, or the tail write of a queued
+//! one), and a change of the vIOMMU's root pointer or translation enable; and after the VM's
+//! memory slots changed (the shadow's machine addresses follow them; the stage-2 follows them
+//! by itself). Between syncs the host keeps what it had, as the guest's real IOMMU would keep
+//! its cached translations.
+//!
+//! **Fail closed.** The guest's structures are untrusted. When `sync` cannot follow them (a
+//! malformed entry, a mode neither nesting nor the shadow can express, a stage-1 the host
+//! refuses) or a host operation fails, it attaches the device to the blocking HWPT before it
+//! returns the error, so the device never keeps a translation the guest has revoked.
+
+use std::sync::Arc;
+
+use ioasis::abi::{CacheInvalidation, HwptFlags};
+use ioasis::platform::{GuestStage1, ModelQueryError};
+use ioasis::{
+    Context, DeviceId, DeviceRef, Error as IoasisError, HwptId, HwptSpec, Intent, IntentItem, IoasId, Iova, PtFormat,
+    Target, UnitId,
+};
+
+use crate::shadow::{Shadow, ShadowError, SyncStats};
+use crate::viommu::{GuestPhys, Viommu};
+use crate::MemorySlots;
+
+/// How the host follows the guest's translation, decided by negotiation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The contract grants nesting the vIOMMU's stage-1 format: the guest's stage-1 tables are
+    /// walked by the host unit, nested over the slots' stage-2.
+    Nested,
+    /// No nesting; shadow mappings. The reason is the host backend's refusal of
+    /// [`IntentItem::NestedStage1`], or why it was not asked.
+    Shadow(String),
+}
+
+/// What the device is attached to now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Nothing yet (before the first [`Passthrough::sync`]): the host unit blocks the device.
+    Nothing,
+    /// The stage-2 paging HWPT of the slots' IOAS: untranslated by the vIOMMU.
+    Stage2(HwptId),
+    /// A nested HWPT holding the guest's stage-1.
+    Nested(HwptId),
+    /// The shadow IOAS.
+    Shadow(IoasId),
+    /// The blocking HWPT.
+    Blocked(HwptId),
+}
+
+/// What one [`Passthrough::sync`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// What the device is attached to now.
+    pub attached: Attached,
+    /// A new nested HWPT was allocated (the guest's stage-1 root or words changed, or it was
+    /// the first).
+    pub allocated: bool,
+    /// A stage-1 cache invalidation was forwarded to the host unit.
+    pub invalidated: bool,
+    /// What the shadow sync did, when the shadow was synced.
+    pub shadow: Option<SyncStats>,
+}
+
+/// Why a [`Passthrough`] operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    /// The device's contract could not be negotiated even without nesting (it is attached, or
+    /// its unit refuses untagged DMA).
+    #[error("device {device}: negotiation failed: {source}")]
+    Negotiate {
+        /// The device.
+        device: DeviceId,
+        /// The framework's answer.
+        #[source]
+        source: IoasisError,
+    },
+    /// [`Passthrough::sync`] was given memory slots of another IOAS than the stage-2.
+    #[error("memory slots of IOAS {got} given; this passthrough's stage-2 is IOAS {want}")]
+    WrongSlots {
+        /// The stage-2 IOAS.
+        want: IoasId,
+        /// The slots' IOAS.
+        got: IoasId,
+    },
+    /// The vIOMMU's structures for the device cannot be followed (malformed, or a mode neither
+    /// nesting nor the shadow expresses).
+    #[error("cannot follow the guest's translation: {0}")]
+    Guest(ModelQueryError),
+    /// The guest's stage-1 is in a format the contract does not nest.
+    #[error("the guest's stage-1 is {got}, the contract nests {want}")]
+    Format {
+        /// The contract's stage-1 format.
+        want: PtFormat,
+        /// The guest's.
+        got: PtFormat,
+    },
+    /// The host refused a nested HWPT for the guest's stage-1 (e.g. a root it cannot use).
+    #[error("the host refused a nested HWPT for the guest's stage-1 at {root}: {source}")]
+    Nest {
+        /// The guest's stage-1 root.
+        root: Iova,
+        /// The framework's answer.
+        #[source]
+        source: IoasisError,
+    },
+    /// The shadow could not be synced.
+    #[error("shadow sync failed: {0}")]
+    Shadow(#[source] ShadowError),
+    /// A host operation failed (allocate, attach, invalidate, destroy).
+    #[error("{op}: {source}")]
+    Host {
+        /// The operation.
+        op: &'static str,
+        /// The framework's answer.
+        #[source]
+        source: IoasisError,
+    },
+}
+
+/// One passthrough device behind a vIOMMU (see the module documentation).
+pub struct Passthrough {
+    ctx: Arc<Context>,
+    device: DeviceId,
+    /// The device as the vIOMMU sees it (its requester id in the guest).
+    guest_dev: DeviceRef,
+    unit: UnitId,
+    stage2: IoasId,
+    mode: Mode,
+    /// The contract's stage-1 format (nested mode).
+    format: Option<PtFormat>,
+    /// The stage-2 paging HWPT of `stage2` on the device's unit, allocated once.
+    parent: Option<HwptId>,
+    /// The blocking HWPT, allocated once.
+    blocking: Option<HwptId>,
+    /// The nested HWPT and the stage-1 it holds, while the device is attached to it.
+    nested: Option<(HwptId, GuestStage1)>,
+    /// The shadow (its IOAS allocated when first needed).
+    shadow: Option<Shadow>,
+    attached: Attached,
+}
+
+impl std::fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passthrough")
+            .field("device", &self.device)
+            .field("guest_dev", &self.guest_dev)
+            .field("mode", &self.mode)
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed host operation.
+fn host(op: &'static str) -> impl FnOnce(IoasisError) -> PassthroughError {
+    move |source| PassthroughError::Host { op, source }
+}
+
+impl Passthrough {
+    /// Negotiates `device`'s contract for the passthrough: untagged DMA, and nesting the
+    /// stage-1 format `viommu` offers. `device` is bound to its host unit and not attached;
+    /// `guest_dev` is how the vIOMMU sees it; `stage2` is the IOAS of the VM's
+    /// [`MemorySlots`] (IOVA = guest-physical). When the backend refuses only the nesting, the
+    /// contract is renegotiated without it and the mode is [`Mode::Shadow`] with the
+    /// backend's reason. Nothing is attached until the first [`Passthrough::sync`].
+    pub fn new(
+        ctx: Arc<Context>,
+        device: DeviceId,
+        guest_dev: DeviceRef,
+        stage2: IoasId,
+        viommu: &Viommu,
+    ) -> Result<Self, PassthroughError> {
+        let negotiate = |items: Vec<IntentItem>| ctx.negotiate(device, &Intent::new(items));
+        let failed = |source| PassthroughError::Negotiate { device, source };
+        let (contract, mode, format) = match viommu.model().guest_stage1_format() {
+            None => {
+                let c = negotiate(vec![IntentItem::UntaggedDma]).map_err(failed)?;
+                (c, Mode::Shadow("the vIOMMU offers no stage-1 format to nest".into()), None)
+            }
+            Some(format) => {
+                let nest = IntentItem::NestedStage1 { format };
+                match negotiate(vec![IntentItem::UntaggedDma, nest]) {
+                    Ok(c) => (c, Mode::Nested, Some(format)),
+                    Err(IoasisError::Refused(r)) if r.unmet.iter().all(|u| u.item == Some(nest)) => {
+                        let reason = r.unmet.iter().map(|u| u.reason.as_str()).collect::<Vec<_>>().join("; ");
+                        let c = negotiate(vec![IntentItem::UntaggedDma]).map_err(failed)?;
+                        (c, Mode::Shadow(reason), None)
+                    }
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        };
+        tracing::debug!(%device, ?mode, "passthrough negotiated");
+        Ok(Self {
+            ctx,
+            device,
+            guest_dev,
+            unit: contract.unit,
+            stage2,
+            mode,
+            format,
+            parent: None,
+            blocking: None,
+            nested: None,
+            shadow: None,
+            attached: Attached::Nothing,
+        })
+    }
+
+    /// How the host follows the guest's translation.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// What the device is attached to now.
+    pub fn attached(&self) -> Attached {
+        self.attached
+    }
+
+    /// The host device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The stage-2 paging HWPT, once allocated.
+    pub fn stage2_hwpt(&self) -> Option<HwptId> {
+        self.parent
+    }
+
+    /// The shadow IOAS, once allocated.
+    pub fn shadow_ioas(&self) -> Option<IoasId> {
+        self.shadow.as_ref().map(Shadow::ioas)
+    }
+
+    /// Brings the device's host translation in step with what the vIOMMU does with its
+    /// requests without PASID now (see the module documentation for when to call it). Reads
+    /// the guest's structures through the current memory `slots`, which must be the stage-2's.
+    ///
+    /// Fails closed: on any error but [`PassthroughError::WrongSlots`] the device is attached
+    /// to the blocking HWPT before the error returns (should even that fail, it is logged and
+    /// [`Passthrough::attached`] says what the device kept).
+    pub fn sync(&mut self, viommu: &Viommu, slots: &MemorySlots) -> Result<SyncReport, PassthroughError> {
+        if slots.ioas() != self.stage2 {
+            return Err(PassthroughError::WrongSlots { want: self.stage2, got: slots.ioas() });
+        }
+        let mem = GuestPhys::of(slots);
+        let query = viommu.model().guest_stage1(&mem, self.guest_dev, None);
+        let result = match (&self.mode, query) {
+            (_, Err(ModelQueryError::Untranslated)) => self.use_stage2(),
+            (Mode::Nested, Ok(s1)) => self.use_nested(s1),
+            (Mode::Nested, Err(ModelQueryError::Blocked)) => self.block().map(|_| self.report()),
+            // A translation the guest's stage-1 cannot express (e.g. legacy second-level
+            // tables): shadowed, as without nesting.
+            (Mode::Nested, Err(ModelQueryError::Unsupported | ModelQueryError::UnsupportedMode { .. }))
+            | (Mode::Shadow(_), _) => self.use_shadow(viommu, slots),
+            (Mode::Nested, Err(e)) => Err(PassthroughError::Guest(e)),
+        };
+        match result {
+            Ok(r) => {
+                tracing::debug!(device = %self.device, report = ?r, "passthrough synced");
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.device, error = %e, "cannot follow the guest; blocking the device");
+                if let Err(b) = self.block() {
+                    tracing::error!(device = %self.device, error = %b, attached = ?self.attached, "cannot block the device");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches the device and frees what this passthrough allocated (HWPTs, the shadow IOAS).
+    pub fn close(mut self) -> Result<(), PassthroughError> {
+        if self.attached != Attached::Nothing {
+            self.ctx.detach(self.device, None).map_err(host("detach"))?;
+            self.attached = Attached::Nothing;
+        }
+        let nested = self.nested.take().map(|(h, _)| h);
+        for h in [nested, self.blocking.take(), self.parent.take()].into_iter().flatten() {
+            self.ctx.destroy(h).map_err(host("destroy HWPT"))?;
+        }
+        if let Some(s) = self.shadow.take() {
+            self.ctx.unmap_all(s.ioas()).map_err(host("unmap the shadow IOAS"))?;
+            self.ctx.destroy(s.ioas()).map_err(host("destroy the shadow IOAS"))?;
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> SyncReport {
+        SyncReport { attached: self.attached, allocated: false, invalidated: false, shadow: None }
+    }
+
+    /// Attaches the device to `target` (or replaces its attachment), unless it is there.
+    fn switch(&mut self, to: Attached) -> Result<(), PassthroughError> {
+        if self.attached == to {
+            return Ok(());
+        }
+        let target = match to {
+            Attached::Nothing => return Ok(()),
+            Attached::Stage2(h) | Attached::Nested(h) | Attached::Blocked(h) => Target::Hwpt(h),
+            Attached::Shadow(ioas) => Target::Ioas(ioas),
+        };
+        let result = if self.attached == Attached::Nothing {
+            self.ctx.attach(self.device, None, target)
+        } else {
+            self.ctx.replace(self.device, None, target)
+        };
+        result.map_err(host("attach"))?;
+        self.attached = to;
+        // A nested HWPT no longer attached holds a stage-1 the guest left: freed.
+        if let Some((h, _)) = self.nested.as_ref().filter(|(h, _)| to != Attached::Nested(*h)) {
+            let h = *h;
+            self.nested = None;
+            self.ctx.destroy(h).map_err(host("destroy the old nested HWPT"))?;
+        }
+        Ok(())
+    }
+
+    fn parent(&mut self) -> Result<HwptId, PassthroughError> {
+        if let Some(h) = self.parent {
+            return Ok(h);
+        }
+        let spec = HwptSpec::Paging { ioas: self.stage2, flags: HwptFlags::default(), fault_queue: None };
+        let h = self.ctx.alloc_hwpt(self.unit, spec).map_err(host("allocate the stage-2 HWPT"))?;
+        self.parent = Some(h);
+        Ok(h)
+    }
+
+    fn use_stage2(&mut self) -> Result<SyncReport, PassthroughError> {
+        let parent = self.parent()?;
+        self.switch(Attached::Stage2(parent))?;
+        Ok(self.report())
+    }
+
+    fn block(&mut self) -> Result<(), PassthroughError> {
+        let h = match self.blocking {
+            Some(h) => h,
+            None => {
+                let h = self.ctx.alloc_hwpt(self.unit, HwptSpec::Blocking).map_err(host("allocate a blocking HWPT"))?;
+                self.blocking = Some(h);
+                h
+            }
+        };
+        self.switch(Attached::Blocked(h))
+    }
+
+    fn use_nested(&mut self, s1: GuestStage1) -> Result<SyncReport, PassthroughError> {
+        if self.format != Some(s1.format) {
+            let want = self.format.unwrap_or(PtFormat::NONE);
+            return Err(PassthroughError::Format { want, got: s1.format });
+        }
+        let parent = self.parent()?;
+        let mut report = self.report();
+        let hwpt = match &self.nested {
+            Some((h, held)) if *held == s1 => *h,
+            _ => {
+                let root = Iova(s1.root.raw());
+                let spec =
+                    HwptSpec::Nested { parent, format: s1.format, root, words: s1.words.clone(), fault_queue: None };
+                let h =
+                    self.ctx.alloc_hwpt(self.unit, spec).map_err(|source| PassthroughError::Nest { root, source })?;
+                // The device moves from the old one (if any) to the new one, then the old goes.
+                let old = self.nested.replace((h, s1));
+                if let Err(e) = self.switch(Attached::Nested(h)) {
+                    self.nested = old;
+                    let _ = self.ctx.destroy(h);
+                    return Err(e);
+                }
+                if let Some((old, _)) = old {
+                    self.ctx.destroy(old).map_err(host("destroy the old nested HWPT"))?;
+                }
+                report.allocated = true;
+                h
+            }
+        };
+        self.switch(Attached::Nested(hwpt))?;
+        // The guest invalidated: drop what the host unit cached from its stage-1.
+        let all = CacheInvalidation { scope: CacheInvalidation::ALL, tag: 0, iova: Iova(0), len: 0, leaf_only: false };
+        self.ctx.invalidate(hwpt, &[all]).map_err(host("forward the stage-1 invalidation"))?;
+        report.invalidated = true;
+        report.attached = self.attached;
+        Ok(report)
+    }
+
+    fn use_shadow(&mut self, viommu: &Viommu, slots: &MemorySlots) -> Result<SyncReport, PassthroughError> {
+        let shadow = match &mut self.shadow {
+            Some(s) => s,
+            None => self.shadow.insert(Shadow::new(self.ctx.clone(), self.ctx.alloc_ioas())),
+        };
+        // Mappings first, then the device.
+        let stats = shadow.sync(viommu, slots, self.guest_dev).map_err(PassthroughError::Shadow)?;
+        let ioas = shadow.ioas();
+        self.switch(Attached::Shadow(ioas))?;
+        Ok(SyncReport { shadow: Some(stats), ..self.report() })
+    }
+}
