@@ -1,0 +1,261 @@
+//! Xen as an ioasis unit: negotiation, HWPTs (domains), attach (assign) and detach (deassign).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
+use ioasis::abi::{
+    guard, guard_or, Backend, DeviceInfo, ErrorCode, Fault, HostServicesBox, HwptBox, HwptKind, HwptRequest, Hwpt_TO,
+    ItemVerdict, PageResponse, PluginError, Unit, UnitBox, UnitDesc, Unit_TO,
+};
+use ioasis::format::PtFormat;
+use ioasis::{DeviceRef, Features, IntentCode, PageSizes, Pasid, UnitCaps};
+
+use super::hwpt::DomainHwpt;
+use super::negotiate::judge;
+use super::plugin_error;
+use crate::{DomId, PhysInfo, Sbdf, Xen, DOMID_FIRST_RESERVED, DOMID_INVALID};
+
+/// The handles of blocking HWPTs start here (paging handles are domids, below 0x7ff0).
+pub const BLOCKED_HANDLE: u64 = 1 << 32;
+
+/// The backend: Xen, through one hypercall handle.
+pub struct XenBackend {
+    xen: Arc<Xen>,
+}
+
+impl XenBackend {
+    /// A backend issuing its domctls through `xen`.
+    pub fn new(xen: Arc<Xen>) -> Self {
+        Self { xen }
+    }
+}
+
+impl Backend for XenBackend {
+    fn probe(&self, desc: &UnitDesc, _host: HostServicesBox) -> RResult<UnitBox, PluginError> {
+        guard("probe", || {
+            let physinfo = self.xen.physinfo().map_err(|e| plugin_error("physinfo", &e))?;
+            let (major, minor) = self.xen.version();
+            tracing::info!(unit = %desc.name, major, minor, capabilities = physinfo.capabilities, "Xen probed");
+            let unit = XenUnit {
+                xen: self.xen.clone(),
+                segment: desc.segment,
+                physinfo,
+                version: (major, minor),
+                assigned: Mutex::new(BTreeMap::new()),
+                next_blocking: AtomicU64::new(BLOCKED_HANDLE),
+            };
+            Ok(Unit_TO::from_ptr(abi_stable::std_types::RArc::new(unit), TD_Opaque))
+        })
+    }
+}
+
+/// One PCI segment of devices whose DMA Xen's IOMMU driver translates.
+struct XenUnit {
+    xen: Arc<Xen>,
+    segment: u16,
+    physinfo: PhysInfo,
+    version: (u32, u32),
+    /// Devices this unit assigned, and to which domain.
+    assigned: Mutex<BTreeMap<Sbdf, DomId>>,
+    next_blocking: AtomicU64,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> PluginError {
+    PluginError::new(code, msg)
+}
+
+impl XenUnit {
+    fn sbdf(&self, dev: &DeviceInfo) -> Option<Sbdf> {
+        match dev.dev {
+            DeviceRef::Rid(r) => {
+                let sid = r.source_id();
+                Some(Sbdf { seg: self.segment, bus: (sid >> 8) as u8, devfn: sid as u8 })
+            }
+            DeviceRef::Sid(_) => None,
+        }
+    }
+
+    fn pci(&self, dev: &DeviceInfo) -> Result<Sbdf, PluginError> {
+        self.sbdf(dev).ok_or_else(|| err(ErrorCode::UNSUPPORTED, "Xen assigns PCI devices only (no stream ids)"))
+    }
+
+    fn assigned(&self) -> std::sync::MutexGuard<'_, BTreeMap<Sbdf, DomId>> {
+        self.assigned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+        let hwpt = match req.kind {
+            HwptKind::PAGING => {
+                if req.flags.0 != 0 {
+                    return Err(err(
+                        ErrorCode::UNSUPPORTED,
+                        format!(
+                            "Xen takes no HWPT options (asked {:#x}: dirty tracking, coherency, page faults)",
+                            req.flags.0
+                        ),
+                    ));
+                }
+                let Some(id) = req.space.guest_id() else {
+                    return Err(err(
+                        ErrorCode::INVALID,
+                        "Xen owns the IOMMU: a paging HWPT must be a domain's guest-physical space \
+                         (an IOAS of AddressSpace::guest(domid), as XenHost makes them)",
+                    ));
+                };
+                let dom = DomId::try_from(id)
+                    .ok()
+                    .filter(|d| *d < DOMID_FIRST_RESERVED)
+                    .ok_or_else(|| err(ErrorCode::INVALID, format!("{id} is not a Xen domain id")))?;
+                self.xen.domain_info(dom).map_err(|e| plugin_error(&format!("domain {dom}"), &e))?;
+                DomainHwpt::paging(self.xen.clone(), dom)
+            }
+            HwptKind::BLOCKING => {
+                DomainHwpt::blocking(self.xen.clone(), self.next_blocking.fetch_add(1, Ordering::Relaxed))
+            }
+            HwptKind::NESTED => {
+                return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 does not let dom0 install a guest's stage-1 tables"))
+            }
+            HwptKind::IDENTITY => {
+                return Err(err(ErrorCode::UNSUPPORTED, "Xen gives no dom0 user untranslated DMA"));
+            }
+            other => return Err(err(ErrorCode::INVALID, format!("unknown HWPT kind {}", other.0))),
+        };
+        Ok(Hwpt_TO::from_ptr(abi_stable::std_types::RArc::new(hwpt), TD_Opaque))
+    }
+
+    fn deassign(&self, sbdf: Sbdf, dom: DomId) -> Result<(), PluginError> {
+        self.xen
+            .deassign_device(dom, sbdf)
+            .map_err(|e| plugin_error(&format!("deassign {sbdf} from domain {dom}"), &e))?;
+        self.assigned().remove(&sbdf);
+        tracing::info!(%sbdf, dom, "device deassigned");
+        Ok(())
+    }
+
+    fn assign(&self, sbdf: Sbdf, dom: DomId) -> Result<(), PluginError> {
+        self.xen.test_assign_device(DOMID_INVALID, sbdf).map_err(|e| {
+            let mut pe = plugin_error("test_assign_device", &e);
+            pe.message = RString::from(super::negotiate::refusal_reason(sbdf, &e));
+            pe
+        })?;
+        self.xen.assign_device(dom, sbdf).map_err(|e| plugin_error(&format!("assign {sbdf} to domain {dom}"), &e))?;
+        self.assigned().insert(sbdf, dom);
+        tracing::info!(%sbdf, dom, "device assigned");
+        Ok(())
+    }
+
+    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &HwptBox) -> Result<(), PluginError> {
+        if pasid.is_some() {
+            return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 attaches whole devices, not PASIDs"));
+        }
+        let sbdf = self.pci(dev)?;
+        let info = hwpt.info();
+        let current = self.assigned().get(&sbdf).copied();
+        match info.kind {
+            HwptKind::BLOCKING => match current {
+                Some(old) => self.deassign(sbdf, old),
+                None => Ok(()),
+            },
+            HwptKind::PAGING => {
+                let dom =
+                    DomId::try_from(info.handle).map_err(|_| err(ErrorCode::INVALID, "not a HWPT of this Xen unit"))?;
+                match current {
+                    Some(old) if old == dom => Ok(()),
+                    Some(old) => {
+                        // Xen has no atomic reassignment between domains: deassign, then assign.
+                        // DMA in between goes to Xen's quarantine (blocked), never to a wrong domain.
+                        self.deassign(sbdf, old)?;
+                        if let Err(e) = self.assign(sbdf, dom) {
+                            if let Err(undo) = self.assign(sbdf, old) {
+                                tracing::error!(%sbdf, old, error = %undo.message, "re-assigning after a failed move");
+                            }
+                            return Err(e);
+                        }
+                        Ok(())
+                    }
+                    None => self.assign(sbdf, dom),
+                }
+            }
+            other => Err(err(ErrorCode::UNSUPPORTED, format!("Xen cannot attach a {} HWPT", other.name()))),
+        }
+    }
+}
+
+impl Unit for XenUnit {
+    fn caps(&self) -> UnitCaps {
+        UnitCaps {
+            model: RString::from(format!(
+                "Xen {}.{} hypervisor-owned IOMMU (directio: {})",
+                self.version.0,
+                self.version.1,
+                if self.physinfo.directio() { "yes" } else { "no" }
+            )),
+            paging_format: PtFormat::HYPERVISOR_P2M,
+            page_sizes: PageSizes::SZ_4K,
+            ias_bits: 52,
+            oas_bits: 52,
+            pasid_bits: 0,
+            features: Features::default(),
+            nested_formats: RVec::new(),
+        }
+    }
+
+    fn negotiate(&self, dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
+        guard_or("negotiate", RVec::new(), || {
+            let sbdf = self.sbdf(dev);
+            let mut assignable = || match sbdf {
+                Some(sbdf) => self.xen.test_assign_device(DOMID_INVALID, sbdf),
+                None => Ok(()),
+            };
+            items.iter().map(|i| judge(*i, sbdf, &self.physinfo, &mut assignable)).collect()
+        })
+    }
+
+    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
+        guard("alloc_hwpt", || self.alloc(req))
+    }
+
+    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
+        guard("attach", || self.do_attach(dev, pasid.into_option(), hwpt))
+    }
+
+    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
+        guard("detach", || {
+            if pasid.is_some() {
+                return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 attaches whole devices, not PASIDs"));
+            }
+            let sbdf = self.pci(dev)?;
+            let current = self.assigned().get(&sbdf).copied();
+            match current {
+                Some(dom) => self.deassign(sbdf, dom),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn read_faults(&self, _max: u32) -> RResult<RVec<Fault>, PluginError> {
+        // Xen takes the IOMMU's fault records itself (its console log shows them).
+        RResult::ROk(RVec::new())
+    }
+
+    fn page_response(&self, _resp: &PageResponse) -> RResult<(), PluginError> {
+        RResult::RErr(err(ErrorCode::UNSUPPORTED, "Xen forwards no page requests to dom0"))
+    }
+
+    fn table_pages(&self) -> u64 {
+        0
+    }
+
+    fn shutdown(&self) -> RResult<(), PluginError> {
+        guard("shutdown", || {
+            let held: Vec<(Sbdf, DomId)> = self.assigned().iter().map(|(s, d)| (*s, *d)).collect();
+            for (sbdf, dom) in held {
+                self.deassign(sbdf, dom)?;
+            }
+            Ok(())
+        })
+    }
+}
