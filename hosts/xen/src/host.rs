@@ -25,6 +25,7 @@ use ioasis::guest::{Guest, GuestHost};
 use ioasis::loader::{Plugin, PluginInfoOwned};
 use ioasis::{AddressSpace, Context, DeviceDesc, DeviceId, Error, PhysAddr, RequesterId, Result, UnitId};
 
+use crate::abi::domctl::cdf;
 use crate::backend::{XenBackend, XenPlatform};
 use crate::{DomId, DomainConfig, Sbdf, Xen, XenError};
 
@@ -60,8 +61,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl XenHost {
     /// ioasis over `xen`: a context whose only backend is Xen itself. Guests are created as
-    /// small paused PV domains with an IOMMU ([`DomainConfig::pv_with_iommu`]).
+    /// small paused PV domains with an IOMMU ([`DomainConfig::pv_with_iommu`]); where Xen runs
+    /// without an IOMMU (no directio in physinfo, so Xen refuses `CDF_iommu`) they are created
+    /// without one, and negotiation refuses to give them devices.
     pub fn new(xen: Arc<Xen>) -> Result<Self> {
+        let physinfo = xen.physinfo().map_err(|e| host_err("physinfo", e))?;
+        let mut config = DomainConfig::pv_with_iommu();
+        if !physinfo.directio() {
+            config.flags &= !cdf::IOMMU;
+        }
         let backend = ioasis::abi::Backend_TO::from_ptr(
             abi_stable::std_types::RArc::new(XenBackend::new(xen.clone())),
             abi_stable::sabi_trait::TD_Opaque,
@@ -82,7 +90,7 @@ impl XenHost {
             units: Mutex::new(BTreeMap::new()),
             devices: Mutex::new(Vec::new()),
             domains: Mutex::new(BTreeMap::new()),
-            config: DomainConfig::pv_with_iommu(),
+            config,
         })
     }
 

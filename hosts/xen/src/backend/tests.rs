@@ -7,7 +7,9 @@ use std::sync::Arc;
 use ioasis::guest::GuestHost;
 use ioasis::{Error, Intent, IntentItem, Iova, PhysAddr, Prot, Target, UnmapMode};
 
-use crate::abi::domctl::{cmd, DomctlAssignDevice, DomctlGetDomainInfo, DomctlIomemPermission, DomctlMemoryMapping};
+use crate::abi::domctl::{
+    cdf, cmd, DomctlAssignDevice, DomctlCreateDomain, DomctlGetDomainInfo, DomctlIomemPermission, DomctlMemoryMapping,
+};
 use crate::abi::sysctl::{self, physcap, SysctlPhysinfo};
 use crate::transport::recorded::{sample_dom0_info, sample_physinfo, Exchange, Recorded, SAMPLE_CAPABILITIES};
 use crate::{Sbdf, Xen, XenHost, DOMID_INVALID};
@@ -27,10 +29,11 @@ fn sbdf() -> Sbdf {
 fn host_with(caps: u32) -> (XenHost, Recorded, ioasis::DeviceId) {
     let r = Recorded::xen_4_17();
     let xen = Arc::new(Xen::with_transport(Box::new(r.clone())).unwrap());
+    let physinfo = SysctlPhysinfo { capabilities: caps, ..sample_physinfo() };
+    // One physinfo for the host (the guests' CDF flags), one for the unit's probe.
+    r.expect(Exchange::sysctl(sysctl::cmd::PHYSINFO).reply(&physinfo));
     let host = XenHost::new(xen).unwrap();
-    r.expect(
-        Exchange::sysctl(sysctl::cmd::PHYSINFO).reply(&SysctlPhysinfo { capabilities: caps, ..sample_physinfo() }),
-    );
+    r.expect(Exchange::sysctl(sysctl::cmd::PHYSINFO).reply(&physinfo));
     r.expect(Exchange::domctl(cmd::GET_DEVICE_GROUP, 0));
     let dev = host.bind_pci("nic", sbdf()).unwrap();
     r.assert_done();
@@ -83,6 +86,11 @@ fn without_an_iommu_or_with_the_device_taken_untagged_dma_is_refused_with_xens_r
     let Err(Error::Refused(refusal)) = host.context().negotiate(dev, &untagged()) else { panic!() };
     assert!(refusal.to_string().contains("without an IOMMU"), "{refusal}");
     r.assert_done(); // no domctl needed to know that
+                     // Xen refuses CDF_iommu without an IOMMU: guests are made without it.
+    r.expect(Exchange::domctl(cmd::CREATEDOMAIN, 0).reply_domain(9));
+    host.create_guest("plain").unwrap();
+    let sent: DomctlCreateDomain = r.last_call().unwrap().payload_as().unwrap();
+    assert_eq!(sent.flags & cdf::IOMMU, 0, "flags {:#x}", sent.flags);
 
     let (host, r, dev) = new_host();
     r.expect(Exchange::domctl(cmd::TEST_ASSIGN_DEVICE, DOMID_INVALID).fails(EINVAL));
@@ -100,6 +108,8 @@ fn ready() -> (XenHost, Recorded, ioasis::DeviceId, ioasis::guest::Guest) {
     r.expect(Exchange::domctl(cmd::CREATEDOMAIN, 0).reply_domain(5));
     let guest = host.create_guest("domU").unwrap();
     assert_eq!(guest.id, 5);
+    let sent: DomctlCreateDomain = r.last_call().unwrap().payload_as().unwrap();
+    assert_eq!(sent.flags & cdf::IOMMU, cdf::IOMMU, "a guest that can be given devices needs CDF_iommu");
     assert_eq!(host.context().ioas_space(guest.ioas).unwrap(), ioasis::AddressSpace::guest(5));
     r.assert_done();
     (host, r, dev, guest)

@@ -189,6 +189,20 @@ poweroff -f
     )
 }
 
+/// The program's bytes without debug sections (`objcopy --strip-debug`): a debug build of a
+/// Rust program is tens of MiB of DWARF, more than dom0's rootfs takes. The program itself is
+/// unchanged; where objcopy is missing the bytes go in as they are.
+fn without_debug_info(program: &Path) -> Result<Vec<u8>, String> {
+    let out = std::env::temp_dir().join(format!("ioasis-xen-prog-{}", std::process::id()));
+    let stripped = Command::new("objcopy").arg("--strip-debug").arg(program).arg(&out).status();
+    let bytes = match stripped {
+        Ok(s) if s.success() => std::fs::read(&out).map_err(|e| format!("reading {}: {e}", out.display())),
+        _ => std::fs::read(program).map_err(|e| format!("reading {}: {e}", program.display())),
+    };
+    let _ = std::fs::remove_file(&out);
+    bytes
+}
+
 /// The whole initramfs for one run.
 pub fn build(art: &Artifacts, program: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
@@ -208,7 +222,7 @@ pub fn build(art: &Artifacts, program: &Path, args: &[&str]) -> Result<Vec<u8>, 
     }
     let prog_name = program.file_name().and_then(|n| n.to_str()).ok_or("bad program name")?;
     let prog_path = format!("/prog/{prog_name}");
-    cpio.file(&prog_path, 0o755, &read(program)?);
+    cpio.file(&prog_path, 0o755, &without_debug_info(program)?);
     for lib in shared_libraries(program)? {
         // At the path ldd gave: the loader's path is baked into the program, the libraries are
         // found in the default search folders. Symlinks are followed (the file's contents).
