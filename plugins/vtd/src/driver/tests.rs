@@ -236,7 +236,13 @@ fn dev(d: u8) -> DeviceInfo {
 }
 
 fn paging(flags: HwptFlags) -> HwptRequest {
-    HwptRequest { kind: HwptKind::PAGING, flags, parent: ROption::RNone, stage1: ROption::RNone, space: AddressSpace::host() }
+    HwptRequest {
+        kind: HwptKind::PAGING,
+        flags,
+        parent: ROption::RNone,
+        stage1: ROption::RNone,
+        space: AddressSpace::host(),
+    }
 }
 
 #[test]
