@@ -26,7 +26,7 @@ use ioasis::loader::{Plugin, PluginInfoOwned};
 use ioasis::{AddressSpace, Context, DeviceDesc, DeviceId, Error, PhysAddr, RequesterId, Result, UnitId};
 
 use crate::abi::domctl::cdf;
-use crate::backend::{XenBackend, XenPlatform};
+use crate::backend::{PciView, XenBackend, XenPlatform};
 use crate::{DomId, DomainConfig, Sbdf, Xen, XenError};
 
 /// The name the Xen backend is registered under.
@@ -65,13 +65,18 @@ impl XenHost {
     /// without an IOMMU (no directio in physinfo, so Xen refuses `CDF_iommu`) they are created
     /// without one, and negotiation refuses to give them devices.
     pub fn new(xen: Arc<Xen>) -> Result<Self> {
+        Self::with_pci_view(xen, PciView::default())
+    }
+
+    /// As [`XenHost::new`], with dom0's PCI device list read from `pci` (tests give a folder).
+    pub fn with_pci_view(xen: Arc<Xen>, pci: PciView) -> Result<Self> {
         let physinfo = xen.physinfo().map_err(|e| host_err("physinfo", e))?;
         let mut config = DomainConfig::pv_with_iommu();
         if !physinfo.directio() {
             config.flags &= !cdf::IOMMU;
         }
         let backend = ioasis::abi::Backend_TO::from_ptr(
-            abi_stable::std_types::RArc::new(XenBackend::new(xen.clone())),
+            abi_stable::std_types::RArc::new(XenBackend::new(xen.clone(), pci)),
             abi_stable::sabi_trait::TD_Opaque,
         );
         let (major, minor) = xen.version();

@@ -24,7 +24,7 @@ mod unit;
 mod tests;
 
 pub use platform::XenPlatform;
-pub use unit::{XenBackend, BLOCKED_HANDLE};
+pub use unit::{PciView, XenBackend, BLOCKED_HANDLE};
 
 use ioasis::abi::{ErrorCode, PluginError};
 

@@ -13,6 +13,7 @@ pub(crate) fn judge(
     item: IntentCode,
     dev: Option<Sbdf>,
     physinfo: &PhysInfo,
+    present: Option<bool>,
     assignable: &mut dyn FnMut() -> Result<(), XenError>,
 ) -> ItemVerdict {
     let verdict = |granted: bool, reason: String| ItemVerdict { item, granted, reason: RString::from(reason) };
@@ -29,7 +30,7 @@ pub(crate) fn judge(
             }
             match assignable() {
                 Ok(()) => verdict(true, format!("Xen can assign {sbdf} (test_assign_device: 0)")),
-                Err(e) => verdict(false, refusal_reason(sbdf, &e)),
+                Err(e) => verdict(false, refusal_reason(sbdf, &e, present)),
             }
         }
         IntentCode::PASID_DMA | IntentCode::PASID_IOAS => {
@@ -50,13 +51,19 @@ pub(crate) fn judge(
     }
 }
 
-/// Xen's answer to test_assign_device, in words.
-pub(crate) fn refusal_reason(sbdf: Sbdf, e: &XenError) -> String {
-    let why = match e.errno() {
-        Some(libc_errno::EOPNOTSUPP) => "Xen has no IOMMU enabled for device assignment",
-        Some(libc_errno::EINVAL) => "Xen says it is assigned to a domain already, or it is not a PCI device Xen knows",
-        Some(libc_errno::ENODEV) => "Xen knows no such PCI device",
-        Some(libc_errno::EBUSY) => "Xen says it is in use",
+/// Xen's answer to test_assign_device, in words. Xen answers `-EINVAL` both for a device
+/// assigned elsewhere and for one it does not know; `present` (does dom0 see the device, when
+/// it can tell) tells them apart.
+pub(crate) fn refusal_reason(sbdf: Sbdf, e: &XenError, present: Option<bool>) -> String {
+    let why = match (e.errno(), present) {
+        (Some(libc_errno::EOPNOTSUPP), _) => "Xen has no IOMMU enabled for device assignment",
+        (Some(libc_errno::EINVAL), Some(false)) => "no such PCI device: dom0 sees none there and Xen knows none",
+        (Some(libc_errno::EINVAL), Some(true)) => "Xen says it is assigned to a domain already",
+        (Some(libc_errno::EINVAL), None) => {
+            "Xen says it is assigned to a domain already, or it is not a PCI device Xen knows"
+        }
+        (Some(libc_errno::ENODEV), _) => "Xen knows no such PCI device",
+        (Some(libc_errno::EBUSY), _) => "Xen says it is in use",
         _ => "Xen refused",
     };
     format!("{why}: test_assign_device({sbdf}) failed: {e}")

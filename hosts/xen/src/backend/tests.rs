@@ -11,6 +11,7 @@ use crate::abi::domctl::{
     cdf, cmd, DomctlAssignDevice, DomctlCreateDomain, DomctlGetDomainInfo, DomctlIomemPermission, DomctlMemoryMapping,
 };
 use crate::abi::sysctl::{self, physcap, SysctlPhysinfo};
+use crate::backend::PciView;
 use crate::transport::recorded::{sample_dom0_info, sample_physinfo, Exchange, Recorded, SAMPLE_CAPABILITIES};
 use crate::{Sbdf, Xen, XenHost, DOMID_INVALID};
 
@@ -32,12 +33,21 @@ fn host_with(caps: u32) -> (XenHost, Recorded, ioasis::DeviceId) {
     let physinfo = SysctlPhysinfo { capabilities: caps, ..sample_physinfo() };
     // One physinfo for the host (the guests' CDF flags), one for the unit's probe.
     r.expect(Exchange::sysctl(sysctl::cmd::PHYSINFO).reply(&physinfo));
-    let host = XenHost::new(xen).unwrap();
+    let host = XenHost::with_pci_view(xen, pci_view()).unwrap();
     r.expect(Exchange::sysctl(sysctl::cmd::PHYSINFO).reply(&physinfo));
     r.expect(Exchange::domctl(cmd::GET_DEVICE_GROUP, 0));
     let dev = host.bind_pci("nic", sbdf()).unwrap();
     r.assert_done();
     (host, r, dev)
+}
+
+/// A dom0 PCI device list (a folder) holding only 0000:00:03.0.
+fn pci_view() -> PciView {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("ioasis-xen-pci-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(root.join(NIC)).unwrap();
+    PciView::at(root)
 }
 
 fn new_host() -> (XenHost, Recorded, ioasis::DeviceId) {
@@ -97,6 +107,14 @@ fn without_an_iommu_or_with_the_device_taken_untagged_dma_is_refused_with_xens_r
     let Err(Error::Refused(refusal)) = host.context().negotiate(dev, &untagged()) else { panic!() };
     let text = refusal.to_string();
     assert!(text.contains("assigned to a domain already") && text.contains("EINVAL"), "{text}");
+    r.assert_done();
+
+    // The same -EINVAL for a slot dom0 sees no device in: no such device.
+    r.expect(Exchange::domctl(cmd::GET_DEVICE_GROUP, 0).fails(EINVAL));
+    let spare = host.bind_pci("spare", "0000:00:07.0".parse().unwrap()).unwrap();
+    r.expect(Exchange::domctl(cmd::TEST_ASSIGN_DEVICE, DOMID_INVALID).fails(EINVAL));
+    let Err(Error::Refused(refusal)) = host.context().negotiate(spare, &untagged()) else { panic!() };
+    assert!(refusal.to_string().contains("no such PCI device"), "{refusal}");
     r.assert_done();
 }
 

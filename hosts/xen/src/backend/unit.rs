@@ -24,12 +24,38 @@ pub const BLOCKED_HANDLE: u64 = 1 << 32;
 /// The backend: Xen, through one hypercall handle.
 pub struct XenBackend {
     xen: Arc<Xen>,
+    pci: PciView,
 }
 
 impl XenBackend {
-    /// A backend issuing its domctls through `xen`.
-    pub fn new(xen: Arc<Xen>) -> Self {
-        Self { xen }
+    /// A backend issuing its domctls through `xen`; dom0's PCI devices are read from `pci`.
+    pub fn new(xen: Arc<Xen>, pci: PciView) -> Self {
+        Self { xen, pci }
+    }
+}
+
+/// Where dom0 lists its PCI devices (Linux: `/sys/bus/pci/devices/SSSS:BB:DD.F`), to tell a
+/// device that does not exist from one assigned elsewhere (Xen answers `-EINVAL` to both).
+#[derive(Clone, Debug)]
+pub struct PciView {
+    root: std::path::PathBuf,
+}
+
+impl Default for PciView {
+    fn default() -> Self {
+        Self { root: "/sys/bus/pci/devices".into() }
+    }
+}
+
+impl PciView {
+    /// Devices listed under `root` (one entry per device, named `SSSS:BB:DD.F`).
+    pub fn at(root: impl Into<std::path::PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Whether dom0 sees `sbdf`; `None` when the list itself is missing.
+    pub fn present(&self, sbdf: Sbdf) -> Option<bool> {
+        self.root.is_dir().then(|| self.root.join(sbdf.to_string()).exists())
     }
 }
 
@@ -43,6 +69,7 @@ impl Backend for XenBackend {
                 xen: self.xen.clone(),
                 segment: desc.segment,
                 physinfo,
+                pci: self.pci.clone(),
                 version: (major, minor),
                 assigned: Mutex::new(BTreeMap::new()),
                 next_blocking: AtomicU64::new(BLOCKED_HANDLE),
@@ -57,6 +84,7 @@ struct XenUnit {
     xen: Arc<Xen>,
     segment: u16,
     physinfo: PhysInfo,
+    pci: PciView,
     version: (u32, u32),
     /// Devices this unit assigned, and to which domain.
     assigned: Mutex<BTreeMap<Sbdf, DomId>>,
@@ -138,7 +166,7 @@ impl XenUnit {
     fn assign(&self, sbdf: Sbdf, dom: DomId) -> Result<(), PluginError> {
         self.xen.test_assign_device(DOMID_INVALID, sbdf).map_err(|e| {
             let mut pe = plugin_error("test_assign_device", &e);
-            pe.message = RString::from(super::negotiate::refusal_reason(sbdf, &e));
+            pe.message = RString::from(super::negotiate::refusal_reason(sbdf, &e, self.pci.present(sbdf)));
             pe
         })?;
         self.xen.assign_device(dom, sbdf).map_err(|e| plugin_error(&format!("assign {sbdf} to domain {dom}"), &e))?;
@@ -210,7 +238,8 @@ impl Unit for XenUnit {
                 Some(sbdf) => self.xen.test_assign_device(DOMID_INVALID, sbdf),
                 None => Ok(()),
             };
-            items.iter().map(|i| judge(*i, sbdf, &self.physinfo, &mut assignable)).collect()
+            let present = sbdf.and_then(|s| self.pci.present(s));
+            items.iter().map(|i| judge(*i, sbdf, &self.physinfo, present, &mut assignable)).collect()
         })
     }
 

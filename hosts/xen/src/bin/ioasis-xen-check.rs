@@ -27,7 +27,7 @@ struct Report {
 impl Report {
     fn line(&mut self, kind: &str, name: &str, r: Result<String, String>) {
         match r {
-            Ok(note) => println!("{kind} {name} ok {note}"),
+            Ok(note) => println!("{kind} {name} ok {}", note.replace('\n', " | ")),
             Err(why) => {
                 self.failed = true;
                 println!("{kind} {name} FAIL {}", why.replace('\n', " | "));
@@ -182,6 +182,7 @@ fn with_iommu(
         Ok(()) => Err("Xen says the device is still free".into()),
     };
     report.line("check", "xen-sees-assignment", r);
+    report.line("check", "mmio-passthrough", mmio_passthrough(host, guest.ioas, sbdf));
     let r = xen
         .device_group(dom, sbdf, 64)
         .map(|g| format!("{} other device(s) of its group in domain {dom}", g.len()))
@@ -234,7 +235,7 @@ fn already_assigned(host: &XenHost, xen: &Xen, dev: DeviceId, sbdf: Sbdf) -> Res
         match host.context().negotiate(dev, &untagged()) {
             Err(Error::Refused(r)) => {
                 let reasons = r.unmet.iter().map(|u| u.reason.clone()).collect::<Vec<_>>().join("; ");
-                if reasons.contains("assigned to a domain already") {
+                if reasons.contains("Xen says it is assigned to a domain already:") {
                     Ok(reasons)
                 } else {
                     Err(format!("refused for another reason: {reasons}"))
@@ -246,4 +247,33 @@ fn already_assigned(host: &XenHost, xen: &Xen, dev: DeviceId, sbdf: Sbdf) -> Res
     let _ = xen.deassign_device(other, sbdf);
     let _ = xen.destroy_domain(other);
     result
+}
+
+/// BAR 0 of `sbdf` as dom0's sysfs gives it: (start, length).
+fn bar0(sbdf: Sbdf) -> Result<(u64, u64), String> {
+    let path = format!("/sys/bus/pci/devices/{sbdf}/resource");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let first = text.lines().next().ok_or_else(|| format!("{path} is empty"))?;
+    let mut f = first.split_whitespace().map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16));
+    match (f.next(), f.next()) {
+        (Some(Ok(start)), Some(Ok(end))) if end > start => Ok((start, end - start + 1)),
+        _ => Err(format!("{path}: no memory BAR 0 in {first:?}")),
+    }
+}
+
+/// Maps the device's BAR 0 into the domain's IOAS at the same address (iomem_permission +
+/// memory_mapping), checks the translation, and unmaps it again.
+fn mmio_passthrough(host: &XenHost, ioas: ioasis::IoasId, sbdf: Sbdf) -> Result<String, String> {
+    let (start, len) = bar0(sbdf)?;
+    let ctx = host.context();
+    let iova = ctx
+        .map(ioas, Some(ioasis::Iova(start)), ioasis::PhysAddr(start), len, ioasis::Prot::RW)
+        .map_err(|e| format!("map BAR 0 {start:#x}+{len:#x}: {e}"))?;
+    let hwpt = ctx.ioas_hwpts(ioas).map_err(|e| e.to_string())?.first().copied().ok_or("no HWPT for the IOAS")?;
+    let t = ctx.translate(hwpt, iova).map_err(|e| e.to_string())?;
+    if t.map(|t| t.pa.raw()) != Some(start) {
+        return Err(format!("translation of {iova} is {t:?}"));
+    }
+    let n = ctx.unmap(ioas, iova, len, ioasis::UnmapMode::Exact).map_err(|e| format!("unmap BAR 0: {e}"))?;
+    Ok(format!("BAR 0 {start:#x}+{len:#x} mapped and unmapped ({n:#x} bytes)"))
 }
