@@ -115,14 +115,27 @@ impl std::fmt::Debug for Machine {
 impl Machine {
     /// Builds a machine with `config.ram_bytes` of RAM, the top `config.table_pool_bytes` of it
     /// being the table-page pool, and no units.
+    ///
+    /// RAM is a private anonymous mapping ([`Ram::new`]); see [`Machine::new_memfd`] for RAM
+    /// another process can map.
     pub fn new(config: MachineConfig) -> Result<Self, MachineError> {
+        Self::build(config, Ram::new)
+    }
+
+    /// Like [`Machine::new`], with RAM backed by a memfd mapped shared ([`Ram::new_memfd`]), so
+    /// a VMM can hand guest memory to another process ([`Ram::memfd`]). Still sparse.
+    pub fn new_memfd(config: MachineConfig) -> Result<Self, MachineError> {
+        Self::build(config, Ram::new_memfd)
+    }
+
+    fn build(config: MachineConfig, ram: fn(u64) -> Result<Ram, RamError>) -> Result<Self, MachineError> {
         let MachineConfig { ram_bytes, table_pool_bytes } = config;
         if table_pool_bytes % PAGE_SIZE != 0 || table_pool_bytes > ram_bytes {
             return Err(MachineError::BadPool { pool: table_pool_bytes, ram: ram_bytes });
         }
-        let ram = Ram::new(ram_bytes)?;
+        let ram = ram(ram_bytes)?;
         let pool = TablePool::new(PhysAddr(ram_bytes - table_pool_bytes), table_pool_bytes / PAGE_SIZE);
-        tracing::info!(ram_bytes, table_pool_bytes, "simulated machine created");
+        tracing::info!(ram_bytes, table_pool_bytes, memfd = ram.memfd().is_some(), "simulated machine created");
         Ok(Self { ram, pool, units: RwLock::new(Vec::new()) })
     }
 
@@ -389,6 +402,26 @@ mod tests {
         assert!(matches!(bad(65 << 30, 0), Err(MachineError::Ram(RamError::BadSize(_)))));
         let m = Machine::new(MachineConfig::default()).unwrap();
         assert_eq!(m.table_pool(), (PhysAddr((1 << 30) - (64 << 20)), 64 << 20));
+    }
+
+    #[test]
+    fn memfd_machine_does_dma_and_checks_its_config() {
+        let bad = Machine::new_memfd(MachineConfig { ram_bytes: 1 << 20, table_pool_bytes: 1 << 21 });
+        assert!(matches!(bad, Err(MachineError::BadPool { .. })));
+        let bad = Machine::new_memfd(MachineConfig { ram_bytes: 3, table_pool_bytes: 0 });
+        assert!(matches!(bad, Err(MachineError::Ram(RamError::BadSize(3)))));
+        assert!(machine(0, u64::MAX).ram().memfd().is_none(), "the default stays anonymous");
+
+        let m = Machine::new_memfd(MachineConfig { ram_bytes: 1 << 24, table_pool_bytes: 1 << 20 }).unwrap();
+        m.add_unit(UNIT, 0x1000, Arc::new(Shift { offset: 0x1000, fault_from: u64::MAX, reg: Mutex::new(0) })).unwrap();
+        m.dma_write(UNIT, DEV, None, Iova(0x2ffe), b"shared").unwrap();
+        let file = std::fs::File::from(m.ram().memfd().expect("memfd").try_clone_to_owned().unwrap());
+        let mut b = [0u8; 6];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 0x3ffe).unwrap();
+        assert_eq!(&b, b"shared", "DMA landed in the memfd at file offset = PA");
+        let page = m.alloc_table_page().unwrap();
+        assert_eq!(page, PhysAddr((1 << 24) - (1 << 20)));
+        assert_eq!(m.table_pages(), 1);
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! Simulated physical memory: one sparse anonymous mapping.
+//! Simulated physical memory: one sparse mapping, anonymous or of a memfd.
 //!
 //! Physical address 0 is the first byte of the mapping, and RAM is contiguous up to
-//! [`Ram::len`]. The mapping is private and `MAP_NORESERVE`, so a 64 GiB machine costs only the
-//! pages that are actually touched.
+//! [`Ram::len`]. The mapping is `MAP_NORESERVE`, so a 64 GiB machine costs only the pages that
+//! are actually touched. By default it is private and anonymous ([`Ram::new`]); a VMM that hands
+//! guest memory to another process (a vhost-user backend) builds it over a memfd instead
+//! ([`Ram::new_memfd`]): a sparse shared-memory file mapped `MAP_SHARED`, whose descriptor
+//! [`Ram::memfd`] lends out.
 
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ioasis::abi::HostError;
 use ioasis::{PhysAddr, PAGE_SIZE};
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 /// Largest RAM a [`Ram`] may have: 64 GiB.
 pub const MAX_RAM_BYTES: u64 = 64 << 30;
@@ -29,9 +34,20 @@ pub enum RamError {
         /// The `mmap` error.
         source: nix::Error,
     },
+    /// The memfd behind RAM could not be created or sized.
+    #[error("cannot create the {bytes:#x}-byte memfd for RAM ({op}): {source}")]
+    Memfd {
+        /// Requested size.
+        bytes: u64,
+        /// The call that failed (`memfd_create`, `ftruncate`).
+        op: &'static str,
+        /// Its error.
+        source: nix::Error,
+    },
 }
 
-/// Physical memory of a simulated machine, backed by one anonymous private mapping.
+/// Physical memory of a simulated machine, backed by one private anonymous mapping or one
+/// shared mapping of a memfd.
 ///
 /// Every access is bounds-checked and reports [`HostError::BAD_ADDRESS`] instead of panicking.
 /// The u64 accessors are atomic (and require 8-byte alignment); byte accesses are plain copies,
@@ -40,6 +56,8 @@ pub enum RamError {
 pub struct Ram {
     base: NonNull<u8>,
     len: u64,
+    /// The memfd the mapping shows, for memfd-backed RAM. Closed after `Drop` unmaps.
+    memfd: Option<OwnedFd>,
 }
 
 // SAFETY: `Ram` owns its mapping exclusively (the pointer is never handed out), and all access
@@ -52,17 +70,18 @@ unsafe impl Sync for Ram {}
 
 impl std::fmt::Debug for Ram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ram").field("len", &format_args!("{:#x}", self.len)).finish()
+        f.debug_struct("Ram")
+            .field("len", &format_args!("{:#x}", self.len))
+            .field("memfd", &self.memfd.is_some())
+            .finish()
     }
 }
 
 impl Ram {
-    /// Maps `bytes` of RAM (a non-zero multiple of 4 KiB, at most [`MAX_RAM_BYTES`]).
+    /// Maps `bytes` of RAM (a non-zero multiple of 4 KiB, at most [`MAX_RAM_BYTES`]): a private
+    /// anonymous mapping.
     pub fn new(bytes: u64) -> Result<Self, RamError> {
-        if bytes == 0 || bytes % PAGE_SIZE != 0 || bytes > MAX_RAM_BYTES {
-            return Err(RamError::BadSize(bytes));
-        }
-        let len = usize::try_from(bytes).ok().and_then(NonZeroUsize::new).ok_or(RamError::BadSize(bytes))?;
+        let len = Self::check_size(bytes)?;
         // SAFETY: a fresh anonymous mapping at an address the kernel chooses cannot alias any
         // existing Rust object; we pass a valid non-zero length and no fixed address.
         let ptr = unsafe {
@@ -74,8 +93,75 @@ impl Ram {
             )
         }
         .map_err(|source| RamError::Map { bytes, source })?;
-        tracing::debug!(bytes, "mapped simulated RAM");
-        Ok(Self { base: ptr.cast(), len: bytes })
+        tracing::debug!(bytes, "mapped simulated RAM (anonymous)");
+        Ok(Self { base: ptr.cast(), len: bytes, memfd: None })
+    }
+
+    /// Maps `bytes` of RAM (a non-zero multiple of 4 KiB, at most [`MAX_RAM_BYTES`]) backed by a
+    /// memfd: `memfd_create`, `ftruncate` to `bytes` (a sparse file: pages are allocated when
+    /// first touched), then one `MAP_SHARED | MAP_NORESERVE` mapping of the whole file. Physical
+    /// address `pa` is file offset `pa`, so another process that maps the descriptor
+    /// ([`Ram::memfd`]) sees the same bytes.
+    pub fn new_memfd(bytes: u64) -> Result<Self, RamError> {
+        let len = Self::check_size(bytes)?;
+        let fd = memfd_create(c"ioasis-ram", MFdFlags::MFD_CLOEXEC).map_err(|source| RamError::Memfd {
+            bytes,
+            op: "memfd_create",
+            source,
+        })?;
+        let size = i64::try_from(bytes).map_err(|_| RamError::BadSize(bytes))?;
+        nix::unistd::ftruncate(&fd, size).map_err(|source| RamError::Memfd { bytes, op: "ftruncate", source })?;
+        // SAFETY: a fresh shared mapping of our own new memfd, at an address the kernel chooses,
+        // cannot alias any existing Rust object; the file is exactly `len` bytes long and the
+        // mapping starts at offset 0. Nobody else has the descriptor yet.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|source| RamError::Map { bytes, source })?;
+        tracing::debug!(bytes, "mapped simulated RAM (memfd)");
+        Ok(Self { base: ptr.cast(), len: bytes, memfd: Some(fd) })
+    }
+
+    fn check_size(bytes: u64) -> Result<NonZeroUsize, RamError> {
+        if bytes == 0 || bytes % PAGE_SIZE != 0 || bytes > MAX_RAM_BYTES {
+            return Err(RamError::BadSize(bytes));
+        }
+        usize::try_from(bytes).ok().and_then(NonZeroUsize::new).ok_or(RamError::BadSize(bytes))
+    }
+
+    /// The memfd behind RAM (file offset = physical address), or `None` for anonymous RAM.
+    ///
+    /// A VMM hands it (e.g. over a unix socket, as vhost-user does) to a process that maps it
+    /// `MAP_SHARED` to reach guest memory. Whatever that process writes bypasses this type's
+    /// accessors and every IOMMU: it is as trusted as the VMM.
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        self.memfd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The physical address of host range `[host, host+len)` when it lies entirely inside this
+    /// RAM's mapping (the inverse of [`Ram::host_range`]); `None` otherwise.
+    pub fn phys_addr_of(&self, host: *const u8, len: u64) -> Option<PhysAddr> {
+        let off = (host as usize).checked_sub(self.base.as_ptr() as usize)?;
+        let pa = PhysAddr(u64::try_from(off).ok()?);
+        self.contains(pa, len).then_some(pa)
+    }
+
+    /// The physical address of `[offset, offset+len)` of `file` when `file` is this RAM's memfd
+    /// (the same open file: same device and inode) and the range lies in RAM; `None` otherwise,
+    /// and always `None` for anonymous RAM.
+    pub fn memfd_phys_addr(&self, file: BorrowedFd<'_>, offset: u64, len: u64) -> Option<PhysAddr> {
+        let ours = nix::sys::stat::fstat(self.memfd.as_ref()?).ok()?;
+        let theirs = nix::sys::stat::fstat(file).ok()?;
+        let same = (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino);
+        let pa = PhysAddr(offset);
+        (same && self.contains(pa, len)).then_some(pa)
     }
 
     /// Size of RAM in bytes.
@@ -182,8 +268,9 @@ impl Drop for Ram {
     fn drop(&mut self) {
         // `new` checked that the length fits a usize.
         let len = usize::try_from(self.len).unwrap_or(usize::MAX);
-        // SAFETY: `base`/`len` describe exactly the mapping made in `new`, and no reference into
-        // it outlives `self` (atomics borrow `self`).
+        // SAFETY: `base`/`len` describe exactly the mapping made in `new` or `new_memfd` (a memfd
+        // stays open until after this), and no reference into it outlives `self` (atomics
+        // borrow `self`).
         if let Err(e) = unsafe { munmap(self.base.cast(), len) } {
             tracing::error!(error = %e, "munmap of simulated RAM failed");
         }
@@ -243,6 +330,62 @@ mod tests {
         // SAFETY: `second` points to at least one byte of the live mapping (checked above), and
         // no Rust reference to those bytes exists.
         assert_eq!(unsafe { second.as_ptr().read() }, 0x5a);
+    }
+
+    #[test]
+    fn memfd_ram_is_sparse_shared_and_lent() {
+        use std::os::unix::fs::FileExt;
+
+        assert!(matches!(Ram::new_memfd(0), Err(RamError::BadSize(0))));
+        assert!(matches!(Ram::new_memfd(MAX_RAM_BYTES + PAGE_SIZE), Err(RamError::BadSize(_))));
+        assert!(Ram::new(PAGE_SIZE).unwrap().memfd().is_none(), "anonymous RAM has no memfd");
+
+        let ram = Ram::new_memfd(MAX_RAM_BYTES).unwrap();
+        let top = PhysAddr(MAX_RAM_BYTES - 8);
+        ram.write_u64(top, 0xfeed_f00d).unwrap();
+        ram.write(PhysAddr(0x1234), b"memfd").unwrap();
+        let fd = ram.memfd().expect("memfd-backed RAM lends its memfd");
+        let file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        let meta = file.metadata().unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::size(&meta), MAX_RAM_BYTES, "file is RAM-sized");
+        // Sparse: two touched pages, not 64 GiB (allow a little slack for the kernel).
+        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 <= 64 * PAGE_SIZE, "{meta:?}");
+        // The file shows what RAM holds (file offset = physical address) ...
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, top.raw()).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0xfeed_f00d);
+        let mut b = [0u8; 5];
+        file.read_exact_at(&mut b, 0x1234).unwrap();
+        assert_eq!(&b, b"memfd");
+        // ... and RAM shows what is written through the file.
+        file.write_all_at(b"back", 0x5000).unwrap();
+        let mut b = [0u8; 4];
+        ram.read(PhysAddr(0x5000), &mut b).unwrap();
+        assert_eq!(&b, b"back");
+    }
+
+    #[test]
+    fn host_and_file_addresses_map_back_to_physical() {
+        let ram = Ram::new_memfd(4 * PAGE_SIZE).unwrap();
+        let host = ram.host_range(PhysAddr(PAGE_SIZE), 2 * PAGE_SIZE).unwrap();
+        assert_eq!(ram.phys_addr_of(host.as_ptr(), 2 * PAGE_SIZE), Some(PhysAddr(PAGE_SIZE)));
+        assert_eq!(ram.phys_addr_of(host.as_ptr(), 3 * PAGE_SIZE), Some(PhysAddr(PAGE_SIZE)));
+        assert_eq!(ram.phys_addr_of(host.as_ptr(), 3 * PAGE_SIZE + 1), None, "runs past RAM");
+        let below = (host.as_ptr() as usize - 2 * PAGE_SIZE as usize) as *const u8;
+        assert_eq!(ram.phys_addr_of(below, 1), None, "below RAM");
+        let other = [0u8; 16];
+        assert_eq!(ram.phys_addr_of(other.as_ptr(), 16), None);
+
+        let fd = ram.memfd().unwrap();
+        assert_eq!(ram.memfd_phys_addr(fd, 2 * PAGE_SIZE, PAGE_SIZE), Some(PhysAddr(2 * PAGE_SIZE)));
+        assert_eq!(ram.memfd_phys_addr(fd, 2 * PAGE_SIZE, 3 * PAGE_SIZE), None, "runs past RAM");
+        // A duplicate descriptor is the same file; another memfd is not.
+        let dup = fd.try_clone_to_owned().unwrap();
+        assert_eq!(ram.memfd_phys_addr(dup.as_fd(), 0, PAGE_SIZE), Some(PhysAddr(0)));
+        let other = Ram::new_memfd(4 * PAGE_SIZE).unwrap();
+        assert_eq!(ram.memfd_phys_addr(other.memfd().unwrap(), 0, PAGE_SIZE), None);
+        let anon = Ram::new(4 * PAGE_SIZE).unwrap();
+        assert_eq!(anon.memfd_phys_addr(fd, 0, PAGE_SIZE), None, "anonymous RAM has no file");
     }
 
     #[test]

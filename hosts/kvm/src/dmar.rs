@@ -64,7 +64,7 @@ pub struct Dmar {
 }
 
 /// A table that cannot be built or read.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DmarError {
     /// The table or one of its structures is shorter than its header says.
     #[error("DMAR table truncated at byte {0}")]

@@ -23,6 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod acpi;
 pub mod dirty;
 pub mod dmar;
 mod error;
@@ -35,5 +36,5 @@ mod vm;
 
 pub use error::{KvmError, SlotError};
 pub use host::KvmHost;
-pub use slots::{MemorySlots, Slot};
+pub use slots::{MachineRam, MemorySlots, Slot, SlotMemory, VmMemoryError};
 pub use vm::{Vcpu, Vm};

@@ -3,13 +3,33 @@
 //! Every operation is all or nothing. The IOAS is changed first (it is the side that refuses
 //! most: reserved regions, apertures of attached devices, backend failures), then KVM; when KVM
 //! refuses, the IOAS change is undone, so a refused operation leaves both as they were.
+//!
+//! Moving or resizing a slot first reads and clears its dirty pages (KVM's log, and the IOMMU
+//! dirty bits of the HWPTs a [`DirtyLog`](crate::dirty::DirtyLog) tracks) and keeps them for the
+//! next [`DirtyLog::read_and_clear`](crate::dirty::DirtyLog::read_and_clear): re-registering a
+//! KVM slot restarts its log, and unmapping an IOVA range drops its dirty bits.
+//!
+//! vm-memory's [`GuestMemoryMmap`] is what rust-vmm VMMs pass around: [`MemorySlots::guest_memory`]
+//! gives one over the slots (same host mapping, no copy), and [`MemorySlots::adopt`] turns a
+//! VMM's `GuestMemoryMmap` into slots when its regions are the machine's RAM.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ioasis::{Context, IoasId, Iova, IovaRange, PhysAddr, Prot, UnmapMode, PAGE_SIZE};
+use ioasis_baremetal::Machine;
 use kvm_bindings::kvm_userspace_memory_region;
+use nix::sys::mman::{MapFlags, ProtFlags};
+use vm_memory::bitmap::{Bitmap, WithBitmapSlice};
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionCollectionError,
+    GuestRegionMmap,
+};
 
+use crate::dirty::{self, DirtyState};
 use crate::{KvmError, SlotError, Vm};
 
 /// One guest memory slot: guest-physical `[gpa, gpa+len)` is machine RAM `[pa, pa+len)`.
@@ -35,6 +55,92 @@ impl Slot {
     }
 }
 
+/// The bitmap type of [`MemorySlots::guest_memory`]'s regions. It tracks nothing (vCPU and
+/// device writes are [`DirtyLog`](crate::dirty::DirtyLog)'s job) and holds the [`Machine`], so
+/// the RAM mapping the regions point into outlives every clone of the view and of its regions.
+#[derive(Clone)]
+pub struct MachineRam(Arc<Machine>);
+
+impl MachineRam {
+    /// The machine whose RAM the region shows.
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MachineRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MachineRam").finish_non_exhaustive()
+    }
+}
+
+impl WithBitmapSlice<'_> for MachineRam {
+    type S = ();
+}
+
+impl Bitmap for MachineRam {
+    fn mark_dirty(&self, _offset: usize, _len: usize) {}
+    fn dirty_at(&self, _offset: usize) -> bool {
+        false
+    }
+    fn slice_at(&self, _offset: usize) {}
+}
+
+/// vm-memory's view of the slots ([`MemorySlots::guest_memory`]).
+pub type SlotMemory = GuestMemoryMmap<MachineRam>;
+
+/// Why a vm-memory view could not be made, or a VMM's guest memory could not be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum VmMemoryError {
+    /// There are no slots (vm-memory has no empty guest memory), or the regions overlap.
+    #[error("no vm-memory view of these slots: {0}")]
+    Collection(#[from] GuestRegionCollectionError),
+    /// vm-memory refused a region over a slot's host range.
+    #[error("vm-memory refused the region of slot {id}: {source}")]
+    Region {
+        /// The slot.
+        id: u32,
+        /// vm-memory's error.
+        source: MmapRegionError,
+    },
+    /// A slot's range is not in the machine's RAM any more (cannot happen for slots this type
+    /// added; reported rather than assumed).
+    #[error("memory slot {0} is not in machine RAM")]
+    NotRam(u32),
+    /// The memfd behind RAM could not be duplicated for the regions' file offsets.
+    #[error("cannot duplicate the RAM memfd: {0}")]
+    Dup(std::io::Error),
+    /// A region of the VMM's guest memory is not in the machine's RAM (neither inside its
+    /// mapping nor a shared mapping of its memfd): KVM and the IOAS would see different bytes.
+    #[error("guest memory at {gpa:#x}+{len:#x} is not the machine's RAM")]
+    Foreign {
+        /// Guest-physical start of the region.
+        gpa: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A region maps the machine's memfd privately: its writes would not reach the machine.
+    #[error("guest memory at {gpa:#x} maps the RAM memfd privately (copy-on-write), not shared")]
+    PrivateMapping {
+        /// Guest-physical start of the region.
+        gpa: u64,
+    },
+    /// There are more regions than slot ids from the first one.
+    #[error("no slot id for the region at {gpa:#x}")]
+    NoSlotId {
+        /// Guest-physical start of the region.
+        gpa: u64,
+    },
+    /// Adding the region's slot was refused; the regions adopted before it were removed again.
+    #[error("guest memory at {gpa:#x}: {source}")]
+    Slot {
+        /// Guest-physical start of the region.
+        gpa: u64,
+        /// Why.
+        source: SlotError,
+    },
+}
+
 /// The VM's memory slots, and an IOAS that maps exactly those slots at IOVA = GPA.
 ///
 /// Attach devices that DMA into guest memory to [`MemorySlots::ioas`]. Dropping this value
@@ -45,6 +151,8 @@ pub struct MemorySlots {
     ioas: IoasId,
     slots: BTreeMap<u32, Slot>,
     reserved: Vec<(IovaRange, String)>,
+    /// Dirty logging: the HWPTs tracked and the dirty bits kept across slot changes.
+    dirty: Mutex<DirtyState>,
 }
 
 impl std::fmt::Debug for MemorySlots {
@@ -67,7 +175,13 @@ impl MemorySlots {
     /// Slots of `vm`, mirrored into `ioas` of `ctx` (which should have no other mappings in the
     /// guest-physical ranges the slots will use).
     pub fn new(vm: Arc<Vm>, ctx: Arc<Context>, ioas: IoasId) -> Self {
-        Self { vm, ctx, ioas, slots: BTreeMap::new(), reserved: Vec::new() }
+        Self { vm, ctx, ioas, slots: BTreeMap::new(), reserved: Vec::new(), dirty: Mutex::default() }
+    }
+
+    /// The dirty-logging state (a poisoned lock still holds consistent bitmaps: every update is
+    /// a plain OR or replace).
+    pub(crate) fn dirty_state(&self) -> MutexGuard<'_, DirtyState> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The IOAS kept in step with the slots.
@@ -136,6 +250,8 @@ impl MemorySlots {
         }
         tracing::info!(id, gpa = slot.gpa, "memory slot removed");
         self.slots.remove(&id);
+        // The memory left the guest: dirty bits kept for it describe nothing any more.
+        self.dirty_state().carried.remove(&id);
         Ok(slot)
     }
 
@@ -149,6 +265,8 @@ impl MemorySlots {
         let range = self.check_range(new_gpa, old.pa, old.len)?;
         self.check_free(range, Some(id))?;
         let new = Slot { gpa: new_gpa, ..old };
+        // The IOAS unmap below drops the IOMMU dirty bits of the old range: keep them first.
+        dirty::flush(self, &old)?;
         // The old and new ranges may overlap, so unmap before mapping.
         self.ctx.unmap(self.ioas, Iova(old.gpa), old.len, UnmapMode::Exact)?;
         if let Err(e) = self.ctx.map(self.ioas, Some(Iova(new_gpa)), old.pa, old.len, Prot::RW) {
@@ -167,15 +285,22 @@ impl MemorySlots {
 
     /// Resizes slot `id` to `new_len` bytes at the same guest-physical and physical start.
     /// Shrinking unmaps the tail from the IOAS; growing maps the extension. KVM cannot resize a
-    /// slot in place, so the KVM slot is deleted and registered again (its dirty log restarts,
-    /// and a vCPU running meanwhile may see the slot missing).
+    /// slot in place, so the KVM slot is deleted and registered again: its dirty log restarts
+    /// (the pages it held are read out first and kept for the next
+    /// [`DirtyLog::read_and_clear`](crate::dirty::DirtyLog::read_and_clear)), and a vCPU running
+    /// meanwhile may see the slot missing.
     pub fn resize(&mut self, id: u32, new_len: u64) -> Result<(), SlotError> {
         let old = *self.slots.get(&id).ok_or(SlotError::NoSuchSlot(id))?;
         if new_len == old.len {
             return Ok(());
         }
         let range = self.check_range(old.gpa, old.pa, new_len)?;
+        if new_len > old.len {
+            self.check_free(range, Some(id))?;
+        }
         let new = Slot { len: new_len, ..old };
+        // Re-registering the KVM slot restarts its dirty log: keep what it holds first.
+        dirty::flush(self, &old)?;
         if new_len < old.len {
             let tail = old.len - new_len;
             self.ctx.unmap(self.ioas, Iova(old.gpa + new_len), tail, UnmapMode::Cut)?;
@@ -185,7 +310,6 @@ impl MemorySlots {
                 return Err(e);
             }
         } else {
-            self.check_free(range, Some(id))?;
             let ext = new_len - old.len;
             let (iova, pa) = (Iova(old.gpa + old.len), PhysAddr(old.pa.raw() + old.len));
             self.ctx.map(self.ioas, Some(iova), pa, ext, Prot::RW)?;
@@ -196,7 +320,114 @@ impl MemorySlots {
         }
         tracing::info!(id, from = old.len, to = new_len, "memory slot resized");
         self.slots.insert(id, new);
+        dirty::fit_carried(self, &new);
         Ok(())
+    }
+
+    /// vm-memory's view of the current slots: one region per slot at its guest-physical address,
+    /// over the same host mapping KVM uses (no copy). Writes through it are seen by vCPUs and
+    /// devices, and theirs through it.
+    ///
+    /// It is a snapshot of the slot layout: take a new one after slots change. Each region's
+    /// bitmap ([`MachineRam`]) holds the machine, so the view (and any clone of it or of its
+    /// regions) can never point into unmapped memory. For memfd-backed RAM each region also
+    /// carries its [`FileOffset`] (a duplicate of the memfd, offset = physical address), which
+    /// is what a vhost-user frontend sends to its backend.
+    pub fn guest_memory(&self) -> Result<SlotMemory, VmMemoryError> {
+        let machine = self.vm.machine();
+        let ram = machine.ram();
+        let file = match ram.memfd() {
+            Some(fd) => Some(Arc::new(File::from(fd.try_clone_to_owned().map_err(VmMemoryError::Dup)?))),
+            None => None,
+        };
+        let prot = (ProtFlags::PROT_READ | ProtFlags::PROT_WRITE).bits();
+        let flags = if file.is_some() {
+            MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE
+        } else {
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_NORESERVE
+        }
+        .bits();
+        let mut slots: Vec<&Slot> = self.slots.values().collect();
+        slots.sort_by_key(|s| s.gpa);
+        let mut regions = Vec::with_capacity(slots.len());
+        for s in slots {
+            let not_ram = || VmMemoryError::NotRam(s.id);
+            let host = ram.host_range(s.pa, s.len).ok_or_else(not_ram)?;
+            let size = usize::try_from(s.len).map_err(|_| not_ram())?;
+            let mut builder = MmapRegionBuilder::new_with_bitmap(size, MachineRam(machine.clone()))
+                .with_mmap_prot(prot)
+                .with_mmap_flags(flags);
+            if let Some(file) = &file {
+                builder = builder.with_file_offset(FileOffset::from_arc(file.clone(), s.pa.raw()));
+            }
+            // SAFETY: `[host, host+size)` lies inside the machine's live RAM mapping (checked by
+            // `host_range`), which was made with exactly these protection bits and flags. The
+            // region never unmaps it (vm-memory marks raw regions as not owned), and its bitmap
+            // holds an `Arc<Machine>`, so the mapping outlives the region and every clone of it.
+            // vm-memory reaches the bytes through volatile copies and raw pointers only, never
+            // Rust references, which is what `Ram` requires of every user of its mapping.
+            let builder = unsafe { builder.with_raw_mmap_pointer(host.as_ptr()) };
+            let mapping = builder.build().map_err(|source| VmMemoryError::Region { id: s.id, source })?;
+            regions.push(GuestRegionMmap::new(mapping, GuestAddress(s.gpa)).ok_or_else(not_ram)?);
+        }
+        Ok(GuestMemoryMmap::from_regions(regions)?)
+    }
+
+    /// Adds one slot per region of a VMM's `mem` (ids `first_id`, `first_id + 1`, ... in
+    /// guest-physical order, each with `flags`), all or nothing. Returns the ids.
+    ///
+    /// A region is accepted only when its bytes *are* machine RAM, so that KVM, the IOAS and
+    /// the VMM see the same memory: either its host range lies inside the machine's RAM mapping
+    /// (physical address = offset in the mapping; e.g. a view from
+    /// [`MemorySlots::guest_memory`]), or it maps the machine's memfd shared (physical address =
+    /// file offset; e.g. a VMM that mapped [`ioasis_baremetal::Ram::memfd`] itself). Any other
+    /// region is refused with [`VmMemoryError::Foreign`] and nothing is added.
+    pub fn adopt<B: Bitmap>(
+        &mut self,
+        mem: &GuestMemoryMmap<B>,
+        first_id: u32,
+        flags: u32,
+    ) -> Result<Vec<u32>, VmMemoryError> {
+        let mut plan = Vec::new();
+        for (n, region) in mem.iter().enumerate() {
+            let gpa = region.start_addr().0;
+            let len = region.len();
+            let id = u32::try_from(n).ok().and_then(|n| first_id.checked_add(n));
+            let id = id.ok_or(VmMemoryError::NoSlotId { gpa })?;
+            plan.push((id, gpa, self.machine_pa(region, gpa, len)?, len));
+        }
+        let mut added = Vec::with_capacity(plan.len());
+        for (id, gpa, pa, len) in plan {
+            if let Err(source) = self.add(id, gpa, pa, len, flags) {
+                for done in added.iter().rev() {
+                    undo("remove adopted slot", self.remove(*done));
+                }
+                return Err(VmMemoryError::Slot { gpa, source });
+            }
+            added.push(id);
+        }
+        tracing::info!(slots = added.len(), "guest memory adopted");
+        Ok(added)
+    }
+
+    /// The machine-physical address of a VMM region's bytes (see [`MemorySlots::adopt`]).
+    fn machine_pa<B: Bitmap>(
+        &self,
+        region: &GuestRegionMmap<B>,
+        gpa: u64,
+        len: u64,
+    ) -> Result<PhysAddr, VmMemoryError> {
+        let ram = self.vm.machine().ram();
+        if let Some(pa) = ram.phys_addr_of(region.as_ptr(), len) {
+            return Ok(pa);
+        }
+        let file = region.file_offset().ok_or(VmMemoryError::Foreign { gpa, len })?;
+        let pa =
+            ram.memfd_phys_addr(file.file().as_fd(), file.start(), len).ok_or(VmMemoryError::Foreign { gpa, len })?;
+        if region.flags() & MapFlags::MAP_SHARED.bits() == 0 {
+            return Err(VmMemoryError::PrivateMapping { gpa });
+        }
+        Ok(pa)
     }
 
     fn check_range(&self, gpa: u64, pa: PhysAddr, len: u64) -> Result<IovaRange, SlotError> {

@@ -1,11 +1,12 @@
 //! Migration dirty log: a real vCPU's writes (KVM_GET_DIRTY_LOG) and a mock-IOMMU device's DMA
-//! writes (HWPT dirty bits) merge into one per-slot bitmap, exactly, read and cleared together.
+//! writes (HWPT dirty bits) merge into one per-slot bitmap, exactly, read and cleared together,
+//! also when the slot is resized, moved or removed between two reads.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{vm_or_skip, Rig, DEV, MB, UNIT_BASE};
+use common::{enter_protected_mode, vm_or_skip, Asm, Rig, DEV, MB, UNIT_BASE};
 use ioasis::loader::Registry;
 use ioasis::{Context, DeviceDesc, DeviceId, DeviceRef, Intent, IntentItem, Iova, PhysAddr, RequesterId, Target};
 use ioasis_baremetal::{Machine, MachineConfig};
@@ -107,6 +108,31 @@ fn run_real_mode(vcpu: &mut Vcpu, rip: u64) {
     panic!("guest did not halt within {MAX_EXITS} exits");
 }
 
+/// Runs `vcpu` in flat protected mode from `rip` until `hlt`, bounded by `MAX_EXITS`.
+fn run_protected(vcpu: &mut Vcpu, rip: u64) {
+    enter_protected_mode(vcpu, rip);
+    for _ in 0..MAX_EXITS {
+        match vcpu.fd().run() {
+            Ok(VcpuExit::Hlt) => return,
+            Err(e) if e.errno() == EINTR => continue,
+            Ok(other) => panic!("unexpected exit {other:?}"),
+            Err(e) => panic!("KVM_RUN: {e}"),
+        }
+    }
+    panic!("guest did not halt within {MAX_EXITS} exits");
+}
+
+/// Loads a protected-mode program that stores a dword at each of `gpas`, then halts, at slot
+/// offset `at` (through the machine's RAM: not a guest write).
+fn load_stores(rig: &DirtyRig, at: u64, gpas: &[u64]) {
+    let mut asm = Asm::default();
+    for (i, gpa) in gpas.iter().enumerate() {
+        asm.store_abs(u32::try_from(*gpa).unwrap(), 0x1000 + i as u32);
+    }
+    asm.hlt();
+    rig.machine.ram().write(PhysAddr(SLOT_PA + at), &asm.0).expect("load program");
+}
+
 /// The one-word bitmap (the slot has 16 pages) with bits `pages` set.
 fn bits(pages: &[u64]) -> Vec<u64> {
     vec![pages.iter().fold(0u64, |w, p| w | 1 << p)]
@@ -124,8 +150,8 @@ fn merged_bitmap_is_exactly_vcpu_plus_device_writes() {
 
     let mut log = DirtyLog::start(&rig.slots).expect("start dirty logging");
     let ctx = rig.slots.context().clone();
-    assert_eq!(log.tracked().collect::<Vec<_>>(), ctx.ioas_hwpts(rig.slots.ioas()).unwrap(), "every HWPT tracked");
-    assert_eq!(log.tracked().count(), 1);
+    assert_eq!(log.tracked(&rig.slots), ctx.ioas_hwpts(rig.slots.ioas()).unwrap(), "every HWPT tracked");
+    assert_eq!(log.tracked(&rig.slots).len(), 1);
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]), "nothing written yet");
 
     // Device: writes pages 3 (the guest writes it too), 5 and 6 (two pages in one DMA); reads 8.
@@ -199,13 +225,96 @@ fn a_hwpt_arriving_mid_round_makes_the_whole_slot_dirty_once() {
     ctx.detach(device, None).expect("detach");
     rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
     let mut log = DirtyLog::start(&rig.slots).expect("start with no HWPT");
-    assert_eq!(log.tracked().count(), 0);
+    assert_eq!(log.tracked(&rig.slots).len(), 0);
     // The device attaches mid-round: what it wrote before its HWPT's tracking started is unknown.
     ctx.attach(device, None, Target::Ioas(rig.slots.ioas())).expect("attach");
     rig.dma_write(0x3000, &[1]);
     let all: Vec<u64> = bits(&(0..SLOT_LEN / PAGE).collect::<Vec<_>>());
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), all, "whole slot, conservatively");
-    assert_eq!(log.tracked().count(), 1);
+    assert_eq!(log.tracked(&rig.slots).len(), 1);
     rig.dma_write(0x4000, &[1]);
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[4]), "exact again from then on");
+}
+
+#[test]
+fn resizing_a_slot_between_reads_loses_no_write() {
+    let Some(mut rig) = DirtyRig::new() else { return };
+    rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
+    load_stores(&rig, 0x1000, &[0x2000, 0x3000, 0x4000]);
+    load_stores(&rig, 0x1100, &[0x2000, 0xe000]);
+    let mut log = DirtyLog::start(&rig.slots).expect("start");
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
+    let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
+
+    // Grow 16 → 32 pages between two reads: the guest and the device write before and after.
+    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    rig.dma_write(0x5000, &[1]); // page 5
+    rig.slots.resize(0, 2 * SLOT_LEN).expect("grow");
+    rig.dma_write(0x6000, &[1]); // page 6
+    rig.dma_write(0x14000, &[1]); // page 20, in the new part
+    run_protected(&mut vcpu, 0x1100); // pages 2 (again) and 14
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[2, 3, 4, 5, 6, 14, 20]));
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
+
+    // Shrink 32 → 8 pages: writes to the pages kept are reported, those to the tail cut off are
+    // not (that memory left the guest), and the bitmap has the new size.
+    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    rig.dma_write(0x7000, &[1]); // page 7
+    rig.dma_write(0x1c000, &[1]); // page 28, cut off below
+    rig.slots.resize(0, 8 * PAGE).expect("shrink");
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), vec![0b1001_1100]);
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), vec![0]);
+    log.stop(&rig.slots).expect("stop");
+}
+
+#[test]
+fn moving_a_slot_between_reads_loses_no_write() {
+    let Some(mut rig) = DirtyRig::new() else { return };
+    rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
+    load_stores(&rig, 0x1000, &[0x2000, 0x3000, 0x4000]);
+    load_stores(&rig, 0x1100, &[MB + 0x8000]);
+    let mut log = DirtyLog::start(&rig.slots).expect("start");
+    let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
+
+    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    rig.dma_write(0x5000, &[1]); // page 5 (its IOMMU dirty bit goes with the old mapping)
+    rig.slots.move_slot(0, MB).expect("move to 1 MiB");
+    rig.dma_write(MB + 0x6000, &[1]); // page 6 at the new place
+    run_protected(&mut vcpu, MB + 0x1100); // page 8 at the new place
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[2, 3, 4, 5, 6, 8]));
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
+    // Moving back and forth with nothing written reports nothing.
+    rig.slots.move_slot(0, 0).expect("move back");
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
+}
+
+#[test]
+fn a_removed_slot_takes_its_dirty_pages_with_it() {
+    let Some(mut rig) = DirtyRig::new() else { return };
+    rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
+    load_stores(&rig, 0x1000, &[0x2000, 0x3000]);
+    let mut log = DirtyLog::start(&rig.slots).expect("start");
+    let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
+    run_protected(&mut vcpu, 0x1000);
+    rig.dma_write(0x5000, &[1]);
+    // A move keeps the pages for the next read; the slot is removed before that read.
+    rig.slots.move_slot(0, MB).expect("move");
+    rig.slots.remove(0).expect("remove");
+    assert!(matches!(log.read_and_clear(&rig.slots, 0), Err(DirtyError::NoSuchSlot(0))));
+    // The same id over the same memory again: only what is written from now on is reported.
+    rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0 again");
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
+    rig.dma_write(0x9000, &[1]);
+    assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[9]));
+}
+
+#[test]
+fn a_log_only_reads_its_own_slots() {
+    let Some(mut rig) = DirtyRig::new() else { return };
+    rig.slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
+    let mut log = DirtyLog::start(&rig.slots).expect("start");
+    let ctx = rig.slots.context().clone();
+    let others = MemorySlots::new(rig.slots.vm().clone(), ctx.clone(), ctx.alloc_ioas());
+    let e = log.read_and_clear(&others, 0).unwrap_err();
+    assert!(matches!(e, DirtyError::WrongSlots { .. }), "{e}");
 }
