@@ -193,7 +193,9 @@ poweroff -f
 /// Rust program is tens of MiB of DWARF, more than dom0's rootfs takes. The program itself is
 /// unchanged; where objcopy is missing the bytes go in as they are.
 fn without_debug_info(program: &Path) -> Result<Vec<u8>, String> {
-    let out = std::env::temp_dir().join(format!("ioasis-xen-prog-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("ioasis-xen-prog-{}-{n}", std::process::id()));
     let stripped = Command::new("objcopy").arg("--strip-debug").arg(program).arg(&out).status();
     let bytes = match stripped {
         Ok(s) if s.success() => std::fs::read(&out).map_err(|e| format!("reading {}: {e}", out.display())),
