@@ -38,8 +38,21 @@
 //! malformed entry, a mode neither nesting nor the shadow can express, a stage-1 the host
 //! refuses) or a host operation fails, it attaches the device to the blocking HWPT before it
 //! returns the error, so the device never keeps a translation the guest has revoked.
+//!
+//! **Live migration.** [`Passthrough::with_config`] with [`PassthroughConfig::dirty_tracking`]
+//! makes the device migratable: the intent also asks [`IntentItem::DirtyTracking`] (a refusal
+//! is [`PassthroughError::NotMigratable`] with the backend's reason, never a silent
+//! downgrade), and every HWPT the device writes guest memory through is allocated with
+//! [`HwptFlags::DIRTY_TRACKING`]: the stage-2 (whose dirty bits the host unit also sets for
+//! writes through the guest's stage-1, nested) and the shadow IOAS's HWPT (allocated
+//! explicitly and kept for the shadow's life, unlike the automatic HWPT an attach to the IOAS
+//! would make and drop whenever the device leaves it, taking its dirty bits along). A
+//! [`DirtyLog`](crate::dirty::DirtyLog) of the slots then reports the device's writes in both
+//! modes. A HWPT allocated while the log runs has tracking turned on before the device can use
+//! it, and [`Passthrough::close`] keeps what the device wrote since the last read for the
+//! next one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use ioasis::abi::{CacheInvalidation, HwptFlags};
 use ioasis::platform::{GuestStage1, ModelQueryError};
@@ -48,9 +61,21 @@ use ioasis::{
     Target, UnitId,
 };
 
+use crate::dirty::{self, DirtyState};
 use crate::shadow::{Shadow, ShadowError, SyncStats};
 use crate::viommu::{GuestPhys, Viommu};
 use crate::MemorySlots;
+
+/// What a [`Passthrough`] asks of the host beyond following the guest's translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassthroughConfig {
+    /// Make the device migratable: negotiate [`IntentItem::DirtyTracking`] and allocate the
+    /// stage-2 and shadow HWPTs with [`HwptFlags::DIRTY_TRACKING`], so that a
+    /// [`DirtyLog`](crate::dirty::DirtyLog) reports what the device writes (see the module
+    /// documentation). Off by default: a device without it makes a dirty log refuse
+    /// ([`DirtyError::Untracked`](crate::dirty::DirtyError::Untracked)).
+    pub dirty_tracking: bool,
+}
 
 /// How the host follows the guest's translation, decided by negotiation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +130,15 @@ pub enum PassthroughError {
         #[source]
         source: IoasisError,
     },
+    /// The device was to be migratable ([`PassthroughConfig::dirty_tracking`]) but its host
+    /// unit refuses dirty tracking: live migration is impossible while it is passed through.
+    #[error("device {device} cannot be made migratable: its host unit refuses dirty tracking: {reason}")]
+    NotMigratable {
+        /// The device.
+        device: DeviceId,
+        /// The backend's reason.
+        reason: String,
+    },
     /// [`Passthrough::sync`] was given memory slots of another IOAS than the stage-2.
     #[error("memory slots of IOAS {got} given; this passthrough's stage-2 is IOAS {want}")]
     WrongSlots {
@@ -156,6 +190,7 @@ pub struct Passthrough {
     guest_dev: DeviceRef,
     unit: UnitId,
     stage2: IoasId,
+    config: PassthroughConfig,
     mode: Mode,
     /// The contract's stage-1 format (nested mode).
     format: Option<PtFormat>,
@@ -165,9 +200,11 @@ pub struct Passthrough {
     blocking: Option<HwptId>,
     /// The nested HWPT and the stage-1 it holds, while the device is attached to it.
     nested: Option<(HwptId, GuestStage1)>,
-    /// The shadow (its IOAS allocated when first needed).
-    shadow: Option<Shadow>,
+    /// The shadow (its IOAS allocated when first needed) and its paging HWPT.
+    shadow: Option<(Shadow, HwptId)>,
     attached: Attached,
+    /// The dirty state of the memory slots last synced with.
+    dirty: Option<Weak<Mutex<DirtyState>>>,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -176,6 +213,7 @@ impl std::fmt::Debug for Passthrough {
             .field("device", &self.device)
             .field("guest_dev", &self.guest_dev)
             .field("mode", &self.mode)
+            .field("config", &self.config)
             .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
@@ -186,13 +224,14 @@ fn host(op: &'static str) -> impl FnOnce(IoasisError) -> PassthroughError {
     move |source| PassthroughError::Host { op, source }
 }
 
+/// The reasons a refusal gives for `item`, joined, if it lists it.
+fn unmet(r: &ioasis::Refusal, item: IntentItem) -> Option<String> {
+    let reasons: Vec<&str> = r.unmet.iter().filter(|u| u.item == Some(item)).map(|u| u.reason.as_str()).collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
 impl Passthrough {
-    /// Negotiates `device`'s contract for the passthrough: untagged DMA, and nesting the
-    /// stage-1 format `viommu` offers. `device` is bound to its host unit and not attached;
-    /// `guest_dev` is how the vIOMMU sees it; `stage2` is the IOAS of the VM's
-    /// [`MemorySlots`] (IOVA = guest-physical). When the backend refuses only the nesting, the
-    /// contract is renegotiated without it and the mode is [`Mode::Shadow`] with the
-    /// backend's reason. Nothing is attached until the first [`Passthrough::sync`].
+    /// [`Passthrough::with_config`] with the default configuration: not migratable.
     pub fn new(
         ctx: Arc<Context>,
         device: DeviceId,
@@ -200,33 +239,67 @@ impl Passthrough {
         stage2: IoasId,
         viommu: &Viommu,
     ) -> Result<Self, PassthroughError> {
-        let negotiate = |items: Vec<IntentItem>| ctx.negotiate(device, &Intent::new(items));
-        let failed = |source| PassthroughError::Negotiate { device, source };
+        Self::with_config(ctx, device, guest_dev, stage2, viommu, PassthroughConfig::default())
+    }
+
+    /// Negotiates `device`'s contract for the passthrough: untagged DMA, nesting the stage-1
+    /// format `viommu` offers, and with [`PassthroughConfig::dirty_tracking`] dirty tracking.
+    /// `device` is bound to its host unit and not attached; `guest_dev` is how the vIOMMU sees
+    /// it; `stage2` is the IOAS of the VM's [`MemorySlots`] (IOVA = guest-physical). When the
+    /// backend refuses only the nesting, the contract is renegotiated without it and the mode
+    /// is [`Mode::Shadow`] with the backend's reason. When it refuses dirty tracking that was
+    /// asked for, this fails with [`PassthroughError::NotMigratable`] and the backend's
+    /// reason. Nothing is attached until the first [`Passthrough::sync`].
+    pub fn with_config(
+        ctx: Arc<Context>,
+        device: DeviceId,
+        guest_dev: DeviceRef,
+        stage2: IoasId,
+        viommu: &Viommu,
+        config: PassthroughConfig,
+    ) -> Result<Self, PassthroughError> {
+        let mut base = vec![IntentItem::UntaggedDma];
+        if config.dirty_tracking {
+            base.push(IntentItem::DirtyTracking);
+        }
+        let negotiate = |extra: Option<IntentItem>| {
+            let items = base.iter().copied().chain(extra).collect::<Vec<_>>();
+            match ctx.negotiate(device, &Intent::new(items)) {
+                Err(IoasisError::Refused(r)) if config.dirty_tracking => match unmet(&r, IntentItem::DirtyTracking) {
+                    Some(reason) => Err(PassthroughError::NotMigratable { device, reason }),
+                    None => Err(PassthroughError::Negotiate { device, source: IoasisError::Refused(r) }),
+                },
+                other => other.map_err(|source| PassthroughError::Negotiate { device, source }),
+            }
+        };
         let (contract, mode, format) = match viommu.model().guest_stage1_format() {
             None => {
-                let c = negotiate(vec![IntentItem::UntaggedDma]).map_err(failed)?;
+                let c = negotiate(None)?;
                 (c, Mode::Shadow("the vIOMMU offers no stage-1 format to nest".into()), None)
             }
             Some(format) => {
                 let nest = IntentItem::NestedStage1 { format };
-                match negotiate(vec![IntentItem::UntaggedDma, nest]) {
+                match negotiate(Some(nest)) {
                     Ok(c) => (c, Mode::Nested, Some(format)),
-                    Err(IoasisError::Refused(r)) if r.unmet.iter().all(|u| u.item == Some(nest)) => {
+                    Err(PassthroughError::Negotiate { source: IoasisError::Refused(r), .. })
+                        if r.unmet.iter().all(|u| u.item == Some(nest)) =>
+                    {
                         let reason = r.unmet.iter().map(|u| u.reason.as_str()).collect::<Vec<_>>().join("; ");
-                        let c = negotiate(vec![IntentItem::UntaggedDma]).map_err(failed)?;
+                        let c = negotiate(None)?;
                         (c, Mode::Shadow(reason), None)
                     }
-                    Err(e) => return Err(failed(e)),
+                    Err(e) => return Err(e),
                 }
             }
         };
-        tracing::debug!(%device, ?mode, "passthrough negotiated");
+        tracing::debug!(%device, ?mode, ?config, "passthrough negotiated");
         Ok(Self {
             ctx,
             device,
             guest_dev,
             unit: contract.unit,
             stage2,
+            config,
             mode,
             format,
             parent: None,
@@ -234,7 +307,13 @@ impl Passthrough {
             nested: None,
             shadow: None,
             attached: Attached::Nothing,
+            dirty: None,
         })
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> PassthroughConfig {
+        self.config
     }
 
     /// How the host follows the guest's translation.
@@ -259,7 +338,41 @@ impl Passthrough {
 
     /// The shadow IOAS, once allocated.
     pub fn shadow_ioas(&self) -> Option<IoasId> {
-        self.shadow.as_ref().map(Shadow::ioas)
+        self.shadow.as_ref().map(|(s, _)| s.ioas())
+    }
+
+    /// The shadow IOAS's paging HWPT (the device's when attached to the shadow), once
+    /// allocated.
+    pub fn shadow_hwpt(&self) -> Option<HwptId> {
+        self.shadow.as_ref().map(|(_, h)| *h)
+    }
+
+    /// The shadow, once allocated.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref().map(|(s, _)| s)
+    }
+
+    /// Flags of the stage-2 and shadow HWPTs.
+    fn flags(&self) -> HwptFlags {
+        if self.config.dirty_tracking {
+            HwptFlags::DIRTY_TRACKING
+        } else {
+            HwptFlags::default()
+        }
+    }
+
+    /// A paging HWPT of `ioas` on the device's unit, with [`Passthrough::flags`]; when
+    /// migratable, with tracking on at once if `slots`' dirty log runs.
+    fn alloc_paging(&self, slots: &MemorySlots, ioas: IoasId, what: &'static str) -> Result<HwptId, PassthroughError> {
+        let spec = HwptSpec::Paging { ioas, flags: self.flags(), fault_queue: None };
+        let h = self.ctx.alloc_hwpt(self.unit, spec).map_err(host(what))?;
+        if self.config.dirty_tracking {
+            if let Err(e) = dirty::track_early(slots, ioas, h) {
+                let _ = self.ctx.destroy(h);
+                return Err(PassthroughError::Host { op: "turn dirty tracking on", source: e });
+            }
+        }
+        Ok(h)
     }
 
     /// Brings the device's host translation in step with what the vIOMMU does with its
@@ -273,11 +386,12 @@ impl Passthrough {
         if slots.ioas() != self.stage2 {
             return Err(PassthroughError::WrongSlots { want: self.stage2, got: slots.ioas() });
         }
+        self.dirty = Some(Arc::downgrade(slots.dirty_handle()));
         let mem = GuestPhys::of(slots);
         let query = viommu.model().guest_stage1(&mem, self.guest_dev, None);
         let result = match (&self.mode, query) {
-            (_, Err(ModelQueryError::Untranslated)) => self.use_stage2(),
-            (Mode::Nested, Ok(s1)) => self.use_nested(s1),
+            (_, Err(ModelQueryError::Untranslated)) => self.use_stage2(slots),
+            (Mode::Nested, Ok(s1)) => self.use_nested(s1, slots),
             (Mode::Nested, Err(ModelQueryError::Blocked)) => self.block().map(|_| self.report()),
             // A translation the guest's stage-1 cannot express (e.g. legacy second-level
             // tables): shadowed, as without nesting.
@@ -301,18 +415,26 @@ impl Passthrough {
     }
 
     /// Detaches the device and frees what this passthrough allocated (HWPTs, the shadow IOAS).
+    /// While a [`DirtyLog`](crate::dirty::DirtyLog) of the slots runs, what the device wrote
+    /// since its last read (dirty bits of the stage-2 and the shadow, which die with them) is
+    /// read out first and kept for its next read.
     pub fn close(mut self) -> Result<(), PassthroughError> {
         if self.attached != Attached::Nothing {
             self.ctx.detach(self.device, None).map_err(host("detach"))?;
             self.attached = Attached::Nothing;
         }
+        if let (Some(p), Some(state)) = (self.parent, self.dirty.as_ref().and_then(Weak::upgrade)) {
+            dirty::keep_hwpt(&self.ctx, &mut dirty::lock(&state), p, self.stage2)
+                .map_err(host("keep the stage-2's dirty pages"))?;
+        }
+        if let Some((mut s, h)) = self.shadow.take() {
+            s.release().map_err(PassthroughError::Shadow)?;
+            self.ctx.destroy(h).map_err(host("destroy the shadow HWPT"))?;
+            self.ctx.destroy(s.ioas()).map_err(host("destroy the shadow IOAS"))?;
+        }
         let nested = self.nested.take().map(|(h, _)| h);
         for h in [nested, self.blocking.take(), self.parent.take()].into_iter().flatten() {
             self.ctx.destroy(h).map_err(host("destroy HWPT"))?;
-        }
-        if let Some(s) = self.shadow.take() {
-            self.ctx.unmap_all(s.ioas()).map_err(host("unmap the shadow IOAS"))?;
-            self.ctx.destroy(s.ioas()).map_err(host("destroy the shadow IOAS"))?;
         }
         Ok(())
     }
@@ -329,7 +451,10 @@ impl Passthrough {
         let target = match to {
             Attached::Nothing => return Ok(()),
             Attached::Stage2(h) | Attached::Nested(h) | Attached::Blocked(h) => Target::Hwpt(h),
-            Attached::Shadow(ioas) => Target::Ioas(ioas),
+            Attached::Shadow(ioas) => match &self.shadow {
+                Some((s, h)) if s.ioas() == ioas => Target::Hwpt(*h),
+                _ => Target::Ioas(ioas),
+            },
         };
         let result = if self.attached == Attached::Nothing {
             self.ctx.attach(self.device, None, target)
@@ -347,18 +472,17 @@ impl Passthrough {
         Ok(())
     }
 
-    fn parent(&mut self) -> Result<HwptId, PassthroughError> {
+    fn parent(&mut self, slots: &MemorySlots) -> Result<HwptId, PassthroughError> {
         if let Some(h) = self.parent {
             return Ok(h);
         }
-        let spec = HwptSpec::Paging { ioas: self.stage2, flags: HwptFlags::default(), fault_queue: None };
-        let h = self.ctx.alloc_hwpt(self.unit, spec).map_err(host("allocate the stage-2 HWPT"))?;
+        let h = self.alloc_paging(slots, self.stage2, "allocate the stage-2 HWPT")?;
         self.parent = Some(h);
         Ok(h)
     }
 
-    fn use_stage2(&mut self) -> Result<SyncReport, PassthroughError> {
-        let parent = self.parent()?;
+    fn use_stage2(&mut self, slots: &MemorySlots) -> Result<SyncReport, PassthroughError> {
+        let parent = self.parent(slots)?;
         self.switch(Attached::Stage2(parent))?;
         Ok(self.report())
     }
@@ -375,12 +499,12 @@ impl Passthrough {
         self.switch(Attached::Blocked(h))
     }
 
-    fn use_nested(&mut self, s1: GuestStage1) -> Result<SyncReport, PassthroughError> {
+    fn use_nested(&mut self, s1: GuestStage1, slots: &MemorySlots) -> Result<SyncReport, PassthroughError> {
         if self.format != Some(s1.format) {
             let want = self.format.unwrap_or(PtFormat::NONE);
             return Err(PassthroughError::Format { want, got: s1.format });
         }
-        let parent = self.parent()?;
+        let parent = self.parent(slots)?;
         let mut report = self.report();
         let hwpt = match &self.nested {
             Some((h, held)) if *held == s1 => *h,
@@ -414,10 +538,22 @@ impl Passthrough {
     }
 
     fn use_shadow(&mut self, viommu: &Viommu, slots: &MemorySlots) -> Result<SyncReport, PassthroughError> {
-        let shadow = match &mut self.shadow {
+        let shadow = match self.shadow.take() {
             Some(s) => s,
-            None => self.shadow.insert(Shadow::new(self.ctx.clone(), self.ctx.alloc_ioas())),
+            None => {
+                // The shadow's HWPT, allocated before anything is mapped or attached (with
+                // tracking on if a dirty log runs) and kept for the shadow's life.
+                let ioas = self.ctx.alloc_ioas();
+                match self.alloc_paging(slots, ioas, "allocate the shadow HWPT") {
+                    Ok(h) => (Shadow::new(self.ctx.clone(), ioas), h),
+                    Err(e) => {
+                        let _ = self.ctx.destroy(ioas);
+                        return Err(e);
+                    }
+                }
+            }
         };
+        let (shadow, _) = self.shadow.insert(shadow);
         // Mappings first, then the device.
         let stats = shadow.sync(viommu, slots, self.guest_dev).map_err(PassthroughError::Shadow)?;
         let ioas = shadow.ioas();

@@ -15,13 +15,21 @@
 //! guest page outside every memory slot (or straddling slots) is never mapped (skipped with a
 //! warning); a writable guest mapping of a read-only slot is mapped read-only; a mapping the
 //! host IOAS refuses (e.g. an IOVA in the x86 MSI window) is skipped with a warning.
+//!
+//! **Dirty tracking.** A shadow registers itself with the memory slots it is synced with, so
+//! that their [`DirtyLog`](crate::dirty::DirtyLog) reads what the device writes through the
+//! shadow IOAS's HWPTs (at the slot page of the machine page written), and requires those
+//! HWPTs to track dirty pages while it runs. Before a sync unmaps a mapping, and in
+//! [`Shadow::release`], the dirty bits collected through it are read out and kept for the
+//! log's next read: the unmap would drop them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use ioasis::platform::{GuestMapping, ModelQueryError};
 use ioasis::{Context, DeviceRef, IoasId, Iova, PhysAddr, Prot, UnmapMode};
 
+use crate::dirty::{self, DirtyHandle, DirtyState};
 use crate::viommu::{GuestPhys, Viommu};
 use crate::MemorySlots;
 
@@ -34,7 +42,8 @@ pub enum ShadowError {
     /// device belongs in the slots' IOAS instead), too many leaves, or broken structures.
     #[error("cannot read the guest's mappings: {0}")]
     Query(#[from] ModelQueryError),
-    /// The host IOAS refused to unmap a mapping this shadow made (a backend failure).
+    /// The host IOAS refused to unmap a mapping this shadow made (a backend failure), or the
+    /// dirty bits of a mapping about to be unmapped could not be read out (it stays mapped).
     #[error("host IOAS refused to unmap a shadow mapping: {0}")]
     Ioas(#[from] ioasis::Error),
 }
@@ -73,6 +82,8 @@ pub struct Shadow {
     ioas: IoasId,
     /// What the host IOAS maps now, by IOVA.
     mapped: BTreeMap<u64, ShadowMapping>,
+    /// The dirty state of the memory slots last synced with, where this shadow is registered.
+    dirty: Option<Weak<Mutex<DirtyState>>>,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -88,7 +99,7 @@ impl Shadow {
     /// A shadow of `ioas` in `ctx`, which the passthrough device is (or will be) attached to,
     /// and which has no other mappings.
     pub fn new(ctx: Arc<Context>, ioas: IoasId) -> Self {
-        Self { ctx, ioas, mapped: BTreeMap::new() }
+        Self { ctx, ioas, mapped: BTreeMap::new(), dirty: None }
     }
 
     /// The host IOAS.
@@ -105,7 +116,13 @@ impl Shadow {
     /// through `viommu` now: reads the guest's tables (through the current memory `slots`),
     /// unmaps what the guest no longer maps (or maps differently), then maps what is new. A
     /// device the vIOMMU blocks ends up with nothing mapped.
+    ///
+    /// The shadow registers with `slots`' dirty state (see the module docs). A mapping about
+    /// to be unmapped first has its dirty bits read out for a running
+    /// [`DirtyLog`](crate::dirty::DirtyLog); if that fails the sync stops with the mapping
+    /// still in place.
     pub fn sync(&mut self, viommu: &Viommu, slots: &MemorySlots, dev: DeviceRef) -> Result<SyncStats, ShadowError> {
+        self.register(slots.dirty_handle());
         let mem = GuestPhys::of(slots);
         let guest = match viommu.model().guest_mappings(&mem, dev, None, Self::LIMIT) {
             Ok(v) => v,
@@ -126,6 +143,7 @@ impl Shadow {
         let stale: Vec<ShadowMapping> =
             self.mapped.values().filter(|m| wanted.get(&m.iova.raw()) != Some(m)).copied().collect();
         for m in stale {
+            self.keep_dirty(&m)?;
             self.ctx.unmap(self.ioas, m.iova, m.len, UnmapMode::Exact)?;
             self.mapped.remove(&m.iova.raw());
             stats.unmapped += 1;
@@ -150,6 +168,50 @@ impl Shadow {
         Ok(stats)
     }
 
+    /// Unmaps everything, after reading out what the device wrote through the shadow since the
+    /// last [`DirtyLog::read_and_clear`](crate::dirty::DirtyLog::read_and_clear) and keeping it
+    /// for the next one, and leaves the slots' dirty state. Call it once the device no longer
+    /// uses the shadow IOAS, before destroying the IOAS or its HWPTs. If reading fails nothing
+    /// is unmapped.
+    pub fn release(&mut self) -> Result<(), ShadowError> {
+        if let Some(handle) = self.dirty.as_ref().and_then(Weak::upgrade) {
+            let mut state = dirty::lock(&handle);
+            for m in self.mapped.values().filter(|m| m.prot.write()) {
+                dirty::keep_shadow_range(&self.ctx, &mut state, self.ioas, m.iova.raw(), m.pa.raw(), m.len)?;
+            }
+        }
+        self.ctx.unmap_all(self.ioas)?;
+        self.mapped.clear();
+        self.deregister();
+        Ok(())
+    }
+
+    /// Registers with the dirty state `handle` (leaving any other).
+    fn register(&mut self, handle: &DirtyHandle) {
+        if self.dirty.as_ref().and_then(Weak::upgrade).is_some_and(|h| Arc::ptr_eq(&h, handle)) {
+            return;
+        }
+        self.deregister();
+        dirty::register_shadow(&mut dirty::lock(handle), self.ioas);
+        self.dirty = Some(Arc::downgrade(handle));
+    }
+
+    fn deregister(&mut self) {
+        if let Some(handle) = self.dirty.take().and_then(|w| w.upgrade()) {
+            dirty::deregister_shadow(&mut dirty::lock(&handle), self.ioas);
+        }
+    }
+
+    /// Reads out and keeps the dirty bits of mapping `m`, about to be unmapped.
+    fn keep_dirty(&self, m: &ShadowMapping) -> Result<(), ioasis::Error> {
+        let Some(handle) = self.dirty.as_ref().and_then(Weak::upgrade) else { return Ok(()) };
+        if !m.prot.write() {
+            return Ok(());
+        }
+        let mut state = dirty::lock(&handle);
+        dirty::keep_shadow_range(&self.ctx, &mut state, self.ioas, m.iova.raw(), m.pa.raw(), m.len)
+    }
+
     /// The shadow of guest mapping `g`, or `None` (logged) when its guest-physical page is not
     /// wholly inside one memory slot, or it would give no permission.
     fn convert(mem: &GuestPhys, g: &GuestMapping) -> Option<ShadowMapping> {
@@ -169,5 +231,12 @@ impl Shadow {
             return None;
         }
         Some(ShadowMapping { iova: g.iova, gpa, pa, len: g.len, prot })
+    }
+}
+
+impl Drop for Shadow {
+    /// Leaves the slots' dirty state (see [`Shadow::release`] to keep what was written first).
+    fn drop(&mut self) {
+        self.deregister();
     }
 }

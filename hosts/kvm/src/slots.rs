@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use ioasis::{Context, IoasId, Iova, IovaRange, PhysAddr, Prot, UnmapMode, PAGE_SIZE};
 use ioasis_baremetal::Machine;
@@ -29,7 +29,7 @@ use vm_memory::{
     GuestRegionMmap,
 };
 
-use crate::dirty::{self, DirtyState};
+use crate::dirty::{self, DirtyHandle};
 use crate::{KvmError, SlotError, Vm};
 
 /// One guest memory slot: guest-physical `[gpa, gpa+len)` is machine RAM `[pa, pa+len)`.
@@ -151,8 +151,9 @@ pub struct MemorySlots {
     ioas: IoasId,
     slots: BTreeMap<u32, Slot>,
     reserved: Vec<(IovaRange, String)>,
-    /// Dirty logging: the HWPTs tracked and the dirty bits kept across slot changes.
-    dirty: Mutex<DirtyState>,
+    /// Dirty logging: the HWPTs tracked, the shadows registered and the dirty bits kept across
+    /// slot and mapping changes (shared with the shadows that feed it).
+    dirty: DirtyHandle,
 }
 
 impl std::fmt::Debug for MemorySlots {
@@ -175,13 +176,12 @@ impl MemorySlots {
     /// Slots of `vm`, mirrored into `ioas` of `ctx` (which should have no other mappings in the
     /// guest-physical ranges the slots will use).
     pub fn new(vm: Arc<Vm>, ctx: Arc<Context>, ioas: IoasId) -> Self {
-        Self { vm, ctx, ioas, slots: BTreeMap::new(), reserved: Vec::new(), dirty: Mutex::default() }
+        Self { vm, ctx, ioas, slots: BTreeMap::new(), reserved: Vec::new(), dirty: Arc::new(Mutex::default()) }
     }
 
-    /// The dirty-logging state (a poisoned lock still holds consistent bitmaps: every update is
-    /// a plain OR or replace).
-    pub(crate) fn dirty_state(&self) -> MutexGuard<'_, DirtyState> {
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    /// The dirty-logging state, which shadows and passthroughs synced with these slots share.
+    pub(crate) fn dirty_handle(&self) -> &DirtyHandle {
+        &self.dirty
     }
 
     /// The IOAS kept in step with the slots.
@@ -251,7 +251,7 @@ impl MemorySlots {
         tracing::info!(id, gpa = slot.gpa, "memory slot removed");
         self.slots.remove(&id);
         // The memory left the guest: dirty bits kept for it describe nothing any more.
-        self.dirty_state().carried.remove(&id);
+        dirty::forget_slot(self, &slot);
         Ok(slot)
     }
 
@@ -320,7 +320,7 @@ impl MemorySlots {
         }
         tracing::info!(id, from = old.len, to = new_len, "memory slot resized");
         self.slots.insert(id, new);
-        dirty::fit_carried(self, &new);
+        dirty::fit_carried(self, &old, &new);
         Ok(())
     }
 

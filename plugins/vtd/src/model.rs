@@ -438,12 +438,14 @@ impl VtdModel {
         match mode {
             Mode::PassThrough => Err(fail(reason::CONTEXT_INVALID, Fault::BAD_ENTRY)),
             Mode::Second(ss) => Ok(entry(walk::walk_ss(mem, ss, iova, access)?, Stage::Second)),
-            Mode::First(fs) => Ok(entry(walk::walk_fs(mem, fs, iova, access, &mut |a| Ok(a))?, Stage::First)),
+            Mode::First(fs) => Ok(entry(walk::walk_fs(mem, fs, iova, access, &mut |a, _| Ok(a))?, Stage::First)),
             Mode::Nested(fs, ss) => {
-                // 3.8: every first-stage structure is read at its second-stage translation.
-                let mut through = |gpa: u64| {
-                    let l = walk::walk_ss(mem, ss, gpa, Prot::READ)?;
-                    permission(l.prot, Prot::READ)?;
+                // 3.8: every first-stage structure is accessed at its second-stage translation:
+                // read to fetch an entry, written to set its A/D flags (which, with SSADE, sets
+                // the second-stage D of the guest page holding it, 3.7.2).
+                let mut through = |gpa: u64, how: Prot| {
+                    let l = walk::walk_ss(mem, ss, gpa, how)?;
+                    permission(l.prot, how)?;
                     Ok(l.output(gpa))
                 };
                 let l1 = walk::walk_fs(mem, fs, iova, access, &mut through)?;

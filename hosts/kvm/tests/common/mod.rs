@@ -56,6 +56,11 @@ impl Rig {
     /// attached to the slots' IOAS, and a KVM VM. `None` when KVM is unusable (see
     /// [`vm_or_skip`]).
     pub fn new(ram: u64) -> Option<Self> {
+        Self::with_intent(ram, &[IntentItem::UntaggedDma])
+    }
+
+    /// [`Rig::new`] with the device negotiated for `items` instead of untagged DMA alone.
+    pub fn with_intent(ram: u64, items: &[IntentItem]) -> Option<Self> {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let machine =
             Arc::new(Machine::new(MachineConfig { ram_bytes: ram, table_pool_bytes: 16 * MB }).expect("machine"));
@@ -68,7 +73,7 @@ impl Rig {
         let plugin = Registry::with_builtins().expect("built-ins").get("mock").expect("mock is built in");
         ctx.add_unit(&plugin, "u0", PhysAddr(UNIT_BASE), 0, "").expect("probe");
         let device = ctx.bind_device(DeviceDesc::pci("nic", RequesterId::new(0, 0, DEV, 0), "u0")).expect("bind");
-        ctx.negotiate(device, &Intent::new(vec![IntentItem::UntaggedDma])).expect("contract");
+        ctx.negotiate(device, &Intent::new(items.to_vec())).expect("contract");
         let ioas = ctx.alloc_ioas();
         ctx.attach(device, None, Target::Ioas(ioas)).expect("attach");
         let slots = MemorySlots::new(vm, ctx.clone(), ioas);

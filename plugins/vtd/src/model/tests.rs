@@ -660,12 +660,52 @@ fn nested_translation() {
     let l3 = r.mem.r(l4 + 8) & ADDR;
     let leaf = r.mem.r(l3 + 8);
     assert!(leaf & sl::A != 0 && leaf & sl::D != 0, "{leaf:#x}");
-    // The 1 GiB identity leaf was only read through (A, no D).
+    // The walk set A on the first-stage entries and D on the first-stage leaf: writes to the
+    // guest memory under the 1 GiB identity leaf, which therefore has D too (3.8, 3.7.2).
+    let id = r.mem.r(l4);
+    assert!(id & sl::A != 0 && id & sl::D != 0, "{id:#x}");
+    // A first-stage walk whose entries already have A (and D on the written leaf) only reads
+    // them: the identity leaf gets A, not D.
+    r.mem.w(l4, id & !(sl::A | sl::D));
+    r.map_fs(fs, 0x1234_6000, 0x4020_0000 + 0x6000, 1, fl::P | fl::RW | fl::A | fl::D, |a| a);
+    assert_eq!(r.pa(SDEV, None, 0x1234_6010, Prot::WRITE), 0x7020_6010);
     let id = r.mem.r(l4);
     assert!(id & sl::A != 0 && id & sl::D == 0, "{id:#x}");
+    // A read through an entry without A sets it: that write is dirty too.
+    r.map_fs(fs, 0x1234_7000, 0x4020_0000 + 0x7000, 1, fl::P | fl::RW, |a| a);
+    assert_eq!(r.pa(SDEV, None, 0x1234_7000, Prot::READ), 0x7020_7000);
+    assert!(r.mem.r(l4) & sl::D != 0);
     // A GPA the second stage lacks: not present.
     r.map_fs(fs, 0x2000_0000, 0x9000_0000, 1, fl::P | fl::RW, |a| a);
     assert_eq!(r.dma(SDEV, None, 0x2000_0000, Prot::READ).unwrap_err().reason, Fault::NOT_PRESENT);
+}
+
+#[test]
+fn nested_first_stage_ad_updates_need_second_stage_write_permission() {
+    let (r, dir) = scalable_rig(SDEV, 0, 0);
+    let ss = r.page();
+    // The first-stage tables live in GPA 0..1 GiB, mapped read-only by the second stage; the
+    // data page GPA 1 GiB is writable.
+    r.map_ss(ss, 4, 0, 0, 3, sl::R);
+    r.map_ss(ss, 4, 0x4000_0000, 0x5000_0000, 1, sl::R | sl::W);
+    let fs = r.page();
+    r.map_fs(fs, 0x1000, 0x4000_0000, 1, fl::P | fl::RW, |a| a);
+    let q0 = ss | pasid_entry::aw(2) | pasid_entry::PGTT_NESTED | pasid_entry::SSADE | pasid_entry::P;
+    pasid_entry(&r, dir, 0, [q0, 4, fs]);
+    // Setting A in the first-stage entries is a write the second stage does not permit.
+    assert_eq!(r.dma(SDEV, None, 0x1000, Prot::READ).unwrap_err().reason, Fault::PERMISSION);
+    assert_eq!(r.last_reason(), reason::NO_WRITE);
+    assert_eq!(r.mem.r(fs) & fl::A, 0, "nothing was written");
+    // With A (and D on the leaf) already set by the guest, the walk only reads: it succeeds.
+    let mut t = fs;
+    for level in (1..=4).rev() {
+        let at = t + sl::index(0x1000, level) * 8;
+        r.mem.w(at, r.mem.r(at) | fl::A | if level == 1 { fl::D } else { 0 });
+        t = r.mem.r(at) & ADDR;
+    }
+    assert_eq!(r.pa(SDEV, None, 0x1000, Prot::WRITE), 0x5000_0000);
+    let id = r.mem.r(r.mem.r(ss) & ADDR);
+    assert!(id & sl::A != 0 && id & sl::D == 0, "{id:#x}");
 }
 
 #[test]

@@ -235,15 +235,20 @@ pub(super) struct FsTable {
 }
 
 /// Walks a first-stage table for `input` (9.7). Every table address goes through `xlate` (the
-/// identity for first-stage only, the second stage for nested). A is set on every entry walked
-/// and D on the leaf of a permitted write (x86-64 semantics, 3.6.2). Reads need P; writes need
-/// RW at every level. US is ignored (DMA requests are treated as supervisor-agnostic).
+/// identity for first-stage only, the second stage for nested), as a read to fetch the entry.
+/// A is set on every entry walked and D on the leaf of a permitted write (x86-64 semantics,
+/// 3.6.2). Setting them writes the entry's memory, so the address then goes through `xlate`
+/// again as a write: in nested translation (3.8) that write is second-stage translated like any
+/// other, needing write permission there and, with SSADE, setting the second-stage D of the
+/// page holding the entry (3.7.2), so that the guest page the update changed is reported
+/// dirty. Entries whose A/D are already set are only read. Reads need P; writes need RW at
+/// every level. US is ignored (DMA requests are treated as supervisor-agnostic).
 pub(super) fn walk_fs(
     mem: &dyn PhysMemory,
     t: &FsTable,
     input: u64,
     access: Prot,
-    xlate: &mut dyn FnMut(u64) -> Result<u64, Failure>,
+    xlate: &mut dyn FnMut(u64, Prot) -> Result<u64, Failure>,
 ) -> Result<Leaf, Failure> {
     if !(4..=5).contains(&t.levels) {
         return Err(Failure::new(reason::PASID_ENTRY_INVALID, Fault::BAD_ENTRY));
@@ -257,7 +262,8 @@ pub(super) fn walk_fs(
     let mut table = t.root;
     let mut w = true;
     for level in (1..=t.levels).rev() {
-        let at = xlate(entry_addr(table, input, level)?)?;
+        let entry = entry_addr(table, input, level)?;
+        let at = xlate(entry, Prot::READ)?;
         let e = read(mem, at)?;
         if e & fl::P == 0 {
             return Err(not_present(access));
@@ -273,6 +279,7 @@ pub(super) fn walk_fs(
             bits |= fl::D;
         }
         if e & bits != bits {
+            let at = xlate(entry, Prot::WRITE)?;
             mem.fetch_or_u64(PhysAddr(at), bits).map_err(|_| UNREADABLE)?;
         }
         if leaf {
