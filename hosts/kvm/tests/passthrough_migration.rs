@@ -7,54 +7,22 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{enter_protected_mode, vm_or_skip, Asm, Rig as MockRig, MB, MSI_WINDOW, UNIT_BASE};
-use ioasis::loader::Registry;
-use ioasis::platform::PhysMemory;
-use ioasis::{Context, DeviceDesc, DeviceId, DeviceRef, IntentItem, Iova, IovaRange, PhysAddr, RequesterId, Target};
-use ioasis_baremetal::{Machine, MachineConfig};
+use common::vtd_guest::*;
+use common::{Asm, Rig as MockRig, MB};
+use ioasis::{IntentItem, PhysAddr, Target};
 use ioasis_kvm::dirty::{DirtyError, DirtyLog, DIRTY_PAGE_SIZE};
-use ioasis_kvm::passthrough::{Attached, Mode, Passthrough, PassthroughConfig, PassthroughError, SyncReport};
-use ioasis_kvm::viommu::{GuestPhys, Viommu};
-use ioasis_kvm::{MemorySlots, Vcpu};
+use ioasis_kvm::passthrough::{Attached, Mode, Passthrough, PassthroughConfig, PassthroughError};
+use ioasis_kvm::MemorySlots;
 use ioasis_plugin_vtd::layout::qi;
-use ioasis_plugin_vtd::layout::regs::{ecap, gcmd, iotlb, iqa, off, rtaddr};
-use ioasis_plugin_vtd::layout::tables::{context, fl, pasid_dir, pasid_entry, root, sl, sm_context, sm_root};
-use ioasis_plugin_vtd::model::{VtdModel, VtdModelConfig, WINDOW};
+use ioasis_plugin_vtd::layout::regs::{ecap, gcmd, off};
+use ioasis_plugin_vtd::layout::tables::{fl, pasid_dir, pasid_entry, sl, sm_context, sm_root};
+use ioasis_plugin_vtd::model::VtdModelConfig;
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
-use kvm_ioctls::VcpuExit;
 
-/// Guest-physical base of the vIOMMU's registers.
-const VIOMMU_GPA: u64 = 0xfed9_0000;
-/// Slot 0: guest-physical 0..512 KiB (128 pages), machine RAM at 4 MiB, dirty-logged.
-const SLOT_PA: u64 = 4 * MB;
-const SLOT_LEN: u64 = 512 << 10;
-const CODE_GPA: u64 = 0x1000;
-/// The passthrough device: 00:03.0 on the host and in the guest.
-const DEV: RequesterId = RequesterId::new(0, 0, 3, 0);
-/// Two guest IOVA pages, beyond guest RAM: only a translation through the guest's tables
-/// reaches memory. The guest maps them to `BUF1` and `BUF2`.
-const IOVA: u64 = 0x4000_0000;
-const IOVA2: u64 = IOVA + 0x1000;
-const BUF1: u64 = 0x20000;
-const BUF2: u64 = 0x21000;
-const BUF3: u64 = 0x22000;
 /// Pages only the vCPU writes.
 const V1: u64 = 0x30000;
 const V2: u64 = 0x31000;
 const V3: u64 = 0x32000;
-const DID: u16 = 1;
-const MAX_EXITS: usize = 10_000;
-
-struct Rig {
-    machine: Arc<Machine>,
-    ctx: Arc<Context>,
-    device: DeviceId,
-    slots: MemorySlots,
-    viommu: Viommu,
-    vcpu: Vcpu,
-}
 
 /// The scalable host unit without ECAP.NEST: it tracks dirty pages but cannot nest, so a
 /// passthrough behind it shadows.
@@ -63,105 +31,27 @@ fn scalable_without_nesting() -> VtdModelConfig {
     VtdModelConfig { ecap: s.ecap & !ecap::NEST, ..s }
 }
 
-/// A machine whose host unit is the VT-d model `host` (probed by the VT-d plugin), device
-/// 00:03.0 bound to it, guest memory slot 0 (dirty-logged) in the slots' IOAS, and a VT-d
-/// vIOMMU of the scalable generation. `None` when KVM is unusable.
 fn rig(host: VtdModelConfig) -> Option<Rig> {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let machine = Arc::new(Machine::new(MachineConfig { ram_bytes: 64 * MB, table_pool_bytes: 16 * MB }).unwrap());
-    let vm = vm_or_skip(machine.clone())?;
-    let ctx = Arc::new(Context::new(machine.clone()));
-    ctx.add_platform_reserved(MSI_WINDOW, "x86 MSI window");
-    let host_unit = Arc::new(VtdModel::new(host).expect("host VT-d model"));
-    machine.add_unit(PhysAddr(UNIT_BASE), WINDOW, host_unit).expect("unit window");
-    let plugin = Registry::with_builtins().expect("built-ins").get("vtd").expect("vtd is built in");
-    ctx.add_unit(&plugin, "u0", PhysAddr(UNIT_BASE), 0, "").expect("probe");
-    let device = ctx.bind_device(DeviceDesc::pci("nic", DEV, "u0")).expect("bind");
-    let mut slots = MemorySlots::new(vm.clone(), ctx.clone(), ctx.alloc_ioas());
-    slots.reserve(IovaRange::new(Iova(VIOMMU_GPA), Viommu::WINDOW).unwrap(), "vIOMMU").expect("reserve");
-    slots.add(0, 0, PhysAddr(SLOT_PA), SLOT_LEN, KVM_MEM_LOG_DIRTY_PAGES).expect("slot 0");
-    let model = Arc::new(VtdModel::new(VtdModelConfig::scalable()).expect("vIOMMU model"));
-    let viommu = Viommu::new(VIOMMU_GPA, model, GuestPhys::of(&slots));
-    let vcpu = vm.create_vcpu(0).expect("vCPU");
-    Some(Rig { machine, ctx, device, slots, viommu, vcpu })
+    common::vtd_guest::rig(host, KVM_MEM_LOG_DIRTY_PAGES)
 }
 
-impl Rig {
-    fn passthrough(&self, config: PassthroughConfig) -> Result<Passthrough, PassthroughError> {
-        Passthrough::with_config(
-            self.ctx.clone(),
-            self.device,
-            DeviceRef::Rid(DEV),
-            self.slots.ioas(),
-            &self.viommu,
-            config,
-        )
-    }
+fn migratable(r: &Rig) -> Passthrough {
+    r.passthrough_with(PassthroughConfig { dirty_tracking: true }).expect("migratable passthrough")
+}
 
-    fn migratable(&self) -> Passthrough {
-        self.passthrough(PassthroughConfig { dirty_tracking: true }).expect("migratable passthrough")
-    }
+/// The device writes `data` at `iova`.
+fn dma(r: &Rig, iova: u64, data: &[u8]) {
+    r.host_dma(iova, data).expect("device DMA write");
+}
 
-    /// Firmware writes guest memory through the machine's RAM: not a guest write.
-    fn w(&self, gpa: u64, v: u64) {
-        self.viommu.memory().write_u64(PhysAddr(gpa), v).expect("guest table write");
+/// The vCPU stores a dword in each page of `gpas`.
+fn vcpu_writes(r: &mut Rig, gpas: &[u64]) {
+    let mut a = Asm::default();
+    for (i, gpa) in gpas.iter().enumerate() {
+        a.store_abs(*gpa as u32 + 0x40, 0x5a00 + i as u32);
     }
-
-    fn guest_read(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; len];
-        self.viommu.memory().read(PhysAddr(gpa), &mut b).expect("guest read");
-        b
-    }
-
-    /// The passthrough device DMAs `data` to `iova` through the host unit.
-    fn dma(&self, iova: u64, data: &[u8]) {
-        let dev = DeviceRef::Rid(DEV);
-        self.machine.dma_write(PhysAddr(UNIT_BASE), dev, None, Iova(iova), data).expect("device DMA write");
-    }
-
-    /// The device reads `len` bytes at `iova`: reads never count as dirty.
-    fn dma_read(&self, iova: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; len];
-        self.machine.dma_read(PhysAddr(UNIT_BASE), DeviceRef::Rid(DEV), None, Iova(iova), &mut b).expect("DMA read");
-        b
-    }
-
-    /// Loads `program` at `CODE_GPA` (not a guest write) and runs it in protected mode until
-    /// `hlt`. MMIO goes to the vIOMMU; with `pt`, after each guest write of GCMD, of IQT or of
-    /// IOTLB_REG's upper half the VMM syncs it. Returns every sync's report.
-    fn run(&mut self, mut pt: Option<&mut Passthrough>, program: &Asm) -> Vec<SyncReport> {
-        self.viommu.memory().write(PhysAddr(CODE_GPA), &program.0).expect("load program");
-        enter_protected_mode(&mut self.vcpu, CODE_GPA);
-        let iotlb_hi = VtdModelConfig::scalable().iro() + iotlb::REG + 4;
-        let sync_on = [off::GCMD, off::IQT, iotlb_hi].map(|o| VIOMMU_GPA + o);
-        let mut reports = Vec::new();
-        for _ in 0..MAX_EXITS {
-            match self.vcpu.fd().run().expect("KVM_RUN") {
-                VcpuExit::MmioRead(addr, data) => {
-                    assert!(self.viommu.handle_mmio_read(addr, data), "stray read {addr:#x}")
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    assert!(self.viommu.handle_mmio_write(addr, data), "stray write {addr:#x}");
-                    if let (Some(pt), true) = (pt.as_deref_mut(), sync_on.contains(&addr)) {
-                        reports.push(pt.sync(&self.viommu, &self.slots).expect("sync"));
-                    }
-                }
-                VcpuExit::Hlt => return reports,
-                other => panic!("unexpected exit {other:?}"),
-            }
-        }
-        panic!("guest did not halt within {MAX_EXITS} exits");
-    }
-
-    /// The vCPU stores a dword in each page of `gpas`.
-    fn vcpu_writes(&mut self, gpas: &[u64]) {
-        let mut a = Asm::default();
-        for (i, gpa) in gpas.iter().enumerate() {
-            a.store_abs(*gpa as u32 + 0x40, 0x5a00 + i as u32);
-        }
-        a.hlt();
-        assert!(self.run(None, &a).is_empty());
-    }
+    a.hlt();
+    assert!(r.run(None, &a).is_empty());
 }
 
 /// The guest-physical pages whose bits are set in a slot-0 bitmap, in order.
@@ -196,22 +86,11 @@ fn round(log: &mut DirtyLog, slots: &MemorySlots, want: &[u64], what: &str) {
     assert_eq!(dirty(&again), [] as [u64; 0], "{what}: a second read is empty");
 }
 
-fn regs() -> Asm {
-    let mut a = Asm::default();
-    a.mov_ebx(VIOMMU_GPA as u32);
-    a
-}
-
 // ---- Scalable guest: first-stage tables, nested on the host. ----
 
-const SM_ROOT: u64 = 0x8000;
-const SM_CONTEXT: u64 = 0x9000;
-const PASID_DIR: u64 = 0xa000;
 const PASID_ENTRY: u64 = 0xb000;
 /// The guest's x86-64 4-level first-stage tables: `IOVA` → `BUF1`, `IOVA2` → `BUF2`.
 const FS: [u64; 4] = [0xc000, 0xd000, 0xe000, 0xf000];
-const QUEUE: u64 = 0x14000;
-const STATUS: u64 = 0x15000;
 
 fn scalable_firmware(r: &Rig) {
     r.w(SM_ROOT, SM_CONTEXT | sm_root::P);
@@ -228,17 +107,6 @@ fn scalable_firmware(r: &Rig) {
     }
     r.w(FS[3] + sl::index(IOVA, 1) * 8, BUF1 | fl::P | fl::RW | fl::US);
     r.w(FS[3] + sl::index(IOVA2, 1) * 8, BUF2 | fl::P | fl::RW | fl::US);
-}
-
-fn scalable_enable() -> Asm {
-    let mut a = regs();
-    a.store(off::RTADDR as u32, (SM_ROOT | rtaddr::TTM_SCALABLE) as u32).store(off::RTADDR as u32 + 4, 0);
-    a.store(off::GCMD as u32, gcmd::SRTP).wait_set(off::GSTS as u32, gcmd::SRTP);
-    a.store(off::IQA as u32, iqa::value(QUEUE, 0, true) as u32).store(off::IQA as u32 + 4, 0);
-    a.store(off::GCMD as u32, gcmd::QIE).wait_set(off::GSTS as u32, gcmd::QIE);
-    a.store(off::GCMD as u32, gcmd::QIE | gcmd::TE).wait_set(off::GSTS as u32, gcmd::TE);
-    a.hlt();
-    a
 }
 
 /// The guest points `IOVA` at `BUF3` in its stage-1 and invalidates (queued, PASID-based
@@ -261,7 +129,7 @@ fn scalable_remap() -> Asm {
 fn nested_device_writes_and_vcpu_writes_merge_exactly() {
     let Some(mut r) = rig(VtdModelConfig::scalable()) else { return };
     scalable_firmware(&r);
-    let mut pt = r.migratable();
+    let mut pt = migratable(&r);
     assert_eq!(pt.mode(), &Mode::Nested, "the scalable host unit nests and tracks dirty pages");
     assert!(pt.config().dirty_tracking);
 
@@ -276,9 +144,9 @@ fn nested_device_writes_and_vcpu_writes_merge_exactly() {
 
     // Round 1, translation off in the vIOMMU: the device writes guest-physical BUF1 and reads
     // BUF2 through the stage-2; the vCPU writes V1 and V2.
-    r.dma(BUF1 + 0x10, b"untranslated");
-    assert_eq!(r.dma_read(BUF2, 4), [0; 4]);
-    r.vcpu_writes(&[V1, V2]);
+    dma(&r, BUF1 + 0x10, b"untranslated");
+    assert_eq!(r.host_dma_read(BUF2, 4).expect("DMA read"), [0; 4]);
+    vcpu_writes(&mut r, &[V1, V2]);
     round(&mut log, &r.slots, &[BUF1, V1, V2], "translation off");
 
     // The guest enables first-stage translation: nested (the stage-2 keeps the dirty bits).
@@ -289,23 +157,23 @@ fn nested_device_writes_and_vcpu_writes_merge_exactly() {
     // Round 2: the device writes through IOVA (→ BUF1) for the first time. The host unit walks
     // the guest's stage-1 and sets A in each of its four entries and D in the leaf: writes to
     // the guest's table pages, which the stage-2 reports dirty too. The vCPU writes V3.
-    r.dma(IOVA + 0x20, b"nested-dma-lands");
+    dma(&r, IOVA + 0x20, b"nested-dma-lands");
     assert_eq!(r.guest_read(BUF1 + 0x20, 16), b"nested-dma-lands");
-    r.vcpu_writes(&[V3]);
+    vcpu_writes(&mut r, &[V3]);
     round(&mut log, &r.slots, &[BUF1, V3, FS[0], FS[1], FS[2], FS[3]], "first nested write");
 
     // Round 3: the same IOVA again (its stage-1 A/D are set: no table write; the host unit's
     // cached translation was dropped when the dirty bits were cleared, so its D is set again)
     // and IOVA2 (→ BUF2) for the first time (its leaf, in FS[3], gets A/D). The vCPU writes
     // BUF1 too: one bit.
-    r.dma(IOVA + 0x30, b"x");
-    r.dma(IOVA2 + 0x30, b"y");
-    r.vcpu_writes(&[BUF1]);
+    dma(&r, IOVA + 0x30, b"x");
+    dma(&r, IOVA2 + 0x30, b"y");
+    vcpu_writes(&mut r, &[BUF1]);
     round(&mut log, &r.slots, &[BUF1, BUF2, FS[3]], "second nested round");
 
     // Round 4: only device writes through cached, already-dirty-cleared translations.
-    r.dma(IOVA + 0x40, b"x");
-    r.dma(IOVA2 + 0x40, b"y");
+    dma(&r, IOVA + 0x40, b"x");
+    dma(&r, IOVA2 + 0x40, b"y");
     round(&mut log, &r.slots, &[BUF1, BUF2], "steady state");
 
     // Round 5: the guest remaps IOVA to BUF3 and invalidates; the sync forwards it. The vCPU
@@ -314,13 +182,13 @@ fn nested_device_writes_and_vcpu_writes_merge_exactly() {
     let reports = r.run(Some(&mut pt), &scalable_remap());
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].attached, Attached::Nested(nested));
-    r.dma(IOVA + 0x50, b"z");
+    dma(&r, IOVA + 0x50, b"z");
     assert_eq!(r.guest_read(BUF3 + 0x50, 1), b"z");
     round(&mut log, &r.slots, &[FS[3], QUEUE, BUF3], "after a remap");
 
     // Round 6: the device writes, then the passthrough is closed before the read: the
     // stage-2's dirty bits are kept for the read, not lost with it.
-    r.dma(IOVA2, b"before close");
+    dma(&r, IOVA2, b"before close");
     pt.close().expect("close");
     round(&mut log, &r.slots, &[BUF2], "closed mid-round");
     assert!(r.ctx.hwpt_info(stage2).is_err(), "the stage-2 is destroyed");
@@ -329,46 +197,6 @@ fn nested_device_writes_and_vcpu_writes_merge_exactly() {
 
 // ---- Legacy guest: second-level tables, shadowed on the host. ----
 
-const ROOT: u64 = 0x8000;
-const CONTEXT: u64 = 0x9000;
-const SL: [u64; 4] = [0xa000, 0xb000, 0xc000, 0xd000];
-
-fn sl_leaf(iova: u64) -> u64 {
-    SL[3] + sl::index(iova, 1) * 8
-}
-
-fn legacy_firmware(r: &Rig) {
-    let sid = DEV.source_id();
-    r.w(ROOT + root::offset((sid >> 8) as u8), root::lo(CONTEXT));
-    let ce = CONTEXT + context::offset(sid as u8);
-    r.w(ce + 8, context::did(DID) | 2);
-    r.w(ce, SL[0] | context::TT_SL | context::P);
-    for (i, level) in (2..=4u32).rev().enumerate() {
-        r.w(SL[i] + sl::index(IOVA, level) * 8, SL[i + 1] | sl::R | sl::W);
-    }
-    r.w(sl_leaf(IOVA), BUF1 | sl::R | sl::W);
-    r.w(sl_leaf(IOVA2), BUF2 | sl::R | sl::W);
-}
-
-fn legacy_enable() -> Asm {
-    let mut a = regs();
-    a.store(off::RTADDR as u32, (ROOT | rtaddr::TTM_LEGACY) as u32).store(off::RTADDR as u32 + 4, 0);
-    a.store(off::GCMD as u32, gcmd::SRTP).wait_set(off::GSTS as u32, gcmd::SRTP);
-    a.store(off::GCMD as u32, gcmd::TE).wait_set(off::GSTS as u32, gcmd::TE);
-    a.hlt();
-    a
-}
-
-/// The guest maps `IOVA` to `BUF3` and invalidates its IOTLB globally (register-based).
-fn legacy_remap() -> Asm {
-    let iotlb_reg = (VtdModelConfig::scalable().iro() + iotlb::REG) as u32;
-    let mut a = Asm::default();
-    a.store64_abs(sl_leaf(IOVA) as u32, BUF3 | sl::R | sl::W);
-    a.mov_ebx(VIOMMU_GPA as u32).store(iotlb_reg, 0).store(iotlb_reg + 4, ((iotlb::IVT | iotlb::GLOBAL) >> 32) as u32);
-    a.hlt();
-    a
-}
-
 /// A legacy guest behind a migratable passthrough on host unit `host`, shadowed: rounds of
 /// vCPU and device writes, exact each time. The dirty log starts before the passthrough's
 /// first sync (`log_first`: its HWPTs are tracked as they are allocated, and the shadow
@@ -376,8 +204,8 @@ fn legacy_remap() -> Asm {
 /// stage-2 and the registered shadow). Returns the passthrough's mode.
 fn shadowed_device_writes_merge_exactly(host: VtdModelConfig, log_first: bool) -> Option<Mode> {
     let mut r = rig(host)?;
-    legacy_firmware(&r);
-    let mut pt = r.migratable();
+    legacy_firmware(&r, &[(IOVA, BUF1), (IOVA2, BUF2)]);
+    let mut pt = migratable(&r);
     let mode = pt.mode().clone();
     let mut log = log_first.then(|| DirtyLog::start(&r.slots).expect("start dirty logging"));
 
@@ -397,45 +225,45 @@ fn shadowed_device_writes_merge_exactly(host: VtdModelConfig, log_first: bool) -
     // Round 1: the device writes through both guest IOVAs (shadow IOVA → machine page); the
     // shadow's dirty bits come back as the guest pages BUF1 and BUF2. A device read of BUF1
     // does not count. The vCPU writes V1 and BUF2.
-    r.dma(IOVA + 0x10, b"shadowed-dma-ok!");
+    dma(&r, IOVA + 0x10, b"shadowed-dma-ok!");
     assert_eq!(r.guest_read(BUF1 + 0x10, 16), b"shadowed-dma-ok!");
-    r.dma(IOVA2 + 0xff0, &[7; 16]);
-    r.vcpu_writes(&[V1, BUF2]);
+    dma(&r, IOVA2 + 0xff0, &[7; 16]);
+    vcpu_writes(&mut r, &[V1, BUF2]);
     round(&mut log, &r.slots, &[BUF1, BUF2, V1], "shadowed writes");
 
     // Round 2: a read through the shadow counts for nothing; a write does, again.
-    assert_eq!(r.dma_read(IOVA + 0x10, 4), b"shad");
-    r.dma(IOVA2, b"again");
+    assert_eq!(r.host_dma_read(IOVA + 0x10, 4).expect("DMA read"), b"shad");
+    dma(&r, IOVA2, b"again");
     round(&mut log, &r.slots, &[BUF2], "second shadowed round");
 
     // Round 3: the device writes BUF1 through IOVA; then the guest remaps IOVA to BUF3 and
     // invalidates, and the sync unmaps the old shadow mapping — its dirty bit is read out
     // first and kept. The device then writes BUF3. The vCPU wrote the leaf (SL[3]).
-    r.dma(IOVA + 0x20, b"before the remap");
-    let reports = r.run(Some(&mut pt), &legacy_remap());
+    dma(&r, IOVA + 0x20, b"before the remap");
+    let reports = r.run(Some(&mut pt), &legacy_remap(BUF3));
     let stats = reports[0].shadow.expect("shadow synced");
     assert_eq!((reports.len(), stats.mapped, stats.unmapped), (1, 1, 1), "{reports:?}");
-    r.dma(IOVA + 0x20, b"after the remap!");
+    dma(&r, IOVA + 0x20, b"after the remap!");
     assert_eq!(r.guest_read(BUF3 + 0x20, 16), b"after the remap!");
     assert_eq!(r.guest_read(BUF1 + 0x20, 16), b"before the remap");
     round(&mut log, &r.slots, &[BUF1, BUF3, SL[3]], "a remap between reads");
 
     // Round 4: translation off in the guest: the device goes to the stage-2 and writes
     // guest-physical V2; the shadow (and the bits it holds) stays.
-    r.dma(IOVA2 + 0x40, b"s");
+    dma(&r, IOVA2 + 0x40, b"s");
     let mut off_ = regs();
     off_.store(off::GCMD as u32, 0).hlt();
     assert_eq!(r.run(Some(&mut pt), &off_).last().map(|x| x.attached), Some(Attached::Stage2(stage2)));
-    r.dma(V2, b"gpa");
+    dma(&r, V2, b"gpa");
     round(&mut log, &r.slots, &[BUF2, V2], "shadow then stage-2");
 
     // Round 5: writes through the stage-2 and (back on) the shadow, then the passthrough is
     // closed before the read: both HWPTs' dirty bits are kept, not lost with them.
-    r.dma(V3, b"gpa");
+    dma(&r, V3, b"gpa");
     let mut on = regs();
     on.store(off::GCMD as u32, gcmd::TE).hlt();
     assert_eq!(r.run(Some(&mut pt), &on).last().map(|x| x.attached), Some(Attached::Shadow(shadow)));
-    r.dma(IOVA + 0x60, b"last");
+    dma(&r, IOVA + 0x60, b"last");
     pt.close().expect("close");
     assert!(r.ctx.areas(shadow).is_err(), "the shadow IOAS is destroyed");
     round(&mut log, &r.slots, &[V3, BUF3], "closed mid-round");
@@ -462,12 +290,12 @@ fn shadowed_legacy_guest_on_a_nesting_host_unit() {
 fn refused_dirty_tracking_is_a_typed_error_not_a_downgrade() {
     // QEMU 7.2's legacy unit: legacy mode has no second-stage A/D, so no dirty tracking.
     let Some(r) = rig(VtdModelConfig::legacy()) else { return };
-    let e = r.passthrough(PassthroughConfig { dirty_tracking: true }).unwrap_err();
+    let e = r.passthrough_with(PassthroughConfig { dirty_tracking: true }).unwrap_err();
     let PassthroughError::NotMigratable { device, reason } = &e else { panic!("{e}") };
     assert_eq!(*device, r.device);
     assert!(reason.contains("dirty tracking needs scalable mode and ECAP.SSADS"), "{e}");
     // Without it, the same device is passed through (shadowed), just not migratable.
-    let pt = r.passthrough(PassthroughConfig::default()).expect("not migratable");
+    let pt = r.passthrough_with(PassthroughConfig::default()).expect("not migratable");
     assert!(matches!(pt.mode(), Mode::Shadow(_)));
     assert!(!pt.config().dirty_tracking);
 }
@@ -477,7 +305,7 @@ fn a_passthrough_not_made_migratable_makes_the_log_refuse() {
     // Nested: the stage-2 cannot track.
     let Some(r) = rig(VtdModelConfig::scalable()) else { return };
     scalable_firmware(&r);
-    let mut pt = r.passthrough(PassthroughConfig::default()).expect("passthrough");
+    let mut pt = r.passthrough_with(PassthroughConfig::default()).expect("passthrough");
     let report = pt.sync(&r.viommu, &r.slots).expect("sync");
     let e = DirtyLog::start(&r.slots).unwrap_err();
     let stage2 = pt.stage2_hwpt().expect("stage-2");
@@ -488,8 +316,8 @@ fn a_passthrough_not_made_migratable_makes_the_log_refuse() {
     // Shadowed: the shadow IOAS's HWPT cannot track. The guest enables translation before the
     // VMM's first sync, so the device has no stage-2: the shadow is what the log refuses.
     let Some(mut r) = rig(scalable_without_nesting()) else { return };
-    legacy_firmware(&r);
-    let mut pt = r.passthrough(PassthroughConfig::default()).expect("passthrough");
+    legacy_firmware(&r, &[(IOVA, BUF1), (IOVA2, BUF2)]);
+    let mut pt = r.passthrough_with(PassthroughConfig::default()).expect("passthrough");
     r.run(None, &legacy_enable());
     let report = pt.sync(&r.viommu, &r.slots).expect("sync");
     let (shadow, hwpt) = (pt.shadow_ioas().expect("shadow"), pt.shadow_hwpt().expect("shadow HWPT"));

@@ -3,6 +3,8 @@
 //! (32-bit protected mode, a tiny assembler).
 #![allow(dead_code)]
 
+pub mod vtd_guest;
+
 use std::io::Write;
 use std::sync::Arc;
 
