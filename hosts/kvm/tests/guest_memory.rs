@@ -6,10 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{enter_protected_mode, Asm, Rig, DEV, MB, UNIT_BASE};
+use common::{Asm, Rig, DEV, MB, UNIT_BASE};
 use ioasis::{DeviceRef, Iova, IovaRange, PhysAddr, RequesterId};
-use ioasis_kvm::{MemorySlots, SlotError, Vcpu, Vm, VmMemoryError};
-use kvm_ioctls::VcpuExit;
+use ioasis_kvm::{MemorySlots, SlotError, Vm, VmMemoryError};
 use nix::sys::mman::{MapFlags, ProtFlags};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionCollectionError,
@@ -18,22 +17,7 @@ use vm_memory::{
 
 const CODE_GPA: u64 = 0x1000;
 const SLOT_LEN: u64 = 64 << 10;
-const EINTR: i32 = 4;
 const MAX_EXITS: usize = 16;
-
-/// Runs `vcpu` in flat protected mode from `rip` until `hlt`, bounded by `MAX_EXITS`.
-fn run(vcpu: &mut Vcpu, rip: u64) {
-    enter_protected_mode(vcpu, rip);
-    for _ in 0..MAX_EXITS {
-        match vcpu.fd().run() {
-            Ok(VcpuExit::Hlt) => return,
-            Err(e) if e.errno() == EINTR => continue,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) => panic!("KVM_RUN: {e}"),
-        }
-    }
-    panic!("guest did not halt within {MAX_EXITS} exits");
-}
 
 fn dma_read(rig: &Rig, gpa: u64, len: usize) -> Vec<u8> {
     let rid = DeviceRef::Rid(RequesterId::new(0, 0, DEV, 0));
@@ -76,7 +60,7 @@ fn the_view_shares_bytes_with_vcpu_and_device() {
     asm.store_abs(MB as u32 + 0x6000, 0xcafe_f00d).store_abs(0x7000, 0x600d_d00d).hlt();
     view.write_slice(&asm.0, GuestAddress(CODE_GPA)).expect("load program");
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
-    run(&mut vcpu, CODE_GPA);
+    common::run_protected(&mut vcpu, CODE_GPA, MAX_EXITS);
     assert_eq!(view.read_obj::<u32>(GuestAddress(MB + 0x6000)).unwrap(), 0xcafe_f00d);
     assert_eq!(view.read_obj::<u32>(GuestAddress(0x7000)).unwrap(), 0x600d_d00d);
     // Outside the slots is outside the view.

@@ -8,14 +8,13 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use common::{enter_protected_mode, vm_or_skip, Asm, DEV, MB, UNIT_BASE};
+use common::{vm_or_skip, Asm, DEV, MB, UNIT_BASE};
 use ioasis::loader::Registry;
 use ioasis::{Context, DeviceDesc, DeviceRef, Intent, IntentItem, Iova, PhysAddr, RequesterId, Target};
 use ioasis_baremetal::{Machine, MachineConfig};
-use ioasis_kvm::{MemorySlots, Vcpu, VmMemoryError};
+use ioasis_kvm::{MemorySlots, VmMemoryError};
 use ioasis_plugin_mock::format::cap;
 use ioasis_plugin_mock::model::MockModel;
-use kvm_ioctls::VcpuExit;
 use nix::sys::mman::{MapFlags, ProtFlags};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
@@ -26,7 +25,6 @@ use vm_memory::{
 const SLOT_PA: u64 = 4 * MB;
 const SLOT_LEN: u64 = 64 << 10;
 const CODE_GPA: u64 = 0x1000;
-const EINTR: i32 = 4;
 const MAX_EXITS: usize = 16;
 
 /// A memfd-backed machine with a mock unit, device 00:03.0 attached to the slots' IOAS, and a
@@ -81,20 +79,6 @@ fn copy_abs(asm: &mut Asm, from: u32, to: u32) -> &mut Asm {
     asm
 }
 
-/// Runs `vcpu` in flat protected mode from `rip` until `hlt`, bounded by `MAX_EXITS`.
-fn run(vcpu: &mut Vcpu, rip: u64) {
-    enter_protected_mode(vcpu, rip);
-    for _ in 0..MAX_EXITS {
-        match vcpu.fd().run() {
-            Ok(VcpuExit::Hlt) => return,
-            Err(e) if e.errno() == EINTR => continue,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) => panic!("KVM_RUN: {e}"),
-        }
-    }
-    panic!("guest did not halt within {MAX_EXITS} exits");
-}
-
 #[test]
 fn memfd_slot_is_shared_by_vcpu_device_and_the_memfd() {
     let Some(mut rig) = MemfdRig::new() else { return };
@@ -107,7 +91,7 @@ fn memfd_slot_is_shared_by_vcpu_device_and_the_memfd() {
     rig.dma_write(0x3000, b"dma!");
 
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
-    run(&mut vcpu, CODE_GPA);
+    common::run_protected(&mut vcpu, CODE_GPA, MAX_EXITS);
     assert_eq!(rig.dma_read(0x2000, 4), 0x1122_3344u32.to_le_bytes(), "vCPU write read back by DMA");
     assert_eq!(rig.dma_read(0x4000, 4), b"dma!", "DMA write read by the vCPU, copied, read back by DMA");
 
@@ -121,7 +105,7 @@ fn memfd_slot_is_shared_by_vcpu_device_and_the_memfd() {
     // ... and what its holder writes reaches the device and the vCPU.
     file.write_all_at(b"vhost", SLOT_PA + 0x3000).expect("write memfd");
     assert_eq!(rig.dma_read(0x3000, 5), b"vhost");
-    run(&mut vcpu, CODE_GPA);
+    common::run_protected(&mut vcpu, CODE_GPA, MAX_EXITS);
     assert_eq!(rig.dma_read(0x4000, 4), b"vhos", "the vCPU copied what the memfd holder wrote");
 }
 
@@ -172,7 +156,7 @@ fn a_vmm_mapping_of_the_memfd_is_adopted() {
     copy_abs(&mut asm, MB as u32 + 0x3000, MB as u32 + 0x4000).hlt();
     vmm.write_slice(&asm.0, GuestAddress(CODE_GPA)).expect("load program through the VMM's memory");
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
-    run(&mut vcpu, CODE_GPA);
+    common::run_protected(&mut vcpu, CODE_GPA, MAX_EXITS);
     assert_eq!(vmm.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0xdead_beef, "vCPU write seen by the VMM");
     assert_eq!(vmm.read_obj::<u32>(GuestAddress(MB + 0x4000)).unwrap(), u32::from_le_bytes(*b"vmm!"));
     rig.dma_write(0x5000, b"device");

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{enter_protected_mode, vm_or_skip, Asm, Rig, DEV, MB, UNIT_BASE};
+use common::{vm_or_skip, Asm, Rig, DEV, MB, UNIT_BASE};
 use ioasis::loader::Registry;
 use ioasis::{Context, DeviceDesc, DeviceId, DeviceRef, Intent, IntentItem, Iova, PhysAddr, RequesterId, Target};
 use ioasis_baremetal::{Machine, MachineConfig};
@@ -100,20 +100,6 @@ fn run_real_mode(vcpu: &mut Vcpu, rip: u64) {
         match fd.run() {
             Ok(VcpuExit::Hlt) => return,
             // A signal interrupted KVM_RUN (EINTR): run again.
-            Err(e) if e.errno() == EINTR => continue,
-            Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) => panic!("KVM_RUN: {e}"),
-        }
-    }
-    panic!("guest did not halt within {MAX_EXITS} exits");
-}
-
-/// Runs `vcpu` in flat protected mode from `rip` until `hlt`, bounded by `MAX_EXITS`.
-fn run_protected(vcpu: &mut Vcpu, rip: u64) {
-    enter_protected_mode(vcpu, rip);
-    for _ in 0..MAX_EXITS {
-        match vcpu.fd().run() {
-            Ok(VcpuExit::Hlt) => return,
             Err(e) if e.errno() == EINTR => continue,
             Ok(other) => panic!("unexpected exit {other:?}"),
             Err(e) => panic!("KVM_RUN: {e}"),
@@ -247,18 +233,18 @@ fn resizing_a_slot_between_reads_loses_no_write() {
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
 
     // Grow 16 → 32 pages between two reads: the guest and the device write before and after.
-    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    common::run_protected(&mut vcpu, 0x1000, MAX_EXITS); // pages 2, 3, 4
     rig.dma_write(0x5000, &[1]); // page 5
     rig.slots.resize(0, 2 * SLOT_LEN).expect("grow");
     rig.dma_write(0x6000, &[1]); // page 6
     rig.dma_write(0x14000, &[1]); // page 20, in the new part
-    run_protected(&mut vcpu, 0x1100); // pages 2 (again) and 14
+    common::run_protected(&mut vcpu, 0x1100, MAX_EXITS); // pages 2 (again) and 14
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[2, 3, 4, 5, 6, 14, 20]));
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
 
     // Shrink 32 → 8 pages: writes to the pages kept are reported, those to the tail cut off are
     // not (that memory left the guest), and the bitmap has the new size.
-    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    common::run_protected(&mut vcpu, 0x1000, MAX_EXITS); // pages 2, 3, 4
     rig.dma_write(0x7000, &[1]); // page 7
     rig.dma_write(0x1c000, &[1]); // page 28, cut off below
     rig.slots.resize(0, 8 * PAGE).expect("shrink");
@@ -276,11 +262,11 @@ fn moving_a_slot_between_reads_loses_no_write() {
     let mut log = DirtyLog::start(&rig.slots).expect("start");
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
 
-    run_protected(&mut vcpu, 0x1000); // pages 2, 3, 4
+    common::run_protected(&mut vcpu, 0x1000, MAX_EXITS); // pages 2, 3, 4
     rig.dma_write(0x5000, &[1]); // page 5 (its IOMMU dirty bit goes with the old mapping)
     rig.slots.move_slot(0, MB).expect("move to 1 MiB");
     rig.dma_write(MB + 0x6000, &[1]); // page 6 at the new place
-    run_protected(&mut vcpu, MB + 0x1100); // page 8 at the new place
+    common::run_protected(&mut vcpu, MB + 0x1100, MAX_EXITS); // page 8 at the new place
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[2, 3, 4, 5, 6, 8]));
     assert_eq!(log.read_and_clear(&rig.slots, 0).expect("read"), bits(&[]));
     // Moving back and forth with nothing written reports nothing.
@@ -295,7 +281,7 @@ fn a_removed_slot_takes_its_dirty_pages_with_it() {
     load_stores(&rig, 0x1000, &[0x2000, 0x3000]);
     let mut log = DirtyLog::start(&rig.slots).expect("start");
     let mut vcpu = rig.slots.vm().create_vcpu(0).expect("vCPU");
-    run_protected(&mut vcpu, 0x1000);
+    common::run_protected(&mut vcpu, 0x1000, MAX_EXITS);
     rig.dma_write(0x5000, &[1]);
     // A move keeps the pages for the next read; the slot is removed before that read.
     rig.slots.move_slot(0, MB).expect("move");

@@ -94,6 +94,22 @@ impl Rig {
     }
 }
 
+/// Runs `vcpu` in flat protected mode from `rip` until `hlt`, bounded by `max_exits`; any other
+/// exit is a test failure. A signal interrupting `KVM_RUN` (EINTR) runs it again.
+pub fn run_protected(vcpu: &mut ioasis_kvm::Vcpu, rip: u64, max_exits: usize) {
+    const EINTR: i32 = 4;
+    enter_protected_mode(vcpu, rip);
+    for _ in 0..max_exits {
+        match vcpu.fd().run() {
+            Ok(kvm_ioctls::VcpuExit::Hlt) => return,
+            Err(e) if e.errno() == EINTR => continue,
+            Ok(other) => panic!("unexpected exit {other:?}"),
+            Err(e) => panic!("KVM_RUN: {e}"),
+        }
+    }
+    panic!("guest did not halt within {max_exits} exits");
+}
+
 /// Puts the vCPU in 32-bit flat protected mode (CR0.PE, flat 4 GiB code and data segments,
 /// no GDT in guest memory needed) at `rip`, paging off: linear = guest-physical.
 pub fn enter_protected_mode(vcpu: &mut ioasis_kvm::Vcpu, rip: u64) {
