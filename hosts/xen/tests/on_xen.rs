@@ -83,3 +83,30 @@ fn without_an_iommu_assignment_is_refused_with_xens_reason() {
     assert!(note(&run, "refused-without-iommu").contains("Xen runs without an IOMMU"));
     assert!(note(&run, "attach-refused-without-iommu").contains("no contract"));
 }
+
+#[test]
+fn devices_xen_groups_together_must_share_one_domain() {
+    let Some(bed) = testbed_or_skip() else { return };
+    let run = bed
+        .run(&RunSpec {
+            program: check(),
+            args: vec!["--shared", "--device", "0000:01:01.0", "--device", "0000:01:02.0"],
+            iommu: true,
+            // A conventional PCI bridge: VT-d sees the bridge's requester id for both devices,
+            // so Xen puts them in one group.
+            devices: vec![
+                "pci-bridge,id=br1,chassis_nr=1,addr=05.0",
+                "edu,bus=br1,addr=01.0",
+                "e1000,bus=br1,addr=02.0",
+            ],
+            timeout: Duration::from_secs(180),
+        })
+        .expect("boot with VT-d and a PCI bridge");
+    eprintln!("real Xen, one group behind a PCI bridge: {:.1} s\n{}", run.elapsed().as_secs_f64(), run.stdout());
+    assert_eq!(lines(&run, "FAIL"), vec![], "failing checks; stdout: {:#?}", run.stdout_lines());
+    assert_eq!(run.exit_code(), 0);
+    assert!(note(&run, "group-in-contract").contains("must share an IOAS with 0000:01:02.0"));
+    assert!(note(&run, "peer-elsewhere-refused").contains("refused before Xen was asked"));
+    assert!(note(&run, "peer-same-domain").contains("lists 0000:01:02.0"));
+    note(&run, "shared-cleanup");
+}

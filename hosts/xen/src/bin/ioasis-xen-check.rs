@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ioasis-xen-check --device 0000:00:03.0 --device 0000:00:04.0 [--spare 0000:00:07.0]
+//! ioasis-xen-check --shared --device 0000:01:01.0 --device 0000:01:02.0
 //! ```
 //!
 //! Every line is `check <name> ok <note>` or `check <name> FAIL <why>` (and `scenario ...` for
@@ -9,7 +10,10 @@
 //! line says FAIL. With an IOMMU, the first device is assigned to a new domain through the
 //! public ioasis API and Xen's own view is checked after each step; the second is assigned by
 //! raw domctl (as another toolstack would) to show ioasis refusing it; `--spare` names a slot
-//! with no device. Without an IOMMU, negotiation must refuse with Xen's reason. This is the
+//! with no device. Without an IOMMU, negotiation must refuse with Xen's reason. With `--shared`,
+//! the two devices are ones Xen puts in one IOMMU group (e.g. behind a conventional PCI bridge),
+//! and the checks are about the shared-IOAS constraint that `XEN_DOMCTL_get_device_group`
+//! gives. This is the
 //! program the real-Xen tests run in dom0 (`tests/on_xen.rs`); on a Xen host it can be run as
 //! root in dom0 with the host's own (unused) devices.
 
@@ -36,11 +40,22 @@ impl Report {
     }
 }
 
-fn parse_args() -> Result<(Vec<Sbdf>, Option<Sbdf>), String> {
+struct Args {
+    devices: Vec<Sbdf>,
+    spare: Option<Sbdf>,
+    shared: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut devices = Vec::new();
     let mut spare = None;
+    let mut shared = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--shared" {
+            shared = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{a} needs a value"))?;
         let sbdf = value.parse::<Sbdf>().map_err(|e| format!("{value}: {e}"))?;
         match a.as_str() {
@@ -49,7 +64,7 @@ fn parse_args() -> Result<(Vec<Sbdf>, Option<Sbdf>), String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    Ok((devices, spare))
+    Ok(Args { devices, spare, shared })
 }
 
 fn untagged() -> Intent {
@@ -58,7 +73,7 @@ fn untagged() -> Intent {
 
 fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").try_init();
-    let (sbdfs, spare) = match parse_args() {
+    let Args { devices: sbdfs, spare, shared } = match parse_args() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("usage: ioasis-xen-check --device SBDF [--device SBDF] [--spare SBDF]: {e}");
@@ -108,7 +123,9 @@ fn main() -> ExitCode {
         report.line("check", "devices", Err("no device given (--device SBDF)".into()));
         return ExitCode::from(1);
     }
-    if directio {
+    if directio && shared {
+        shared_group(&mut report, &host, &xen, &devices, &sbdfs);
+    } else if directio {
         with_iommu(&mut report, &host, &xen, &devices, &sbdfs, spare);
     } else {
         without_iommu(&mut report, &host, &devices);
@@ -276,4 +293,54 @@ fn mmio_passthrough(host: &XenHost, ioas: ioasis::IoasId, sbdf: Sbdf) -> Result<
     }
     let n = ctx.unmap(ioas, iova, len, ioasis::UnmapMode::Exact).map_err(|e| format!("unmap BAR 0: {e}"))?;
     Ok(format!("BAR 0 {start:#x}+{len:#x} mapped and unmapped ({n:#x} bytes)"))
+}
+
+/// Two devices Xen groups together: the contract names the peer, attaching them to two
+/// domains is refused by ioasis before Xen is asked, one domain takes both, and Xen's
+/// `get_device_group` on that domain then lists the peer.
+fn shared_group(report: &mut Report, host: &XenHost, xen: &Xen, devices: &[DeviceId], sbdfs: &[Sbdf]) {
+    let ([a, b], [sa, sb]) = (devices, sbdfs) else {
+        return report.line("check", "shared-args", Err("--shared needs exactly two devices".into()));
+    };
+    let ctx = host.context();
+    let r = ctx.negotiate(*a, &untagged()).map_err(|e| e.to_string()).and_then(|c| match c.shared_ioas {
+        Some(s) if s.peers.iter().any(|(p, _)| p == b) => {
+            Ok(format!("{sa} must share an IOAS with {sb} ({})", s.boundary))
+        }
+        other => Err(format!("contract names no shared IOAS with {sb}: {other:?}")),
+    });
+    report.line("check", "group-in-contract", r);
+    if let Err(e) = ctx.negotiate(*b, &untagged()) {
+        return report.line("check", "negotiate-peer", Err(e.to_string()));
+    }
+    let (x, y) = match (host.create_guest("x"), host.create_guest("y")) {
+        (Ok(x), Ok(y)) => (x, y),
+        (x, y) => return report.line("check", "create-domains", Err(format!("{x:?} {y:?}"))),
+    };
+    let r = ctx.attach(*a, None, Target::Ioas(x.ioas)).map_err(|e| e.to_string());
+    report.line("check", "attach-first", r.map(|()| format!("{sa} assigned to domain {}", x.id)));
+    let r = match ctx.attach(*b, None, Target::Ioas(y.ioas)) {
+        Err(e @ Error::MustShareIoas { .. }) => match xen.test_assign_device(DOMID_INVALID, *sb) {
+            Ok(()) => Ok(format!("refused before Xen was asked: {e}")),
+            Err(x) => Err(format!("refused, but Xen says {sb} is taken: {x}")),
+        },
+        other => Err(format!("expected MustShareIoas, got {other:?}")),
+    };
+    report.line("check", "peer-elsewhere-refused", r);
+    let r = ctx.attach(*b, None, Target::Ioas(x.ioas)).map_err(|e| e.to_string()).and_then(|()| {
+        let dom = x.id as u16;
+        match xen.device_group(dom, *sa, 64) {
+            Ok(g) if g.contains(sb) => Ok(format!("get_device_group(domain {dom}, {sa}) lists {sb}")),
+            other => Err(format!("get_device_group(domain {dom}, {sa}) = {other:?}")),
+        }
+    });
+    report.line("check", "peer-same-domain", r);
+    let r = ctx
+        .detach(*a, None)
+        .and_then(|()| ctx.detach(*b, None))
+        .and_then(|()| host.destroy_guest(x))
+        .and_then(|()| host.destroy_guest(y))
+        .map(|()| "both detached, both domains destroyed".to_string())
+        .map_err(|e| e.to_string());
+    report.line("check", "shared-cleanup", r);
 }
