@@ -115,6 +115,14 @@ pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Pro
             }
         }
         let leaf = level == 1 || large;
+        let size = sl::span(level);
+        let addr = e & ADDR;
+        // 9.8: in a large leaf the address bits below the page size are reserved. An entry with
+        // a reserved field set is not used for translation, so the check comes before the A/D
+        // update (3.7.2 sets A/D only in entries the translation uses).
+        if leaf && addr & (size - 1) != 0 {
+            return Err(RESERVED);
+        }
         if t.ad {
             let mut bits = sl::A;
             if leaf && access.write() && w {
@@ -125,11 +133,6 @@ pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Pro
             }
         }
         if leaf {
-            let size = sl::span(level);
-            let addr = e & ADDR;
-            if addr & (size - 1) != 0 {
-                return Err(RESERVED);
-            }
             let prot = prot_of(r, w);
             let dirty_done = !t.ad || e & sl::D != 0 || (access.write() && w);
             return Ok(Leaf { base: addr, size, prot, dirty_done });
