@@ -844,8 +844,18 @@ impl Rig {
     fn write(&self, off: u64, width: u8, value: u64) -> Result<(), TestCaseError> {
         let qi = has_ecap(&self.cfg, ecap::QI);
         let iqa = if qi { self.reg(off::IQA) } else { 0 };
+        let head_ok = |iqa: u64, h: u64| {
+            let dsz = if iqa & (1 << 11) != 0 { 32 } else { 16 };
+            h < 4096 << (iqa & 7) && h % dsz == 0
+        };
+        let was_ok = qi && head_ok(iqa, self.reg(off::IQH));
         let r = self.model.mmio_write(&self.mem, off, width, value);
         let log = self.mem.take_log();
+        if was_ok && self.reg(off::IQA) == iqa {
+            // 11.4.10.1: IQH only ever points at a descriptor of the queue.
+            let h = self.reg(off::IQH);
+            prop_assert!(head_ok(iqa, h), "IQH {h:#x} outside the queue (IQA {iqa:#x})");
+        }
         if let Err(e) = r {
             check_bad_register(e, off)?;
             prop_assert!(log.is_empty(), "a refused register write touched memory: {log:?}");
@@ -947,9 +957,19 @@ impl Rig {
                 prop_assert_eq!(f.access, access);
                 prop_assert!(!f.page_request || (prq && f.reason == Fault::NOT_PRESENT), "{f:?}");
                 prop_assert!(f.page_request == (pr_words == 4), "page request {f:?} after {pr_words} words");
+                if f.page_request {
+                    // 11.4.11.2 / 11.4.11.4: the tail moves past the descriptor, PPR is set.
+                    let size = 4096 << (pqa & 7);
+                    prop_assert_eq!(self.reg(off::PQT), ((pqt & 0x7ffe0) + 32) % size, "PQT after a page request");
+                    prop_assert!(self.reg32(off::PRS) & 1 != 0, "PRS.PPR clear after a page request");
+                }
                 let last = self.model.faults().last().copied().ok_or_else(|| fail("fault not logged".into()))?;
                 prop_assert_eq!(last.fault, f);
                 prop_assert!(REASONS.contains(&last.vtd_reason), "VT-d reason {:#x}", last.vtd_reason);
+                if last.recorded {
+                    // 7.2.1, 11.4.9.1: a recorded fault is pending in a fault-recording register.
+                    prop_assert!(self.reg32(off::FSTS) & fsts::PPF != 0, "recorded, but FSTS.PPF clear");
+                }
                 if last.vtd_reason == 0xc {
                     // 9.7 / 9.8: an entry with a reserved field set is not a valid entry: the
                     // walk stops at it (the last word read) and does not set its A/D flags.
@@ -1367,4 +1387,33 @@ fn regression_reserved_large_leaf_gets_no_ad() {
         assert_eq!((f.fault.reason, f.vtd_reason), (Fault::BAD_ENTRY, 0xc));
         assert_eq!(rig.mem.read_u64(PhysAddr(at)).unwrap(), bad, "A/D set in a reserved-bit leaf");
     }
+}
+
+/// Found reading the page-request path while writing the properties: a page request queue
+/// whose base plus tail passes the top of the address space (PQA 11.4.11.3 near 2^64) could
+/// not take the request, and the model fell back to a fault record without setting PRS.PRO,
+/// unlike every other unusable-queue case (11.4.11.4; the model documentation).
+#[test]
+fn regression_unwritable_page_request_queue_sets_pro() {
+    let spec = DevSpec {
+        sid: 0,
+        mode: 0, // PGTT = 001, first-stage only, with an empty table: not present
+        aw: 0,
+        did: 1,
+        fpd: false,
+        pre: true,
+        ssade: false,
+        pasids: vec![0],
+        maps: vec![],
+    };
+    let im = scalable_image(&[spec]);
+    let rig = Rig::new(unit(3), &im, &[]);
+    rig.enable(im.root, 1, None).unwrap();
+    rig.run(&Step::Write { off: off::PQA, width: 8, value: 0xffff_ffff_ffff_f000 | 7 }).unwrap();
+    rig.run(&Step::Write { off: off::PQT, width: 8, value: 0x1000 }).unwrap();
+    rig.run(&Step::Translate { dev: dev_of(0, 0, 2), pasid: None, iova: 0x5000, access: Prot::READ }).unwrap();
+    let f = rig.model.faults().last().copied().expect("a fault");
+    assert_eq!((f.fault.reason, f.fault.page_request, f.recorded), (Fault::NOT_PRESENT, false, true));
+    // 11.4.11.4 PRS: PRO bit 1.
+    assert_ne!(rig.reg32(off::PRS) & 2, 0, "PRS.PRO not set");
 }

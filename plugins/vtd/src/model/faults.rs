@@ -76,9 +76,11 @@ impl VtdModel {
             0,
             0,
         ];
-        let at = base.checked_add(tail)?;
         for (i, w) in words.iter().enumerate() {
-            if mem.write_u64(PhysAddr(at + i as u64 * 8), *w).is_err() {
+            // A queue that runs past the top of the address space cannot take the request:
+            // like an unwritable one, PRO (11.4.11.4).
+            let at = base.checked_add(tail + i as u64 * 8);
+            if at.is_none_or(|at| mem.write_u64(PhysAddr(at), *w).is_err()) {
                 st.regs.prs |= prs::PRO;
                 return None;
             }
