@@ -68,6 +68,8 @@ fn gpa() -> impl Strategy<Value = u64> {
         1 => (0u64..32).prop_map(|o| BASE + 0x1000 - 16 + o),
         1 => any::<u64>(),
         1 => (0u64..16).prop_map(|o| u64::MAX - o),
+        1 => (0u64..0x1000).prop_map(|o| u64::MAX - o),
+        1 => 0u64..0x1000,
     ]
 }
 
@@ -95,7 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Guest RAM: two adjacent 1 MiB slots at guest-physical 0 (machine 0 and 2 MiB) and a
 /// read-only 64 KiB slot at 1 GiB.
-fn viommu(scalable: bool) -> Viommu {
+fn viommu(scalable: bool, base: u64) -> Viommu {
     let machine = Arc::new(Machine::new(MachineConfig { ram_bytes: 4 * MB, table_pool_bytes: 0 }).expect("machine"));
     let slots = [
         Slot { id: 0, gpa: 0, pa: PhysAddr(0), len: MB, flags: 0 },
@@ -104,12 +106,24 @@ fn viommu(scalable: bool) -> Viommu {
     ];
     let cfg = if scalable { VtdModelConfig::scalable() } else { VtdModelConfig::legacy() };
     let model: Arc<dyn UnitModel> = Arc::new(VtdModel::new(cfg).expect("model"));
-    Viommu::new(BASE, model, GuestPhys::new(machine, slots))
+    Viommu::new(base, model, GuestPhys::new(machine, slots))
 }
 
-fn run(scalable: bool, ops: &[Op]) -> Result<(), TestCaseError> {
-    let v = viommu(scalable);
-    let in_window = |gpa: u64| gpa >= BASE && gpa - BASE < Viommu::WINDOW;
+/// Where the window is: the usual place, or at the very top of the guest-physical space (the
+/// window then ends at, or wraps past, 2^64), or at 0 (over guest RAM: a misconfigured VMM).
+fn base(sel: u8) -> u64 {
+    match sel % 8 {
+        0 => u64::MAX - 0xfff,
+        1 => u64::MAX - 0x7ff,
+        2 => 0,
+        _ => BASE,
+    }
+}
+
+fn run(scalable: bool, sel: u8, ops: &[Op]) -> Result<(), TestCaseError> {
+    let base = base(sel);
+    let v = viommu(scalable, base);
+    let in_window = |gpa: u64| gpa >= base && gpa - base < Viommu::WINDOW;
     for op in ops {
         match op {
             Op::MmioRead { gpa, len } => {
@@ -121,7 +135,7 @@ fn run(scalable: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 }
                 // The model's own answer (reads have no side effects), or all ones.
-                let direct = v.model().mmio_read(v.memory(), gpa - BASE, *len as u8).unwrap_or(u64::MAX);
+                let direct = v.model().mmio_read(v.memory(), gpa - base, *len as u8).unwrap_or(u64::MAX);
                 let want: Vec<u8> = (0..*len).map(|i| direct.to_le_bytes().get(i).copied().unwrap_or(0xff)).collect();
                 prop_assert_eq!(buf, want);
             }
@@ -176,8 +190,8 @@ fn check_dma(r: Result<(), ViommuDmaError>) -> Result<(), TestCaseError> {
 
 fn property(cases: u32) {
     let config = Config { cases, failure_persistence: None, ..Config::default() };
-    let strat = (any::<bool>(), prop::collection::vec(op(), 1..64));
-    TestRunner::new(config).run(&strat, |(scalable, ops)| run(scalable, &ops)).unwrap();
+    let strat = (any::<bool>(), any::<u8>(), prop::collection::vec(op(), 1..64));
+    TestRunner::new(config).run(&strat, |(scalable, sel, ops)| run(scalable, sel, &ops)).unwrap();
 }
 
 #[test]

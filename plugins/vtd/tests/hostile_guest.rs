@@ -1017,12 +1017,32 @@ struct Guest {
     iqa: Option<u64>,
     /// PQA (11.4.11.3) for a page request queue, when set up.
     pqa: Option<u64>,
+    /// Random CAP / ECAP (fault-recording and IOTLB registers kept in the window), used when
+    /// the model accepts them.
+    raw: Option<(u64, u64)>,
 }
 
 impl Guest {
+    fn unit(&self) -> VtdModelConfig {
+        match self.raw {
+            Some((c, e)) => {
+                // 11.4.2 FRO bits 33:24 = 0x200 / 16, NFR bits 47:40 < 128; 11.4.3 IRO bits
+                // 17:8 = 0xc00 / 16: both register blocks inside the 4 KiB window.
+                let c = field(field(c, 24, 10, 0x20), 47, 1, 0);
+                let cfg = VtdModelConfig { cap: c, ecap: field(e, 8, 10, 0xc0) };
+                if VtdModel::new(cfg).is_ok() {
+                    cfg
+                } else {
+                    unit(self.kind)
+                }
+            }
+            None => unit(self.kind),
+        }
+    }
+
     fn image(&self) -> Image {
         // Mostly the unit's own mode; sometimes the other one (a confused or hostile guest).
-        let smts = has_ecap(&unit(self.kind), ecap::SMTS);
+        let smts = has_ecap(&self.unit(), ecap::SMTS);
         let scalable = if self.kind >= 0xe0 { self.scalable } else { smts };
         let mut im = if scalable { scalable_image(&self.devs) } else { legacy_image(&self.devs) };
         apply(&mut im, &self.corruptions);
@@ -1049,8 +1069,9 @@ fn guest(corrupted: bool, random: bool) -> impl Strategy<Value = Guest> {
             (prop_oneof![8 => (PAGES - 8..PAGES).prop_map(|p| p * 4096), 1 => pointer()], 0u64..2)
                 .prop_map(|(p, qs)| p | qs),
         ),
+        prop::option::weighted(0.25, any::<(u64, u64)>()),
     )
-        .prop_map(|(kind, scalable, devs, corruptions, random_pages, ttm, iqa, pqa)| Guest {
+        .prop_map(|(kind, scalable, devs, corruptions, random_pages, ttm, iqa, pqa, raw)| Guest {
             kind,
             scalable,
             devs,
@@ -1059,12 +1080,13 @@ fn guest(corrupted: bool, random: bool) -> impl Strategy<Value = Guest> {
             ttm,
             iqa,
             pqa,
+            raw,
         })
 }
 
 /// Runs `guest` and `steps` on a fresh unit, checking every step.
 fn run_guest(g: &Guest, steps: &[Step]) -> Result<(), TestCaseError> {
-    let cfg = unit(g.kind);
+    let cfg = g.unit();
     let im = g.image();
     let rig = Rig::new(cfg, &im, &g.random_pages);
     let scalable = has_ecap(&cfg, ecap::SMTS) && (g.kind < 0xe0 || g.scalable);
