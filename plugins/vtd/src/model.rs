@@ -480,6 +480,13 @@ impl VtdModel {
         if let Mode::PassThrough = r.mode {
             return Ok(passthrough(iova));
         }
+        // The input checks come first: an IOTLB entry for a page that straddles the address
+        // width (MGAW below the page size's shift) must not answer for inputs beyond it.
+        match &r.mode {
+            Mode::Second(ss) => walk::check_ss_input(ss, iova).map_err(miss)?,
+            Mode::First(fs) | Mode::Nested(fs, _) => walk::check_fs_input(fs, iova).map_err(miss)?,
+            Mode::PassThrough => {}
+        }
         if let Some(e) = st.caches.iotlb_lookup(r.did, r.tag, iova) {
             permission(e.prot, req.access).map_err(miss)?;
             if e.dirty_done || !req.access.write() {

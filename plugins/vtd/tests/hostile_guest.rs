@@ -121,6 +121,14 @@ impl GuestRam {
         std::mem::take(&mut self.inner().log)
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner().bytes.clone()
+    }
+
+    fn restore(&self, bytes: Vec<u8>) {
+        self.inner().bytes = bytes;
+    }
+
     fn misaligned(&self) -> Vec<u64> {
         self.inner().misaligned.clone()
     }
@@ -1162,6 +1170,7 @@ fn long_run() {
     prop_clean_tables(n / 4);
     prop_queue(n);
     prop_mappings_agree(n / 4);
+    prop_caches_transparent(n);
 }
 
 /// One invalidation descriptor (6.5.2): any type (including the extended bits 11:9), fields
@@ -1438,4 +1447,113 @@ fn regression_unwritable_page_request_queue_sets_pro() {
     assert_eq!((f.fault.reason, f.fault.page_request, f.recorded), (Fault::NOT_PRESENT, false, true));
     // 11.4.11.4 PRS: PRO bit 1.
     assert_ne!(rig.reg32(off::PRS) & 2, 0, "PRS.PRO not set");
+}
+
+/// While the tables do not change, the caches are invisible (6.2): every translation of a
+/// unit that has cached earlier ones equals that of a fresh unit, which walks everything, on
+/// the same memory (restored between the two, so that A/D updates and fault handling of one
+/// do not reach the other). DIDs are distinct per device (6.2.3: one domain, one table).
+fn run_caches_transparent(g: &Guest, reqs: &[(usize, Option<u32>, u64, Prot)]) -> Result<(), TestCaseError> {
+    let cfg = g.unit();
+    let im = g.image();
+    let rig = Rig::new(cfg, &im, &[]);
+    let scalable = has_ecap(&cfg, ecap::SMTS) && (g.kind < 0xe0 || g.scalable);
+    let ttm = if scalable { 1 } else { 0 };
+    rig.enable(im.root, ttm, None)?;
+    let fresh = || -> Result<VtdModel, TestCaseError> {
+        let m = VtdModel::new(cfg).map_err(|e| fail(e.to_string()))?;
+        let w = |off, v| m.mmio_write(&rig.mem, off, 8, v).map_err(|e| fail(e.to_string()));
+        w(off::RTADDR, im.root | ttm << 10)?;
+        m.mmio_write(&rig.mem, off::GCMD, 4, u64::from(gcmd::SRTP)).map_err(|e| fail(e.to_string()))?;
+        m.mmio_write(&rig.mem, off::GCMD, 4, u64::from(gcmd::TE)).map_err(|e| fail(e.to_string()))?;
+        Ok(m)
+    };
+    let targets = if im.targets.is_empty() { vec![(0, None, 0)] } else { im.targets.clone() };
+    for &(k, pasid, delta, access) in reqs {
+        let (sid, tp, iova) = targets[k % targets.len()];
+        let req = DmaRequest {
+            dev: dev_of(sid, 0, 2),
+            pasid: pasid.or(tp).map(Pasid),
+            iova: Iova(iova.wrapping_add(delta)),
+            access,
+        };
+        let before = rig.mem.snapshot();
+        let cached = rig.model.translate(&rig.mem, &req);
+        let after = rig.mem.snapshot();
+        rig.mem.restore(before);
+        let model = fresh()?;
+        let walked = model.translate(&rig.mem, &req);
+        rig.mem.restore(after);
+        let reason = |m: &VtdModel| m.faults().last().map(|f| f.vtd_reason);
+        match (cached, walked) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{:?}", req),
+            (Err(a), Err(b)) => {
+                prop_assert_eq!(a.reason, b.reason, "{:?}", req);
+                prop_assert_eq!(reason(&rig.model), reason(&model), "{:?}", req);
+            }
+            (a, b) => return Err(fail(format!("{req:?}: cached {a:?}, fresh {b:?}"))),
+        }
+    }
+    rig.mem.take_log();
+    Ok(())
+}
+
+fn prop_caches_transparent(cases_n: u32) -> Coverage {
+    let strat = (
+        guest(false, false),
+        prop::collection::vec(
+            (
+                any::<usize>(),
+                prop::option::weighted(0.1, 0u32..300),
+                prop_oneof![3 => Just(0u64), 1 => 0u64..0x3000],
+                access(),
+            ),
+            1..40,
+        ),
+    )
+        .prop_map(|(mut g, reqs)| {
+            let mut seen = std::collections::BTreeSet::new();
+            g.devs.retain(|d| seen.insert(d.sid));
+            for (i, d) in g.devs.iter_mut().enumerate() {
+                d.did = i as u16 + 1;
+            }
+            (g, reqs)
+        });
+    TestRunner::new(cases(cases_n)).run(&strat, |(g, r)| run_caches_transparent(&g, &r)).unwrap();
+    coverage("caches_transparent")
+}
+
+#[test]
+fn caches_are_transparent_while_tables_stay() {
+    prop_caches_transparent(128);
+}
+
+/// `caches_are_transparent_while_tables_stay` (a unit with MGAW 5, CAP bits 21:16 = 4): a
+/// 4 KiB translation cached for IOVA 0 answered IOVA 0x20, which is beyond the 5-bit address
+/// width and must fault with 0x4 (3.7.1) as a walk does; the IOTLB lookup came before the
+/// width check.
+#[test]
+fn regression_iotlb_hit_beyond_address_width() {
+    // 11.4.2 MGAW bits 21:16 = width - 1.
+    let cfg = VtdModelConfig { cap: field(VtdModelConfig::legacy().cap, 16, 6, 4), ..VtdModelConfig::legacy() };
+    let spec = DevSpec {
+        sid: 0,
+        mode: 0, // TT = 00, second-level
+        aw: 0,   // 48-bit, 4 levels (the width is min(48, MGAW) = 5)
+        did: 1,
+        fpd: false,
+        pre: false,
+        ssade: false,
+        pasids: vec![0],
+        maps: vec![MapSpec { iova: 0, pa: 0, leaf_level: 1, write: true, read: true }],
+    };
+    let im = legacy_image(&[spec]);
+    let rig = Rig::new(cfg, &im, &[]);
+    rig.enable(im.root, 0, None).unwrap();
+    let dma = |iova| {
+        let req = DmaRequest { dev: dev_of(0, 0, 2), pasid: None, iova: Iova(iova), access: Prot::READ };
+        rig.model.translate(&rig.mem, &req).map(|t| t.pa.raw()).map_err(|f| f.reason)
+    };
+    assert_eq!(dma(0x10), Ok(0x10));
+    assert_eq!(dma(0x20), Err(Fault::ADDRESS_SIZE));
 }

@@ -83,15 +83,36 @@ fn entry_addr(table: u64, input: u64, level: u32) -> Result<u64, Failure> {
     table.checked_add(sl::index(input, level) * 8).ok_or(UNREADABLE)
 }
 
-/// Walks a second-stage table for `input` (9.8). The leaf is returned whatever its permissions;
-/// the caller checks `access` against them.
-pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Prot) -> Result<Leaf, Failure> {
+/// Checks an input address against a second-stage table before any lookup, cached or not: an
+/// input above the address width (min of AGAW and MGAW, 3.7.1) faults with 0x4.
+pub(super) fn check_ss_input(t: &SsTable, input: u64) -> Result<(), Failure> {
     if t.width < 64 && input >> t.width != 0 {
         return Err(Failure::new(reason::ADDRESS_BEYOND_AW, Fault::ADDRESS_SIZE));
     }
     if !(1..=5).contains(&t.levels) {
         return Err(Failure::new(reason::CONTEXT_INVALID, Fault::BAD_ENTRY));
     }
+    Ok(())
+}
+
+/// Checks an input address against a first-stage table before any lookup, cached or not: a
+/// non-canonical input (3.6.1: bits above the top translated bit repeat it) faults with 0x4.
+pub(super) fn check_fs_input(t: &FsTable, input: u64) -> Result<(), Failure> {
+    if !(4..=5).contains(&t.levels) {
+        return Err(Failure::new(reason::PASID_ENTRY_INVALID, Fault::BAD_ENTRY));
+    }
+    let width = 12 + 9 * t.levels;
+    let upper = (input as i64) >> (width - 1);
+    if upper != 0 && upper != -1 {
+        return Err(Failure::new(reason::ADDRESS_BEYOND_AW, Fault::ADDRESS_SIZE));
+    }
+    Ok(())
+}
+
+/// Walks a second-stage table for `input` (9.8). The leaf is returned whatever its permissions;
+/// the caller checks `access` against them.
+pub(super) fn walk_ss(mem: &dyn PhysMemory, t: &SsTable, input: u64, access: Prot) -> Result<Leaf, Failure> {
+    check_ss_input(t, input)?;
     let mut table = t.root;
     let (mut r, mut w) = (true, true);
     for level in (1..=t.levels).rev() {
@@ -253,15 +274,7 @@ pub(super) fn walk_fs(
     access: Prot,
     xlate: &mut dyn FnMut(u64, Prot) -> Result<u64, Failure>,
 ) -> Result<Leaf, Failure> {
-    if !(4..=5).contains(&t.levels) {
-        return Err(Failure::new(reason::PASID_ENTRY_INVALID, Fault::BAD_ENTRY));
-    }
-    // Canonical input (3.6.1): bits above the top translated bit repeat it.
-    let width = 12 + 9 * t.levels;
-    let upper = (input as i64) >> (width - 1);
-    if upper != 0 && upper != -1 {
-        return Err(Failure::new(reason::ADDRESS_BEYOND_AW, Fault::ADDRESS_SIZE));
-    }
+    check_fs_input(t, input)?;
     let mut table = t.root;
     let mut w = true;
     for level in (1..=t.levels).rev() {
