@@ -181,6 +181,16 @@ fn target(e: &IotlbEntry, iova: u64) -> DmaTarget {
     DmaTarget { pa: PhysAddr(e.pa | off), remaining: e.size - off }
 }
 
+/// Whether an IOTLB entry of `mode` may be cached: a nested entry only when its page lies
+/// within the second stage's address width (3.7.1), since the IOTLB lookup checks first-stage
+/// inputs only. Second-stage and first-stage inputs are checked before every lookup.
+fn cacheable(mode: &Mode, e: &IotlbEntry) -> bool {
+    match mode {
+        Mode::Nested(_, ss) => ss.width >= 64 || e.size <= 1 << ss.width,
+        _ => true,
+    }
+}
+
 /// The permission fault for `access` against `prot`, if any.
 fn permission(prot: Prot, access: Prot) -> Result<(), Failure> {
     if access.write() && !prot.write() {
@@ -451,7 +461,13 @@ impl VtdModel {
                 let l1 = walk::walk_fs(mem, fs, iova, access, &mut through)?;
                 let gpa = l1.output(iova);
                 let l2 = walk::walk_ss(mem, ss, gpa, access)?;
-                let size = l1.size.min(l2.size);
+                let mut size = l1.size.min(l2.size);
+                // 3.7.1: the entry must not cover second-stage inputs beyond the address width
+                // (an MGAW below the page size's shift): the largest page that fits, at least
+                // 4 KiB (`cacheable` keeps a 4 KiB page that does not fit out of the IOTLB).
+                while size > 0x1000 && ss.width < 64 && size > 1 << ss.width {
+                    size >>= 9;
+                }
                 Ok(IotlbEntry {
                     pa: l2.output(gpa) & !(size - 1),
                     size,
@@ -496,7 +512,9 @@ impl VtdModel {
         }
         st.caches.count_walk();
         let e = self.walk(mem, &r.mode, iova, req.access).map_err(miss)?;
-        st.caches.iotlb_insert(r.did, r.tag, iova, e);
+        if cacheable(&r.mode, &e) {
+            st.caches.iotlb_insert(r.did, r.tag, iova, e);
+        }
         permission(e.prot, req.access).map_err(miss)?;
         Ok(target(&e, iova))
     }

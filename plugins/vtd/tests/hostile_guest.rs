@@ -1170,7 +1170,8 @@ fn long_run() {
     prop_clean_tables(n / 4);
     prop_queue(n);
     prop_mappings_agree(n / 4);
-    prop_caches_transparent(n);
+    prop_caches_transparent(n / 2, false);
+    prop_caches_transparent(n / 2, true);
 }
 
 /// One invalidation descriptor (6.5.2): any type (including the extended bits 11:9), fields
@@ -1453,10 +1454,17 @@ fn regression_unwritable_page_request_queue_sets_pro() {
 /// unit that has cached earlier ones equals that of a fresh unit, which walks everything, on
 /// the same memory (restored between the two, so that A/D updates and fault handling of one
 /// do not reach the other). DIDs are distinct per device (6.2.3: one domain, one table).
-fn run_caches_transparent(g: &Guest, reqs: &[(usize, Option<u32>, u64, Prot)]) -> Result<(), TestCaseError> {
+///
+/// With `constant` memory (every translation's A/D updates undone), any guest memory, however
+/// corrupted, must give the same: a cache may only ever differ from memory that changed.
+fn run_caches_transparent(
+    g: &Guest,
+    reqs: &[(usize, Option<u32>, u64, Prot)],
+    constant: bool,
+) -> Result<(), TestCaseError> {
     let cfg = g.unit();
     let im = g.image();
-    let rig = Rig::new(cfg, &im, &[]);
+    let rig = Rig::new(cfg, &im, &g.random_pages);
     let scalable = has_ecap(&cfg, ecap::SMTS) && (g.kind < 0xe0 || g.scalable);
     let ttm = if scalable { 1 } else { 0 };
     rig.enable(im.root, ttm, None)?;
@@ -1480,14 +1488,18 @@ fn run_caches_transparent(g: &Guest, reqs: &[(usize, Option<u32>, u64, Prot)]) -
         let before = rig.mem.snapshot();
         let cached = rig.model.translate(&rig.mem, &req);
         let after = rig.mem.snapshot();
-        rig.mem.restore(before);
+        rig.mem.restore(before.clone());
         let model = fresh()?;
         let walked = model.translate(&rig.mem, &req);
-        rig.mem.restore(after);
+        rig.mem.restore(if constant { before } else { after });
         let reason = |m: &VtdModel| m.faults().last().map(|f| f.vtd_reason);
         match (cached, walked) {
-            (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{:?}", req),
+            (Ok(a), Ok(b)) => {
+                cover(|c| c.translated += 1);
+                prop_assert_eq!(a, b, "{:?}", req);
+            }
             (Err(a), Err(b)) => {
+                cover(|c| *c.faults.entry(reason(&model).unwrap_or(0)).or_default() += 1);
                 prop_assert_eq!(a.reason, b.reason, "{:?}", req);
                 prop_assert_eq!(reason(&rig.model), reason(&model), "{:?}", req);
             }
@@ -1498,9 +1510,9 @@ fn run_caches_transparent(g: &Guest, reqs: &[(usize, Option<u32>, u64, Prot)]) -
     Ok(())
 }
 
-fn prop_caches_transparent(cases_n: u32) -> Coverage {
+fn prop_caches_transparent(cases_n: u32, constant: bool) -> Coverage {
     let strat = (
-        guest(false, false),
+        guest(constant, constant),
         prop::collection::vec(
             (
                 any::<usize>(),
@@ -1514,18 +1526,24 @@ fn prop_caches_transparent(cases_n: u32) -> Coverage {
         .prop_map(|(mut g, reqs)| {
             let mut seen = std::collections::BTreeSet::new();
             g.devs.retain(|d| seen.insert(d.sid));
+            // Pairwise at least 3 bits apart: no single corruption makes two domains one.
             for (i, d) in g.devs.iter_mut().enumerate() {
-                d.did = i as u16 + 1;
+                d.did = 7 << (3 * i);
             }
             (g, reqs)
         });
-    TestRunner::new(cases(cases_n)).run(&strat, |(g, r)| run_caches_transparent(&g, &r)).unwrap();
+    TestRunner::new(cases(cases_n)).run(&strat, |(g, r)| run_caches_transparent(&g, &r, constant)).unwrap();
     coverage("caches_transparent")
 }
 
 #[test]
 fn caches_are_transparent_while_tables_stay() {
-    prop_caches_transparent(128);
+    prop_caches_transparent(128, false);
+}
+
+#[test]
+fn caches_are_transparent_over_corrupted_constant_memory() {
+    prop_caches_transparent(128, true);
 }
 
 /// `caches_are_transparent_while_tables_stay` (a unit with MGAW 5, CAP bits 21:16 = 4): a
@@ -1556,4 +1574,36 @@ fn regression_iotlb_hit_beyond_address_width() {
     };
     assert_eq!(dma(0x10), Ok(0x10));
     assert_eq!(dma(0x20), Err(Fault::ADDRESS_SIZE));
+}
+
+/// `caches_are_transparent_while_tables_stay` (a scalable unit with MGAW 16): a nested
+/// translation through a first-stage and a second-stage 2 MiB leaf was cached as one 2 MiB
+/// page, which then answered IOVAs whose second-stage input (guest-physical 0x10000 and up)
+/// is beyond the 16-bit second-stage width and must fault with 0x4 (3.7.1, 3.8).
+#[test]
+fn regression_nested_iotlb_entry_beyond_second_stage_width() {
+    // 11.4.2 MGAW bits 21:16 = width - 1.
+    let cfg = VtdModelConfig { cap: field(VtdModelConfig::scalable().cap, 16, 6, 15), ..VtdModelConfig::scalable() };
+    let spec = DevSpec {
+        sid: 0,
+        mode: 2, // PGTT = 011, nested; the second stage maps guest RAM 1:1 with a 2 MiB leaf
+        aw: 0,
+        did: 1,
+        fpd: false,
+        pre: false,
+        ssade: false,
+        pasids: vec![0],
+        maps: vec![MapSpec { iova: 0, pa: 0, leaf_level: 2, write: true, read: true }],
+    };
+    let im = scalable_image(&[spec]);
+    assert!(im.next < 0x1_0000, "the tables lie below the 16-bit second-stage width");
+    let rig = Rig::new(cfg, &im, &[]);
+    rig.enable(im.root, 1, None).unwrap();
+    let dma = |iova| {
+        let req = DmaRequest { dev: dev_of(0, 0, 2), pasid: None, iova: Iova(iova), access: Prot::READ };
+        rig.model.translate(&rig.mem, &req).map(|t| t.pa.raw()).map_err(|f| f.reason)
+    };
+    assert_eq!(dma(0x10), Ok(0x10));
+    assert_eq!(dma(0x1_0000), Err(Fault::ADDRESS_SIZE));
+    assert_eq!(dma(0x20), Ok(0x20));
 }
