@@ -172,7 +172,8 @@ pub(super) struct TooMany;
 ///
 /// Nothing is written (no A/D bits). Entries `walk_ss` would fault on are left out: not
 /// present, PS where 9.8 reserves it, a misaligned large leaf, an unreadable table (its whole
-/// span), inputs beyond the address width. The walk is bounded for untrusted tables: more than
+/// span), inputs beyond the address width (a leaf that straddles the width is reported up to
+/// it). The walk is bounded for untrusted tables: more than
 /// `limit` leaves, or more than `5 * limit + 64` present entries visited (which covers any table
 /// without empty subtrees), is [`TooMany`]; depth is at most `t.levels` (≤ 5).
 pub(super) fn leaves_ss(mem: &dyn PhysMemory, t: &SsTable, limit: usize) -> Result<Vec<(u64, Leaf)>, TooMany> {
@@ -228,8 +229,11 @@ impl Enumerate<'_> {
                 if self.out.len() >= self.limit {
                     return Err(TooMany);
                 }
-                // A/D are not tracked here: `dirty_done` is irrelevant to an enumeration.
-                self.out.push((input, Leaf { base: addr, size, prot, dirty_done: true }));
+                // A leaf larger than the address width (MGAW below its page size's shift, so
+                // `input` is 0) translates only the inputs below the width (3.7.1): report that
+                // part. A/D are not tracked here: `dirty_done` is irrelevant to an enumeration.
+                let len = if self.t.width < 64 { size.min(1 << self.t.width) } else { size };
+                self.out.push((input, Leaf { base: addr, size: len, prot, dirty_done: true }));
             } else {
                 self.table(e & ADDR, level - 1, input, r, w)?;
             }
