@@ -29,6 +29,7 @@ pub mod ioas;
 pub mod loader;
 pub mod object;
 pub mod platform;
+pub mod pt;
 mod services;
 
 pub use context::{Context, HwptSpec, Target};

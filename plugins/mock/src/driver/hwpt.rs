@@ -8,9 +8,9 @@ use ioasis::abi::{
 };
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
-use super::pagetable::{leaf_prot, PageTable};
+use super::pagetable::PageTable;
 use super::unit::UnitCore;
-use crate::format::{desc, pte, reg, ADDR_MASK};
+use crate::format::{desc, reg};
 
 /// What a HWPT translates with.
 pub enum Table {
@@ -87,9 +87,9 @@ impl Hwpt for MockHwpt {
     fn info(&self) -> HwptInfo {
         let h = &self.0;
         let (format, page_sizes, ias) = match &h.table {
-            Table::Paging(t) => (ioasis::PtFormat::MOCK, t.sizes, t.ias),
+            Table::Paging(t) => (ioasis::PtFormat::MOCK, t.geometry.sizes, t.geometry.ias),
             Table::Nested { format, parent } => {
-                (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.ias))
+                (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.geometry.ias))
             }
             Table::Fixed => (PtFormat::NONE, PageSizes(0), h.core.caps_ias()),
         };
@@ -121,11 +121,14 @@ impl Hwpt for MockHwpt {
             h.maybe_panic("unmap");
             let t = h.paging()?;
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let bytes = t.unmap(&h.core.io, iova.0, len)?;
-            if bytes > 0 && h.core.params.defect != Some(super::unit::Defect::SkipIotlbInvalidation) {
-                h.flush(iova.0, len)?;
+            let done = t.unmap(&h.core.io, iova.0, len)?;
+            match done.flush {
+                Some((a, l)) if h.core.params.defect != Some(super::unit::Defect::SkipIotlbInvalidation) => {
+                    h.flush(a, l)?
+                }
+                _ => {}
             }
-            Ok(bytes)
+            Ok(done.bytes)
         })
     }
 
@@ -134,8 +137,7 @@ impl Hwpt for MockHwpt {
             let h = &self.0;
             let t = h.paging()?;
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut log = Vec::new();
-            t.split_at(&h.core.io, iova.0, &mut log).inspect_err(|_| t.revert_splits(&h.core.io, &log))
+            t.split(&h.core.io, iova.0)
         })
     }
 
@@ -143,15 +145,8 @@ impl Hwpt for MockHwpt {
         guard_or("translate", ROption::RNone, || {
             let h = &self.0;
             let Ok(t) = h.paging() else { return ROption::RNone };
-            match t.walk(&h.core.io, iova.0) {
-                Ok(Some(leaf)) => {
-                    let off = iova.0 & (leaf.span - 1);
-                    ROption::RSome(Translation {
-                        pa: PhysAddr((leaf.value & ADDR_MASK & !(leaf.span - 1)) + off),
-                        prot: leaf_prot(leaf.value),
-                        page_size: leaf.span,
-                    })
-                }
+            match t.translate(&h.core.io, iova.0) {
+                Ok(Some((pa, prot, page_size))) => ROption::RSome(Translation { pa: PhysAddr(pa), prot, page_size }),
                 _ => ROption::RNone,
             }
         })
@@ -183,40 +178,10 @@ impl Hwpt for MockHwpt {
         guard("read_and_clear_dirty", || {
             let h = &self.0;
             let t = h.paging()?;
-            if !(12..=30).contains(&page_shift) {
-                return Err(PluginError::invalid(format!("page shift {page_shift} out of 12..=30")));
-            }
-            let page = 1u64 << page_shift;
-            let pages = len / page;
-            if len % page != 0 || iova.0 % page != 0 || (bitmap.len() as u64) * 64 < pages {
-                return Err(PluginError::invalid("range or bitmap does not fit the page size"));
-            }
-            let io = &h.core.io;
-            let bm = bitmap.as_mut_slice();
-            let mut any = false;
-            t.for_each_leaf(io, iova.0, len, &mut |leaf_va, leaf| {
-                if leaf.value & pte::D == 0 {
-                    return Ok(());
-                }
-                if !keep {
-                    io.and(leaf.entry_pa, !pte::D)?;
-                    any = true;
-                }
-                let first = leaf_va.max(iova.0);
-                let last = (leaf_va + leaf.span).min(iova.0 + len);
-                let mut a = first & !(page - 1);
-                while a < last {
-                    let bit = (a - iova.0) / page;
-                    if let Some(w) = bm.get_mut((bit / 64) as usize) {
-                        *w |= 1 << (bit % 64);
-                    }
-                    a += page;
-                }
-                Ok(())
-            })?;
-            if any {
-                // Cached translations would not set D again: drop them for the range.
-                h.flush(iova.0, len)?;
+            if let Some((a, l)) =
+                t.read_and_clear_dirty(&h.core.io, iova.0, len, page_shift, bitmap.as_mut_slice(), keep)?
+            {
+                h.flush(a, l)?;
             }
             Ok(())
         })

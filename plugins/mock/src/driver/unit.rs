@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::hwpt::{HwptInner, MockHwpt, Table};
 use super::io::Io;
-use super::pagetable::PageTable;
+use super::pagetable::new_table;
 use crate::format::{cap, desc, devtab, fault, pasidtab, reg, ADDR_MASK, VALID};
 
 /// Options a unit description may carry (`params` TOML).
@@ -275,7 +275,7 @@ impl MockUnit {
         let dpage = io.alloc()?;
         let table = match table {
             Some(t) => t,
-            None => match PageTable::new(io, c.page_sizes(), c.caps_ias(), c.params.defect) {
+            None => match new_table(io, c.page_sizes(), c.caps_ias(), c.params.defect) {
                 Ok(t) => Table::Paging(t),
                 Err(e) => {
                     io.free(dpage);

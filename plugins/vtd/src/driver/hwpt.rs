@@ -8,10 +8,10 @@ use ioasis::abi::{guard, guard_or, CacheInvalidation, Hwpt, HwptFlags, HwptInfo,
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
 use super::inv::Desc;
-use super::pagetable::{leaf_addr, leaf_prot, PageTable};
+use super::pagetable::PageTable;
 use super::unit::UnitCore;
 use crate::layout::qi;
-use crate::layout::tables::{pasid_entry, sl};
+use crate::layout::tables::pasid_entry;
 
 /// What a HWPT translates with.
 pub enum Table {
@@ -187,41 +187,11 @@ impl VtdHwpt {
     fn dirty(&self, iova: u64, len: u64, page_shift: u8, bm: &mut [u64], keep: bool) -> Result<(), PluginError> {
         let h = &self.0;
         let t = h.paging()?;
-        if !(12..=30).contains(&page_shift) {
-            return Err(PluginError::invalid(format!("page shift {page_shift} out of 12..=30")));
-        }
-        let page = 1u64 << page_shift;
-        let pages = len / page;
-        if len % page != 0 || iova % page != 0 || (bm.len() as u64) * 64 < pages {
-            return Err(PluginError::invalid("range or bitmap does not fit the page size"));
-        }
-        let io = &h.core.io;
         let _g = lock(&h.lock);
-        let mut any = false;
-        t.for_each_leaf(io, iova, len, &mut |leaf_va, leaf| {
-            if leaf.value & sl::D == 0 {
-                return Ok(());
-            }
-            if !keep {
-                // Atomic: the unit may set A/D in the same entry meanwhile.
-                io.and(leaf.entry_pa, !sl::D)?;
-                any = true;
-            }
-            let first = leaf_va.max(iova);
-            let last = (leaf_va + leaf.span).min(iova + len);
-            let mut a = first & !(page - 1);
-            while a < last {
-                let bit = (a - iova) / page;
-                if let Some(w) = bm.get_mut((bit / 64) as usize) {
-                    *w |= 1 << (bit % 64);
-                }
-                a += page;
-            }
-            Ok(())
-        })?;
-        if any {
+        // Atomic clears: the unit may set A/D in the same entry meanwhile.
+        if let Some(range) = t.read_and_clear_dirty(&h.core.io, iova, len, page_shift, bm, keep)? {
             // Cached translations would not set D again: drop them for the range.
-            h.flush(Some((iova, len)))?;
+            h.flush(Some(range))?;
         }
         Ok(())
     }
@@ -258,7 +228,7 @@ impl Hwpt for VtdHwpt {
         let h = &self.0;
         let c = &h.core;
         let (format, page_sizes) = match &h.table {
-            Table::Paging(t) => (PtFormat::VTD_SECOND_LEVEL, t.sizes),
+            Table::Paging(t) => (PtFormat::VTD_SECOND_LEVEL, t.geometry.sizes),
             Table::Nested { .. } => (PtFormat::X86_64, PageSizes::SZ_4K_2M_1G),
             Table::Fixed => (PtFormat::NONE, PageSizes(0)),
         };
@@ -291,11 +261,11 @@ impl Hwpt for VtdHwpt {
             let h = &self.0;
             let t = h.paging()?;
             let _g = lock(&h.lock);
-            let bytes = t.unmap(&h.core.io, iova.0, len)?;
-            if bytes > 0 {
-                h.flush(Some((iova.0, len)))?;
+            let done = t.unmap(&h.core.io, iova.0, len)?;
+            if done.flush.is_some() {
+                h.flush(done.flush)?;
             }
-            Ok(bytes)
+            Ok(done.bytes)
         })
     }
 
@@ -304,10 +274,9 @@ impl Hwpt for VtdHwpt {
             let h = &self.0;
             let t = h.paging()?;
             let _g = lock(&h.lock);
-            let mut log = Vec::new();
             // Identical translations in smaller pages: a cached large page stays correct, and a
             // later page-selective invalidation covers it (6.5.2.3: entries overlapping the range).
-            t.split_at(&h.core.io, iova.0, &mut log).inspect_err(|_| t.revert_splits(&h.core.io, &log))
+            t.split(&h.core.io, iova.0)
         })
     }
 
@@ -315,12 +284,8 @@ impl Hwpt for VtdHwpt {
         guard_or("translate", ROption::RNone, || {
             let h = &self.0;
             let Ok(t) = h.paging() else { return ROption::RNone };
-            match t.walk(&h.core.io, iova.0) {
-                Ok(Some(leaf)) => ROption::RSome(Translation {
-                    pa: PhysAddr(leaf_addr(leaf.value, leaf.span) + (iova.0 & (leaf.span - 1))),
-                    prot: leaf_prot(leaf.value),
-                    page_size: leaf.span,
-                }),
+            match t.translate(&h.core.io, iova.0) {
+                Ok(Some((pa, prot, page_size))) => ROption::RSome(Translation { pa: PhysAddr(pa), prot, page_size }),
                 _ => ROption::RNone,
             }
         })

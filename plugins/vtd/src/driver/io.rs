@@ -3,6 +3,7 @@
 
 use abi_stable::std_types::RResult;
 use ioasis::abi::{ErrorCode, HostError, HostServicesBox, LogLevel, PluginError};
+use ioasis::pt::Memory;
 use ioasis::PhysAddr;
 
 use crate::layout::regs::{gcmd, off};
@@ -40,22 +41,6 @@ impl Io {
     /// Writes a table entry (one qword, atomically as hardware sees it).
     pub fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
         ok("write table entry", self.host.write_u64(PhysAddr(pa), v))
-    }
-
-    /// Clears bits of an entry atomically; returns the old value.
-    pub fn and(&self, pa: u64, mask: u64) -> Result<u64, PluginError> {
-        ok("update table entry", self.host.fetch_and_u64(PhysAddr(pa), mask))
-    }
-
-    /// Reads a whole 4 KiB table as 512 qwords, in one host call.
-    pub fn entries(&self, pa: u64) -> Result<[u64; 512], PluginError> {
-        let mut buf = [0u8; 4096];
-        ok("read table", self.host.read_phys(PhysAddr(pa), buf.as_mut_slice().into()))?;
-        let mut out = [0u64; 512];
-        for (o, c) in out.iter_mut().zip(buf.chunks_exact(8)) {
-            *o = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-        }
-        Ok(out)
     }
 
     /// A zeroed table page.
@@ -148,5 +133,27 @@ impl Io {
     /// Logs through the host.
     pub fn log(&self, level: LogLevel, msg: &str) {
         self.host.log(level, msg.into());
+    }
+}
+
+/// Page-table memory for the framework's walker.
+impl Memory for Io {
+    fn rd(&self, pa: u64) -> Result<u64, PluginError> {
+        Io::rd(self, pa)
+    }
+    fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
+        Io::wr(self, pa, v)
+    }
+    fn and(&self, pa: u64, mask: u64) -> Result<u64, PluginError> {
+        ok("update table entry", self.host.fetch_and_u64(PhysAddr(pa), mask))
+    }
+    fn read_table(&self, table: u64, buf: &mut [u8; 4096]) -> Result<(), PluginError> {
+        ok("read table", self.host.read_phys(PhysAddr(table), buf.as_mut_slice().into()))
+    }
+    fn alloc(&self) -> Result<u64, PluginError> {
+        Io::alloc(self)
+    }
+    fn free(&self, table: u64) {
+        Io::free(self, table)
     }
 }

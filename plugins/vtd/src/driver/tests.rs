@@ -15,7 +15,7 @@ use ioasis::abi::{
 use ioasis::{AddressSpace, DeviceRef, Iova, PageSizes, Pasid, PhysAddr, Prot, RequesterId};
 
 use super::io::Io;
-use super::pagetable::PageTable;
+use super::pagetable::new_table;
 use super::unit::VtdUnit;
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ecap, fsts, gcmd, off};
@@ -317,7 +317,7 @@ fn probe_times_out_when_gsts_never_answers() {
 fn two_mib_aligned_map_uses_a_ps_leaf_with_read_write() {
     let f = Fake::new(CAP, ECAP);
     let io = Io::new(f.host());
-    let t = PageTable::new(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0).unwrap();
+    let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0).unwrap();
     t.map(&io, 0x4000_0000 + 2 * MB, 0x8000_0000, 2 * MB, Prot::RW).unwrap();
     let leaf = t.walk(&io, 0x4000_0000 + 2 * MB + 0x1234).unwrap().expect("mapped");
     assert_eq!(leaf.span, 2 * MB);
@@ -328,11 +328,11 @@ fn two_mib_aligned_map_uses_a_ps_leaf_with_read_write() {
     let leaf = t.walk(&io, 0x1000).unwrap().unwrap();
     assert_eq!((leaf.span, leaf.value), (4096, 0x9000_1000 | sl::R));
     // Unmapping 4 KiB in the middle of the 2 MiB page splits it; the rest stays.
-    assert_eq!(t.unmap(&io, 0x4000_0000 + 2 * MB + 0x3000, 0x1000).unwrap(), 0x1000);
+    assert_eq!(t.unmap(&io, 0x4000_0000 + 2 * MB + 0x3000, 0x1000).unwrap().bytes, 0x1000);
     assert!(t.walk(&io, 0x4000_0000 + 2 * MB + 0x3000).unwrap().is_none());
     let l = t.walk(&io, 0x4000_0000 + 2 * MB + 0x4000).unwrap().unwrap();
     assert_eq!((l.span, l.value & ADDR), (4096, 0x8000_4000));
-    assert_eq!(t.unmap(&io, 0, 1 << 40).unwrap(), 2 * MB - 0x1000 + 0x1000);
+    assert_eq!(t.unmap(&io, 0, 1 << 40).unwrap().bytes, 2 * MB - 0x1000 + 0x1000);
     assert_eq!(t.count_pages(&io).unwrap(), 1, "empty tables are freed");
     t.destroy(&io);
     assert!(f.st().live.is_empty());
@@ -343,7 +343,7 @@ fn failed_map_leaves_no_table_page() {
     for fail in 1..=3 {
         let f = Fake::new(CAP, ECAP);
         let io = Io::new(f.host());
-        let t = PageTable::new(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0).unwrap();
+        let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0).unwrap();
         t.map(&io, 0x1000, 0x1000, 0x1000, Prot::RW).unwrap();
         let before = f.st().live.len();
         let allocs = f.st().allocs;

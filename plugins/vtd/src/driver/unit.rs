@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::hwpt::{dev_tlb_all, HwptInner, Table, User, VtdHwpt};
 use super::inv::{Desc, Invalidator};
 use super::io::Io;
-use super::pagetable::PageTable;
+use super::pagetable::new_table;
 use crate::layout::fault::{frcd, frcd_lo, page_request, reason};
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ecap, fsts, gcmd, off, prs, rtaddr};
@@ -435,7 +435,7 @@ impl VtdUnit {
             Some(t) => t,
             None => {
                 let snp = if f.contains(HwptFlags::COHERENCY) { crate::layout::tables::sl::SNP } else { 0 };
-                match PageTable::new(&c.io, c.levels, c.sizes, c.ias, snp) {
+                match new_table(&c.io, c.levels, c.sizes, c.ias, snp) {
                     Ok(t) => Table::Paging(t),
                     Err(e) => {
                         c.free_did(did);
