@@ -998,6 +998,16 @@ impl Rig {
                 if last.recorded {
                     // 7.2.1, 11.4.9.1: a recorded fault is pending in a fault-recording register.
                     prop_assert!(self.reg32(off::FSTS) & fsts::PPF != 0, "recorded, but FSTS.PPF clear");
+                    // 11.4.9.3 FRCD upper qword: SID 15:0, FR 39:32, F 63; lower: FI 63:12.
+                    let (fro, nfr) = (self.cfg.fro(), u64::from(self.cfg.nfr()));
+                    let found = (0..nfr).any(|i| {
+                        let (lo, hi) = (self.reg(fro + 16 * i), self.reg(fro + 16 * i + 8));
+                        hi >> 63 == 1
+                            && hi as u16 == dev.table_index() as u16
+                            && (hi >> 32) as u8 == last.vtd_reason
+                            && lo == iova & !0xfff
+                    });
+                    prop_assert!(found, "no fault record for {f:?} (reason {:#x})", last.vtd_reason);
                 }
                 if last.vtd_reason == 0xc {
                     // 9.7 / 9.8: an entry with a reserved field set is not a valid entry: the
