@@ -167,8 +167,14 @@ impl FirmwareTables {
         [&self.rsdp, &self.xsdt].into_iter().chain(&self.tables)
     }
 
-    /// Writes every structure into guest memory.
+    /// Writes every structure into guest memory. All or nothing: when one does not fit in
+    /// guest memory, nothing is written.
     pub fn write_to<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), AcpiError> {
+        if let Some(p) =
+            self.all().find(|p| !mem.check_range(GuestAddress(p.gpa), p.bytes.len(), vm_memory::Permissions::Write))
+        {
+            return Err(AcpiError::Memory { gpa: p.gpa, len: p.bytes.len() as u64 });
+        }
         for p in self.all() {
             let len = p.bytes.len() as u64;
             mem.write_slice(&p.bytes, GuestAddress(p.gpa)).map_err(|_| AcpiError::Memory { gpa: p.gpa, len })?;
@@ -484,6 +490,18 @@ mod tests {
         mem
     }
 
+    #[test]
+    fn tables_that_do_not_fit_are_refused_and_nothing_is_written() {
+        // The last RSDP slot of the BIOS area, with the tables after it: past 1 MiB of RAM.
+        let t = FirmwareBuilder::new(0xf_ffd0).unwrap().dmar(&dmar()).unwrap().build().unwrap();
+        let mem = memory();
+        let e = t.write_to(&mem).unwrap_err();
+        assert!(matches!(e, AcpiError::Memory { gpa, len } if gpa + len > 1 << 20), "{e}");
+        let mut top = [0u8; 16];
+        mem.read_slice(&mut top, GuestAddress(0xf_ffd0)).unwrap();
+        assert_eq!(top, [0; 16], "the RSDP that fitted was not written either");
+    }
+
     fn standard() -> FirmwareTables {
         FirmwareBuilder::new(RSDP).unwrap().dmar(&dmar()).unwrap().table(table(b"APIC", 8)).unwrap().build().unwrap()
     }
@@ -721,8 +739,16 @@ mod tests {
                 b = b.tables_at(at);
             }
             let t = b.table(table(b"FACP", 12)).unwrap().dmar(&d).unwrap().build().unwrap();
-            let mem = written(&t);
-            prop_assert_eq!(find_dmar(&mem).unwrap(), (t.tables[1].gpa, d));
+            let mem = memory();
+            match t.write_to(&mem) {
+                Ok(()) => prop_assert_eq!(find_dmar(&mem).unwrap(), (t.tables[1].gpa, d)),
+                // The layout runs past the test's 1 MiB of guest memory: refused, nothing written.
+                Err(AcpiError::Memory { gpa, len }) => {
+                    prop_assert!(gpa + len > 1 << 20, "refused a structure that fits: {gpa:#x}+{len:#x}");
+                    prop_assert!(find_rsdp(&mem).is_err(), "a refused write left an RSDP behind");
+                }
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
         }
 
         /// Random corruption of the bytes (and the pointers) on the path never panics: the walk
