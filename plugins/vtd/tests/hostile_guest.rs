@@ -1422,21 +1422,32 @@ fn mappings_agree_with_translation() {
 // ---------------------------------------------------------------------------------------------
 // Regressions: bugs the properties found, minimized.
 
+/// Device 00:00.2 (SID 0) in domain 1 with the 48-bit, 4-level AW, RID_PASID only, nothing
+/// else set, and `maps`: the base of the regression tests' single-device images.
+fn device0(mode: u8, maps: Vec<MapSpec>) -> DevSpec {
+    DevSpec { sid: 0, mode, aw: 0, did: 1, fpd: false, pre: false, ssade: false, pasids: vec![0], maps }
+}
+
+/// `cfg` with an MGAW of `width` bits (11.4.2: CAP bits 21:16 hold width - 1).
+fn with_mgaw(cfg: VtdModelConfig, width: u64) -> VtdModelConfig {
+    VtdModelConfig { cap: field(cfg.cap, 16, 6, width - 1), ..cfg }
+}
+
+/// A read without PASID by device 00:00.2 at `iova`: the output address or the fault reason.
+fn read_dma(rig: &Rig, iova: u64) -> Result<u64, u32> {
+    let req = DmaRequest { dev: dev_of(0, 0, 2), pasid: None, iova: Iova(iova), access: Prot::READ };
+    rig.model.translate(&rig.mem, &req).map(|t| t.pa.raw()).map_err(|f| f.reason)
+}
+
 /// `corrupted_tables` (a bit flip made a second-stage 2 MiB leaf misaligned): the walk set the
 /// leaf's A flag (SSADE) and then faulted on its reserved address bits (9.8, reason 0xc). An
 /// entry with a reserved field set is not used, so its A/D flags stay as the guest wrote them.
 #[test]
 fn regression_reserved_large_leaf_gets_no_ad() {
+    // PGTT = 010, second-stage only
     let spec = DevSpec {
-        sid: 0,
-        mode: 1, // PGTT = 010, second-stage only
-        aw: 0,   // 48-bit, 4 levels
-        did: 1,
-        fpd: false,
-        pre: false,
         ssade: true,
-        pasids: vec![0],
-        maps: vec![MapSpec { iova: 0, pa: 0x20_0000, leaf_level: 2, write: true, read: true }],
+        ..device0(1, vec![MapSpec { iova: 0, pa: 0x20_0000, leaf_level: 2, write: true, read: true }])
     };
     let mut im = scalable_image(&[spec]);
     // The leaf: the only entry with R, W and PS (9.8); bit 12 is reserved in a 2 MiB leaf.
@@ -1460,17 +1471,8 @@ fn regression_reserved_large_leaf_gets_no_ad() {
 /// unlike every other unusable-queue case (11.4.11.4; the model documentation).
 #[test]
 fn regression_unwritable_page_request_queue_sets_pro() {
-    let spec = DevSpec {
-        sid: 0,
-        mode: 0, // PGTT = 001, first-stage only, with an empty table: not present
-        aw: 0,
-        did: 1,
-        fpd: false,
-        pre: true,
-        ssade: false,
-        pasids: vec![0],
-        maps: vec![],
-    };
+    // PGTT = 001, first-stage only, with an empty table: not present
+    let spec = DevSpec { pre: true, ..device0(0, vec![]) };
     let im = scalable_image(&[spec]);
     let rig = Rig::new(unit(3), &im, &[]);
     rig.enable(im.root, 1, None).unwrap();
@@ -1585,26 +1587,13 @@ fn caches_are_transparent_over_corrupted_constant_memory() {
 /// width check.
 #[test]
 fn regression_iotlb_hit_beyond_address_width() {
-    // 11.4.2 MGAW bits 21:16 = width - 1.
-    let cfg = VtdModelConfig { cap: field(VtdModelConfig::legacy().cap, 16, 6, 4), ..VtdModelConfig::legacy() };
-    let spec = DevSpec {
-        sid: 0,
-        mode: 0, // TT = 00, second-level
-        aw: 0,   // 48-bit, 4 levels (the width is min(48, MGAW) = 5)
-        did: 1,
-        fpd: false,
-        pre: false,
-        ssade: false,
-        pasids: vec![0],
-        maps: vec![MapSpec { iova: 0, pa: 0, leaf_level: 1, write: true, read: true }],
-    };
+    let cfg = with_mgaw(VtdModelConfig::legacy(), 5);
+    // TT = 00, second-level
+    let spec = device0(0, vec![MapSpec { iova: 0, pa: 0, leaf_level: 1, write: true, read: true }]);
     let im = legacy_image(&[spec]);
     let rig = Rig::new(cfg, &im, &[]);
     rig.enable(im.root, 0, None).unwrap();
-    let dma = |iova| {
-        let req = DmaRequest { dev: dev_of(0, 0, 2), pasid: None, iova: Iova(iova), access: Prot::READ };
-        rig.model.translate(&rig.mem, &req).map(|t| t.pa.raw()).map_err(|f| f.reason)
-    };
+    let dma = |iova| read_dma(&rig, iova);
     assert_eq!(dma(0x10), Ok(0x10));
     assert_eq!(dma(0x20), Err(Fault::ADDRESS_SIZE));
 }
@@ -1615,27 +1604,14 @@ fn regression_iotlb_hit_beyond_address_width() {
 /// is beyond the 16-bit second-stage width and must fault with 0x4 (3.7.1, 3.8).
 #[test]
 fn regression_nested_iotlb_entry_beyond_second_stage_width() {
-    // 11.4.2 MGAW bits 21:16 = width - 1.
-    let cfg = VtdModelConfig { cap: field(VtdModelConfig::scalable().cap, 16, 6, 15), ..VtdModelConfig::scalable() };
-    let spec = DevSpec {
-        sid: 0,
-        mode: 2, // PGTT = 011, nested; the second stage maps guest RAM 1:1 with a 2 MiB leaf
-        aw: 0,
-        did: 1,
-        fpd: false,
-        pre: false,
-        ssade: false,
-        pasids: vec![0],
-        maps: vec![MapSpec { iova: 0, pa: 0, leaf_level: 2, write: true, read: true }],
-    };
+    let cfg = with_mgaw(VtdModelConfig::scalable(), 16);
+    // PGTT = 011, nested; the second stage maps guest RAM 1:1 with a 2 MiB leaf
+    let spec = device0(2, vec![MapSpec { iova: 0, pa: 0, leaf_level: 2, write: true, read: true }]);
     let im = scalable_image(&[spec]);
     assert!(im.next < 0x1_0000, "the tables lie below the 16-bit second-stage width");
     let rig = Rig::new(cfg, &im, &[]);
     rig.enable(im.root, 1, None).unwrap();
-    let dma = |iova| {
-        let req = DmaRequest { dev: dev_of(0, 0, 2), pasid: None, iova: Iova(iova), access: Prot::READ };
-        rig.model.translate(&rig.mem, &req).map(|t| t.pa.raw()).map_err(|f| f.reason)
-    };
+    let dma = |iova| read_dma(&rig, iova);
     assert_eq!(dma(0x10), Ok(0x10));
     assert_eq!(dma(0x1_0000), Err(Fault::ADDRESS_SIZE));
     assert_eq!(dma(0x20), Ok(0x20));
@@ -1646,19 +1622,8 @@ fn regression_nested_iotlb_entry_beyond_second_stage_width() {
 /// address width; the enumeration now reports the part below the width.
 #[test]
 fn regression_mappings_clip_a_leaf_at_the_address_width() {
-    // 11.4.2 MGAW bits 21:16 = width - 1: 28 bits.
-    let cfg = VtdModelConfig { cap: field(VtdModelConfig::legacy().cap, 16, 6, 27), ..VtdModelConfig::legacy() };
-    let spec = DevSpec {
-        sid: 0,
-        mode: 0,
-        aw: 0,
-        did: 1,
-        fpd: false,
-        pre: false,
-        ssade: false,
-        pasids: vec![0],
-        maps: vec![MapSpec { iova: 0, pa: 0x4000_0000, leaf_level: 3, write: true, read: true }],
-    };
+    let cfg = with_mgaw(VtdModelConfig::legacy(), 28);
+    let spec = device0(0, vec![MapSpec { iova: 0, pa: 0x4000_0000, leaf_level: 3, write: true, read: true }]);
     let im = legacy_image(&[spec]);
     let rig = Rig::new(cfg, &im, &[]);
     rig.enable(im.root, 0, None).unwrap();
