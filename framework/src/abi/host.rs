@@ -10,6 +10,7 @@ use abi_stable::sabi_trait;
 use abi_stable::std_types::{RArc, RResult, RSlice, RSliceMut, RStr};
 use abi_stable::StableAbi;
 
+use super::error::{ErrorCode, PluginError};
 use crate::addr::PhysAddr;
 
 /// Why a host service failed.
@@ -38,6 +39,18 @@ impl HostError {
     pub const fn new(code: u32, addr: u64) -> Self {
         Self { code, addr }
     }
+
+    /// The error a plugin reports for it while doing `what`: [`ErrorCode::NO_MEMORY`] for an
+    /// allocation failure, [`ErrorCode::HOST`] otherwise.
+    pub fn to_plugin(self, what: &str) -> PluginError {
+        let code = if self.code == Self::NO_MEMORY { ErrorCode::NO_MEMORY } else { ErrorCode::HOST };
+        PluginError::new(code, format!("{what}: {self}"))
+    }
+}
+
+/// A host service's result as a plugin's: the error becomes [`HostError::to_plugin`]`(what)`.
+pub fn host_ok<T>(what: &str, r: RResult<T, HostError>) -> Result<T, PluginError> {
+    r.into_result().map_err(|e| e.to_plugin(what))
 }
 
 impl fmt::Debug for HostError {

@@ -14,7 +14,7 @@ mod root;
 
 pub use error::{ErrorCode, PluginError};
 pub use guard::{guard, guard_or};
-pub use host::{HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
+pub use host::{host_ok, HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
 pub use objects::{
     Backend, BackendBox, Backend_TO, CacheInvalidation, DeviceInfo, Fault, Hwpt, HwptBox, HwptFlags, HwptInfo,
     HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit, UnitBox, UnitDesc,

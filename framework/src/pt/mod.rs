@@ -22,6 +22,10 @@
 //!
 //! Callers serialise operations that change one table.
 
+mod host;
+
+pub use host::TABLE_ADDR;
+
 use crate::abi::{ErrorCode, PluginError};
 use crate::{PageSizes, Prot};
 

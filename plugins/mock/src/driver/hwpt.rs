@@ -6,6 +6,7 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
 use ioasis::abi::{
     guard, guard_or, CacheInvalidation, ErrorCode, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation,
 };
+use ioasis::pt::Memory;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
 use super::pagetable::PageTable;

@@ -3,25 +3,14 @@
 
 use std::sync::Mutex;
 
-use abi_stable::std_types::RResult;
-use ioasis::abi::{ErrorCode, HostError, HostServicesBox, LogLevel, PluginError};
-use ioasis::pt::Memory;
-use ioasis::PhysAddr;
+use ioasis::abi::{ErrorCode, HostServicesBox, LogLevel, PluginError};
 
-use crate::format::{reg, ADDR_MASK};
+use crate::format::reg;
 
 /// How long a register poll may take before the driver reports a timeout.
 pub const POLL_TIMEOUT_NS: u64 = 100_000_000;
 
-/// A host error as the driver reports it.
-pub fn host_err(what: &str, e: HostError) -> PluginError {
-    let code = if e.code == HostError::NO_MEMORY { ErrorCode::NO_MEMORY } else { ErrorCode::HOST };
-    PluginError::new(code, format!("{what}: {e}"))
-}
-
-fn ok<T>(what: &str, r: RResult<T, HostError>) -> Result<T, PluginError> {
-    r.into_result().map_err(|e| host_err(what, e))
-}
+use ioasis::abi::host_ok as ok;
 
 /// Memory and register access of one unit.
 pub struct Io {
@@ -34,32 +23,6 @@ impl Io {
     /// Wraps the unit's host services.
     pub fn new(host: HostServicesBox) -> Self {
         Self { host, cmd: Mutex::new(()) }
-    }
-
-    /// Reads a table entry.
-    pub fn rd(&self, pa: u64) -> Result<u64, PluginError> {
-        ok("read table entry", self.host.read_u64(PhysAddr(pa)))
-    }
-
-    /// Writes a table entry.
-    pub fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
-        ok("write table entry", self.host.write_u64(PhysAddr(pa), v))
-    }
-
-    /// A zeroed table page.
-    pub fn alloc(&self) -> Result<u64, PluginError> {
-        let pa = ok("allocate table page", self.host.alloc_table_page())?.0;
-        if pa & !ADDR_MASK != 0 {
-            return Err(PluginError::new(ErrorCode::HOST, format!("host gave unaligned page {pa:#x}")));
-        }
-        Ok(pa)
-    }
-
-    /// Frees a table page. A failure here is a host bug: it is logged, not propagated.
-    pub fn free(&self, pa: u64) {
-        if let RResult::RErr(e) = self.host.free_table_page(PhysAddr(pa)) {
-            self.log(LogLevel::Error, &format!("freeing table page {pa:#x}: {e}"));
-        }
     }
 
     /// Reads a register.
@@ -112,24 +75,9 @@ impl Io {
     }
 }
 
-/// Page-table memory for the framework's walker.
-impl Memory for Io {
-    fn rd(&self, pa: u64) -> Result<u64, PluginError> {
-        Io::rd(self, pa)
-    }
-    fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
-        Io::wr(self, pa, v)
-    }
-    fn and(&self, pa: u64, mask: u64) -> Result<u64, PluginError> {
-        ok("update table entry", self.host.fetch_and_u64(PhysAddr(pa), mask))
-    }
-    fn read_table(&self, table: u64, buf: &mut [u8; 4096]) -> Result<(), PluginError> {
-        ok("read table", self.host.read_phys(PhysAddr(table), buf.as_mut_slice().into()))
-    }
-    fn alloc(&self) -> Result<u64, PluginError> {
-        Io::alloc(self)
-    }
-    fn free(&self, table: u64) {
-        Io::free(self, table)
+/// Table memory for the framework's walker (`ioasis::pt::Memory`, through the host services).
+impl AsRef<HostServicesBox> for Io {
+    fn as_ref(&self) -> &HostServicesBox {
+        &self.host
     }
 }

@@ -8,6 +8,7 @@ use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
     LogLevel, PageResponse, PluginError, Unit, UnitDesc,
 };
+use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, UnitCaps};
 use serde::Deserialize;
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
 use ioasis::abi::{guard, guard_or, CacheInvalidation, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::pt::Memory;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
 use super::inv::Desc;

@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 
 use ioasis::abi::{ErrorCode, PluginError};
+use ioasis::pt::Memory;
 
 use super::io::Io;
 use crate::layout::qi;

@@ -2,7 +2,7 @@
 //! polling (VT-d spec 11.4: 32-bit registers are accessed with width 4, 64-bit ones with 8).
 
 use abi_stable::std_types::RResult;
-use ioasis::abi::{ErrorCode, HostError, HostServicesBox, LogLevel, PluginError};
+use ioasis::abi::{ErrorCode, HostServicesBox, LogLevel, PluginError};
 use ioasis::pt::Memory;
 use ioasis::PhysAddr;
 
@@ -12,15 +12,7 @@ use crate::layout::tables::ADDR;
 /// How long a register or status poll may take before the driver reports a timeout.
 pub const POLL_TIMEOUT_NS: u64 = 200_000_000;
 
-/// A host error as the driver reports it.
-pub fn host_err(what: &str, e: HostError) -> PluginError {
-    let code = if e.code == HostError::NO_MEMORY { ErrorCode::NO_MEMORY } else { ErrorCode::HOST };
-    PluginError::new(code, format!("{what}: {e}"))
-}
-
-fn ok<T>(what: &str, r: RResult<T, HostError>) -> Result<T, PluginError> {
-    r.into_result().map_err(|e| host_err(what, e))
-}
+use ioasis::abi::host_ok as ok;
 
 /// Memory and register access of one unit.
 pub struct Io {
@@ -31,25 +23,6 @@ impl Io {
     /// Wraps the unit's host services.
     pub fn new(host: HostServicesBox) -> Self {
         Self { host }
-    }
-
-    /// Reads a table entry (one qword).
-    pub fn rd(&self, pa: u64) -> Result<u64, PluginError> {
-        ok("read table entry", self.host.read_u64(PhysAddr(pa)))
-    }
-
-    /// Writes a table entry (one qword, atomically as hardware sees it).
-    pub fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
-        ok("write table entry", self.host.write_u64(PhysAddr(pa), v))
-    }
-
-    /// A zeroed table page.
-    pub fn alloc(&self) -> Result<u64, PluginError> {
-        let pa = ok("allocate table page", self.host.alloc_table_page())?.0;
-        if pa & !ADDR != 0 {
-            return Err(PluginError::new(ErrorCode::HOST, format!("host gave unusable page {pa:#x}")));
-        }
-        Ok(pa)
     }
 
     /// `count` contiguous zeroed table pages (a PASID directory larger than a page).
@@ -72,13 +45,6 @@ impl Io {
         }
         if let RResult::RErr(e) = self.host.free_table_pages(PhysAddr(pa), count) {
             self.log(LogLevel::Error, &format!("freeing {count} table pages at {pa:#x}: {e}"));
-        }
-    }
-
-    /// Frees a table page. A failure here is a host bug: it is logged, not propagated.
-    pub fn free(&self, pa: u64) {
-        if let RResult::RErr(e) = self.host.free_table_page(PhysAddr(pa)) {
-            self.log(LogLevel::Error, &format!("freeing table page {pa:#x}: {e}"));
         }
     }
 
@@ -136,24 +102,9 @@ impl Io {
     }
 }
 
-/// Page-table memory for the framework's walker.
-impl Memory for Io {
-    fn rd(&self, pa: u64) -> Result<u64, PluginError> {
-        Io::rd(self, pa)
-    }
-    fn wr(&self, pa: u64, v: u64) -> Result<(), PluginError> {
-        Io::wr(self, pa, v)
-    }
-    fn and(&self, pa: u64, mask: u64) -> Result<u64, PluginError> {
-        ok("update table entry", self.host.fetch_and_u64(PhysAddr(pa), mask))
-    }
-    fn read_table(&self, table: u64, buf: &mut [u8; 4096]) -> Result<(), PluginError> {
-        ok("read table", self.host.read_phys(PhysAddr(table), buf.as_mut_slice().into()))
-    }
-    fn alloc(&self) -> Result<u64, PluginError> {
-        Io::alloc(self)
-    }
-    fn free(&self, table: u64) {
-        Io::free(self, table)
+/// Table memory for the framework's walker (`ioasis::pt::Memory`, through the host services).
+impl AsRef<HostServicesBox> for Io {
+    fn as_ref(&self) -> &HostServicesBox {
+        &self.host
     }
 }

@@ -11,6 +11,7 @@ use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
     LogLevel, PageResponse, PluginError, Unit, UnitDesc,
 };
+use ioasis::pt::Memory;
 use ioasis::{
     DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, RequesterId, UnitCaps,
 };
