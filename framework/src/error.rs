@@ -167,6 +167,49 @@ pub enum Error {
         /// The plugin's error.
         error: PluginError,
     },
+    /// A flags or bits field has bits this interface does not define.
+    #[error("unknown {what} bits {bits:#x}")]
+    UnknownBits {
+        /// Which field.
+        what: &'static str,
+        /// The unknown bits.
+        bits: u64,
+    },
+    /// A plugin answered with something that cannot be right (a kind not asked for, unknown
+    /// bits, a count past what it was given). Nothing was changed.
+    #[error("plugin {plugin} (unit {unit}) gave a bad answer in {op}: {what}")]
+    BadAnswer {
+        /// The plugin.
+        plugin: String,
+        /// The unit.
+        unit: String,
+        /// The operation.
+        op: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+    /// The virtual id names another device of the vIOMMU already.
+    #[error("virtual id {virt_id:#x} of vIOMMU {viommu} is device {device}'s")]
+    VirtualIdInUse {
+        /// The vIOMMU.
+        viommu: ObjectId,
+        /// The virtual id.
+        virt_id: u64,
+        /// The device that has it.
+        device: ObjectId,
+    },
+    /// The backend refused a guest command; the ones before it were carried out.
+    #[error("plugin {plugin} (unit {unit}) refused guest command {handled}: {error}")]
+    Invalidation {
+        /// Commands handled before the refused one (its index).
+        handled: u32,
+        /// The plugin.
+        plugin: String,
+        /// The unit.
+        unit: String,
+        /// Why.
+        error: PluginError,
+    },
     /// A host adapter (KVM, Xen, bare metal) failed outside any backend: creating or
     /// destroying a guest, reading the platform. Nothing was changed.
     #[error("{host} host failed in {op}: {message}")]

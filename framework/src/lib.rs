@@ -37,7 +37,9 @@ pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};
 pub use ioas::UnmapMode;
-pub use object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
+pub use object::{
+    DeviceId, FaultQueueId, HwQueueId, HwptId, IoasId, ObjectId, UnitId, VdeviceId, VeventQueueId, ViommuId,
+};
 pub mod config;
 
 /// The README's code examples, compiled and run as doc tests.

@@ -52,3 +52,19 @@ typed_id!(
     /// A fault queue.
     FaultQueueId
 );
+typed_id!(
+    /// A vIOMMU: one unit's slice for one VM.
+    ViommuId
+);
+typed_id!(
+    /// A vDEVICE: a device's virtual id in a vIOMMU.
+    VdeviceId
+);
+typed_id!(
+    /// A virtual event queue of a vIOMMU.
+    VeventQueueId
+);
+typed_id!(
+    /// A hardware-accelerated guest queue of a vIOMMU.
+    HwQueueId
+);

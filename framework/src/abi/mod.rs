@@ -11,6 +11,7 @@ mod guard;
 mod host;
 mod objects;
 mod root;
+mod viommu;
 
 pub use error::{ErrorCode, PluginError};
 pub use guard::{guard, guard_or};
@@ -20,4 +21,10 @@ pub use objects::{
     HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit, UnitBox, UnitDesc,
     Unit_TO,
 };
-pub use root::{InterfaceVersion, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION};
+pub use root::{
+    InterfaceVersion, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION, OLDEST_COMPATIBLE,
+};
+pub use viommu::{
+    no_viommu, HwQueueKind, HwQueueRequest, InvalidateOutcome, Viommu, ViommuBox, ViommuFeatures, ViommuFlags,
+    ViommuInfo, ViommuKind, ViommuRequest, Viommu_TO, VirtualCommand,
+};

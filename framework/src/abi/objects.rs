@@ -6,6 +6,7 @@ use abi_stable::StableAbi;
 
 use super::error::PluginError;
 use super::host::HostServicesBox;
+use super::viommu::{no_viommu, ViommuBox, ViommuRequest};
 use crate::addr::{AddressSpace, DeviceRef, Iova, IovaRange, Pasid, PhysAddr};
 use crate::caps::{PageSizes, UnitCaps};
 use crate::format::PtFormat;
@@ -203,16 +204,25 @@ impl Fault {
     pub const BAD_ENTRY: u32 = 5;
     /// The PASID is not set up for the device.
     pub const BAD_PASID: u32 = 6;
+    /// The guest's configuration of a nested translation is malformed (its stage-1
+    /// descriptor, context descriptor or PASID entry), interface 0.3.
+    pub const BAD_CONFIG: u32 = 7;
+    /// Flag on a reason: the fault happened in the nesting parent's (stage-2) walk, so it is
+    /// the host's and never the guest's, interface 0.3.
+    pub const IN_PARENT: u32 = 1 << 16;
+    /// The reason code without its flags.
+    pub const REASON_MASK: u32 = 0xffff;
 
     /// Short name of a reason code.
     pub fn reason_name(reason: u32) -> &'static str {
-        match reason {
+        match reason & Self::REASON_MASK {
             Self::NOT_PRESENT => "not-present",
             Self::PERMISSION => "permission",
             Self::BLOCKED => "blocked",
             Self::ADDRESS_SIZE => "address-size",
             Self::BAD_ENTRY => "bad-entry",
             Self::BAD_PASID => "bad-pasid",
+            Self::BAD_CONFIG => "bad-config",
             _ => "unknown",
         }
     }
@@ -316,6 +326,14 @@ pub trait Unit: Send + Sync {
     /// Disables translation and frees the unit's own structures. Called once, last.
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> RResult<(), PluginError>;
+    // Interface 0.3 and later: methods with a default, which a plugin built against an older
+    // interface (whose vtable lacks them) answers with.
+    /// Creates a vIOMMU for one VM over a nesting-parent paging HWPT (interface 0.3). A unit
+    /// without them refuses with the reason (the register bits it lacks).
+    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
+        let _ = req;
+        RResult::RErr(no_viommu("vIOMMU"))
+    }
 }
 
 /// A shareable unit object.

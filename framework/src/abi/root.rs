@@ -11,13 +11,15 @@ use super::error::PluginError;
 use super::objects::BackendBox;
 
 /// Version of the plugin interface. A plugin is accepted when the majors are equal and, while
-/// the major is 0, when the plugin's minor is not older than the host's.
+/// the major is 0, when the plugin's minor is not older than [`OLDEST_COMPATIBLE`]'s: minors
+/// only add prefix fields and trait methods (with defaults), so a host calls an older plugin's
+/// missing methods' defaults, and a newer plugin's extra ones are never called.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq)]
 pub struct InterfaceVersion {
     /// Incompatible changes.
     pub major: u16,
-    /// Compatible additions (new prefix fields, new codes).
+    /// Compatible additions (new prefix fields, new trait methods with defaults, new codes).
     pub minor: u16,
 }
 
@@ -36,12 +38,17 @@ impl fmt::Debug for InterfaceVersion {
 impl InterfaceVersion {
     /// True when a plugin built against `plugin` can be used by a host speaking `self`.
     pub fn accepts(self, plugin: InterfaceVersion) -> bool {
-        self.major == plugin.major && (self.major != 0 || plugin.minor >= self.minor)
+        self.major == plugin.major && (self.major != 0 || plugin.minor >= OLDEST_COMPATIBLE.minor)
     }
 }
 
-/// The interface version this build of the framework speaks.
-pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 2 };
+/// The interface version this build of the framework speaks. 0.3 added the vIOMMU objects
+/// (`Unit::alloc_viommu`, [`crate::abi::Viommu`]).
+pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 3 };
+
+/// The oldest interface whose plugins this host still loads: 0.2 (0.1 lacked
+/// `HwptRequest::space`, a change of layout).
+pub const OLDEST_COMPATIBLE: InterfaceVersion = InterfaceVersion { major: 0, minor: 2 };
 
 /// Name of the plain C symbol (a `[u16; 2]`) that every plugin exports beside its root module,
 /// so that the loader can name both versions before abi_stable checks any layout.

@@ -51,13 +51,20 @@ impl Context {
             .values()
             .find(|d| std::sync::Arc::ptr_eq(&d.unit, unit) && d.desc.info().dev.table_index() == f.dev.table_index())
             .cloned();
-        let queue = dev.as_ref().and_then(|d| {
-            let hwpt = match lock(&d.attached).get(&f.pasid.into_option()) {
-                Some(Attachment::Hwpt(h)) => Some(h.clone()),
-                _ => None,
-            }?;
-            hwpt.fault_queue.clone().or_else(|| hwpt.parent.as_ref().and_then(|p| p.fault_queue.clone()))
+        let hwpt = dev.as_ref().and_then(|d| match lock(&d.attached).get(&f.pasid.into_option()) {
+            Some(Attachment::Hwpt(h)) => Some(h.clone()),
+            _ => None,
         });
+        let queue = hwpt
+            .as_ref()
+            .and_then(|h| h.fault_queue.clone().or_else(|| h.parent.as_ref().and_then(|p| p.fault_queue.clone())));
+        if !f.page_request {
+            if let Some(d) = &dev {
+                if self.route_vevent(d, hwpt.as_ref(), &f) {
+                    return;
+                }
+            }
+        }
         match (f.page_request, queue, dev) {
             (true, Some(q), Some(d)) => q.push(d.id, unit.clone(), f),
             (true, _, _) => {

@@ -9,7 +9,7 @@ use crate::abi::{CacheInvalidation, HwptFlags, HwptInfo, HwptKind, HwptRequest, 
 use crate::addr::{AddressSpace, Iova};
 use crate::error::{Error, Result};
 use crate::format::PtFormat;
-use crate::object::{FaultQueueId, HwptId, IoasId, UnitId};
+use crate::object::{FaultQueueId, HwptId, IoasId, UnitId, ViommuId};
 
 use super::{lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
 
@@ -38,6 +38,19 @@ pub enum HwptSpec {
         /// Where page requests go.
         fault_queue: Option<FaultQueueId>,
     },
+    /// A guest's stage-1 allocated in a vIOMMU, over the vIOMMU's parent (interface 0.3).
+    NestedIn {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// Format of the stage-1.
+        format: PtFormat,
+        /// The stage-1 root, an address in the parent's IOVA space.
+        root: Iova,
+        /// Format-specific words.
+        words: Vec<u64>,
+        /// Where page requests go.
+        fault_queue: Option<FaultQueueId>,
+    },
     /// Blocks all DMA.
     Blocking,
     /// Untranslated DMA.
@@ -56,6 +69,14 @@ impl Context {
         let mut ioas: Option<Arc<IoasObj>> = None;
         let mut parent: Option<Arc<HwptObj>> = None;
         let mut queue = None;
+        if let HwptSpec::NestedIn { viommu, format, root, words, fault_queue } = spec {
+            return self.alloc_nested_in(
+                unit,
+                viommu,
+                Stage1Config { format, root, words: RVec::from(words) },
+                fault_queue,
+            );
+        }
         let req = match spec {
             HwptSpec::Paging { ioas: id, mut flags, fault_queue } => {
                 let obj = self.ioas(id)?;
@@ -103,6 +124,7 @@ impl Context {
                 stage1: ROption::RNone,
                 space: AddressSpace::host(),
             },
+            HwptSpec::NestedIn { .. } => unreachable!("handled above"),
             HwptSpec::Identity => HwptRequest {
                 kind: HwptKind::IDENTITY,
                 flags: HwptFlags::default(),
@@ -126,6 +148,7 @@ impl Context {
             auto,
             fault_queue: queue,
             users: Mutex::new(BTreeSet::new()),
+            viommu: None,
         });
         if let Some(ioas) = &ioas {
             let mut list = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
@@ -146,6 +169,53 @@ impl Context {
         }
         self.write().hwpts.insert(obj.id.0, obj.clone());
         Ok(obj)
+    }
+
+    fn alloc_nested_in(
+        &self,
+        unit: &Arc<UnitObj>,
+        viommu: ViommuId,
+        stage1: Stage1Config,
+        fault_queue: Option<FaultQueueId>,
+    ) -> Result<Arc<HwptObj>> {
+        let v = self.viommu(viommu)?;
+        if !Arc::ptr_eq(&v.unit, unit) {
+            return Err(Error::Invalid(format!("vIOMMU {viommu} is on unit {}, not {}", v.unit.name, unit.name)));
+        }
+        let (queue, flags) = match fault_queue {
+            Some(q) => (Some(self.queue(q)?), HwptFlags::PAGE_FAULTS),
+            None => (None, HwptFlags::default()),
+        };
+        let hw = v.hw.alloc_nested(flags, &stage1).into_result().map_err(|e| plugin_err(unit, "alloc_nested", e))?;
+        let info = hw.info();
+        if info.kind != HwptKind::NESTED || info.format != stage1.format {
+            return Err(Error::BadAnswer {
+                plugin: unit.plugin.name.clone(),
+                unit: unit.name.clone(),
+                op: "alloc_nested",
+                what: format!("asked for a nested {} HWPT, got {} {}", stage1.format, info.kind.name(), info.format),
+            });
+        }
+        let obj = Arc::new(HwptObj {
+            id: HwptId(self.new_id()),
+            unit: unit.clone(),
+            hw,
+            info,
+            flags,
+            ioas: None,
+            parent: Some(v.parent.clone()),
+            auto: false,
+            fault_queue: queue,
+            users: Mutex::new(BTreeSet::new()),
+            viommu: Some(v),
+        });
+        self.write().hwpts.insert(obj.id.0, obj.clone());
+        Ok(obj)
+    }
+
+    /// The vIOMMU a nested HWPT was allocated in, if any.
+    pub fn hwpt_viommu(&self, hwpt: HwptId) -> Result<Option<ViommuId>> {
+        Ok(self.hwpt(hwpt)?.viommu.as_ref().map(|v| v.id))
     }
 
     /// What the backend built.

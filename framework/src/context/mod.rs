@@ -9,6 +9,7 @@ mod fault;
 mod hwpt;
 mod map;
 mod objects;
+mod viommu;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +33,8 @@ pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
 pub(crate) use objects::{Attachment, DeviceObj, FaultQueue, HwptObj, IoasObj, UnitObj};
+use viommu::{HwQueueObj, VdeviceObj, VeventQueue, ViommuObj};
+pub use viommu::{VirtualEvent, VirtualEvents, INVALIDATE_MAX, VEVENTQ_MAX_DEPTH};
 
 /// Every object of a context.
 #[derive(Default)]
@@ -41,6 +44,10 @@ struct Objects {
     ioases: BTreeMap<ObjectId, Arc<IoasObj>>,
     hwpts: BTreeMap<ObjectId, Arc<HwptObj>>,
     queues: BTreeMap<ObjectId, Arc<FaultQueue>>,
+    viommus: BTreeMap<ObjectId, Arc<ViommuObj>>,
+    vdevices: BTreeMap<ObjectId, Arc<VdeviceObj>>,
+    veventqs: BTreeMap<ObjectId, Arc<VeventQueue>>,
+    hw_queues: BTreeMap<ObjectId, Arc<HwQueueObj>>,
 }
 
 /// The root of the object model.
@@ -277,6 +284,9 @@ impl Context {
             if !lock(&d.attached).is_empty() {
                 return Err(Error::Busy { what: "device", id, by: "attachments".into() });
             }
+            if let Some(v) = o.vdevices.values().find(|v| v.device.id.0 == id) {
+                return Err(Error::Busy { what: "device", id, by: format!("vDEVICE {}", v.id) });
+            }
             o.devices.remove(&id);
             return Ok(());
         }
@@ -287,6 +297,9 @@ impl Context {
             }
             if o.hwpts.values().any(|c| c.parent.as_ref().is_some_and(|p| p.id.0 == id)) {
                 return Err(Error::Busy { what: "HWPT", id, by: "nested HWPTs".into() });
+            }
+            if let Some(v) = o.viommus.values().find(|v| v.parent.id.0 == id) {
+                return Err(Error::Busy { what: "HWPT", id, by: format!("vIOMMU {}", v.id) });
             }
             if let Some(ioas) = &h.ioas {
                 ioas.remove_hwpt(&h);
@@ -310,6 +323,31 @@ impl Context {
             o.queues.remove(&id);
             return Ok(());
         }
+        if let Some(v) = o.viommus.get(&id) {
+            let users = o.hwpts.values().filter(|h| h.viommu.as_ref().is_some_and(|x| x.id == v.id)).count()
+                + o.vdevices.values().filter(|x| x.viommu.id == v.id).count()
+                + o.veventqs.values().filter(|x| x.viommu.id == v.id).count()
+                + o.hw_queues.values().filter(|x| x.viommu.id == v.id).count();
+            if users > 0 {
+                return Err(Error::Busy {
+                    what: "vIOMMU",
+                    id,
+                    by: format!("{users} nested HWPT(s), vDEVICE(s), event or hardware queue(s)"),
+                });
+            }
+            o.viommus.remove(&id);
+            return Ok(());
+        }
+        if let Some(v) = o.vdevices.get(&id).cloned() {
+            if let Err(e) = v.viommu.hw.clear_vdevice(&v.device.desc.info()).into_result() {
+                return Err(plugin_err(&v.viommu.unit, "clear_vdevice", e));
+            }
+            o.vdevices.remove(&id);
+            return Ok(());
+        }
+        if o.veventqs.remove(&id).is_some() || o.hw_queues.remove(&id).is_some() {
+            return Ok(());
+        }
         if o.units.contains_key(&id) {
             if o.devices.values().any(|d| d.unit.id.0 == id) || o.hwpts.values().any(|h| h.unit.id.0 == id) {
                 return Err(Error::Busy { what: "unit", id, by: "devices or HWPTs".into() });
@@ -322,7 +360,7 @@ impl Context {
     }
 
     /// Tears everything down in a safe order: detach every device (PASIDs first), destroy
-    /// nested HWPTs, then paging HWPTs, IOASes, devices, fault queues, and shut units down.
+    /// hardware and event queues, vDEVICEs, nested HWPTs, vIOMMUs, then paging HWPTs, IOASes, devices, fault queues, and shut units down.
     /// Returns the first backend error; the teardown goes on regardless.
     pub fn teardown(&self) -> Result<()> {
         let mut first: Option<Error> = None;
@@ -338,10 +376,18 @@ impl Context {
         }
         let _c = self.control();
         let mut o = self.write();
+        o.hw_queues.clear();
+        o.veventqs.clear();
+        for (_, v) in std::mem::take(&mut o.vdevices) {
+            if let Err(e) = v.viommu.hw.clear_vdevice(&v.device.desc.info()).into_result() {
+                first.get_or_insert(plugin_err(&v.viommu.unit, "clear_vdevice", e));
+            }
+        }
         let nested: Vec<ObjectId> = o.hwpts.values().filter(|h| h.parent.is_some()).map(|h| h.id.0).collect();
         for id in nested {
             o.hwpts.remove(&id);
         }
+        o.viommus.clear();
         for (_, h) in std::mem::take(&mut o.hwpts) {
             if let Some(ioas) = &h.ioas {
                 ioas.remove_hwpt(&h);

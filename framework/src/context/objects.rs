@@ -14,6 +14,7 @@ use crate::loader::Plugin;
 use crate::object::{DeviceId, FaultQueueId, HwptId, IoasId, UnitId};
 
 use super::fault::QueuedFault;
+use super::viommu::ViommuObj;
 use super::{lock, plugin_err};
 
 /// A probed unit.
@@ -123,6 +124,8 @@ pub(crate) struct HwptObj {
     pub auto: bool,
     pub fault_queue: Option<Arc<FaultQueue>>,
     pub users: Mutex<BTreeSet<(DeviceId, Option<Pasid>)>>,
+    /// The vIOMMU a nested HWPT was allocated in.
+    pub viommu: Option<Arc<ViommuObj>>,
 }
 
 impl HwptObj {
