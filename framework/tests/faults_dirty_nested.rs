@@ -99,18 +99,6 @@ fn dirty_tracking_needs_a_hwpt_allocated_for_it() {
     assert!(rig.ctx.set_dirty_tracking(hwpt, true).is_err());
 }
 
-/// Builds a four-level mock-format stage-1 in guest memory: `gpa_to_pa` says where the guest
-/// physical pages really are (the stage-2 the test set up).
-fn write_stage1(rig: &Rig, gpa_to_pa: u64, root_gpa: u64, iova: u64, out_gpa: u64, prot: u64) {
-    let tables = [root_gpa, root_gpa + 0x1000, root_gpa + 0x2000, root_gpa + 0x3000];
-    for level in (0..4u32).rev() {
-        let table = tables[(3 - level) as usize];
-        let slot = table + pte::offset(iova, level);
-        let entry = if level == 0 { pte::P | prot | out_gpa } else { pte::P | tables[(4 - level) as usize] };
-        rig.write_ram(gpa_to_pa + slot, &entry.to_le_bytes());
-    }
-}
-
 #[test]
 fn nested_translation_walks_the_guest_stage1_through_the_stage2() {
     let rig = Rig::new();
@@ -122,7 +110,7 @@ fn nested_translation_walks_the_guest_stage1_through_the_stage2() {
     let unit = rig.ctx.unit_by_name("u0").unwrap();
     let parent =
         rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None }).unwrap();
-    write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x10_0000, pte::R | pte::W);
+    common::write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x10_0000, pte::R | pte::W);
     let nested = rig
         .ctx
         .alloc_hwpt(
@@ -134,7 +122,7 @@ fn nested_translation_walks_the_guest_stage1_through_the_stage2() {
     rig.dma_write(0, 1, None, 0x4000_0010, b"nested").unwrap();
     assert_eq!(rig.ram(g2h + 0x10_0010, 6), b"nested");
     // The guest remaps its stage-1 entry to another page: stale until it invalidates.
-    write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x20_0000, pte::R | pte::W);
+    common::write_stage1(&rig, g2h, 0x1000, 0x4000_0000, 0x20_0000, pte::R | pte::W);
     rig.dma_write(0, 1, None, 0x4000_0020, b"stale").unwrap();
     assert_eq!(rig.ram(g2h + 0x10_0020, 5), b"stale");
     let inv = CacheInvalidation {

@@ -128,3 +128,17 @@ impl Rig {
         self.machine.ram().write(PhysAddr(pa), data).expect("ram write");
     }
 }
+
+/// Builds a four-level mock-format stage-1 in guest memory at `root_gpa` (its four table pages
+/// follow each other) mapping `iova` to `out_gpa` with `prot`; `gpa_to_pa` says where the guest
+/// physical pages really are (the stage-2 the test set up).
+pub fn write_stage1(rig: &Rig, gpa_to_pa: u64, root_gpa: u64, iova: u64, out_gpa: u64, prot: u64) {
+    use ioasis_plugin_mock::format::pte;
+    let tables = [root_gpa, root_gpa + 0x1000, root_gpa + 0x2000, root_gpa + 0x3000];
+    for level in (0..4u32).rev() {
+        let table = tables[(3 - level) as usize];
+        let slot = table + pte::offset(iova, level);
+        let entry = if level == 0 { pte::P | prot | out_gpa } else { pte::P | tables[(4 - level) as usize] };
+        rig.write_ram(gpa_to_pa + slot, &entry.to_le_bytes());
+    }
+}

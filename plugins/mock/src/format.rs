@@ -34,6 +34,20 @@ pub mod reg {
     pub const PRESP_DEV: u64 = 0x080;
     /// §1 PRESP_CMD register.
     pub const PRESP_CMD: u64 = 0x088;
+    /// §7 VMTAB register: the VM table page.
+    pub const VMTAB: u64 = 0x090;
+    /// §7 VCMDQ_BASE register: the guest queue's address (in the VM's stage-2) and log2 size.
+    pub const VCMDQ_BASE: u64 = 0x0a0;
+    /// §7 VCMDQ_VM register: VMID [7:0], enable bit 63.
+    pub const VCMDQ_VM: u64 = 0x0a8;
+    /// §7 VCMDQ_PROD register: the guest's producer index.
+    pub const VCMDQ_PROD: u64 = 0x0b0;
+    /// §7 VCMDQ_CONS register: the unit's consumer index, bit 31 ERR.
+    pub const VCMDQ_CONS: u64 = 0x0b8;
+    /// §7 VCMDQ_CONS bit 31: the command at the consumer index was refused; the queue stopped.
+    pub const VCMDQ_CONS_ERR: u64 = 1 << 31;
+    /// §7 VCMDQ_VM bit 63: the queue is enabled.
+    pub const VCMDQ_VM_EN: u64 = 1 << 63;
     /// Size of the register window.
     pub const WINDOW: u64 = 0x1000;
 
@@ -94,6 +108,10 @@ pub mod cap {
     pub const S1_X86_64: u64 = 1 << 40;
     /// Stage-1 format mock can be nested.
     pub const S1_MOCK: u64 = 1 << 41;
+    /// §7 vIOMMU: VM table, VMIDs and virtual-id tables.
+    pub const VIOMMU: u64 = 1 << 42;
+    /// §7 the virtual command queue (needs VIOMMU).
+    pub const VCMDQ: u64 = 1 << 43;
 
     /// The PASID width field.
     pub const fn pasid_bits(cap: u64) -> u8 {
@@ -123,7 +141,9 @@ pub mod cap {
         | PS_2M
         | PS_1G
         | S1_X86_64
-        | S1_MOCK;
+        | S1_MOCK
+        | VIOMMU
+        | VCMDQ;
 }
 
 /// Bits bits 51:12: a 4 KiB-aligned physical address in any entry.
@@ -192,6 +212,8 @@ pub mod desc {
     pub const LEVELS_SHIFT: u32 = 8;
     /// Word 0 bits 23:16: IAS.
     pub const IAS_SHIFT: u32 = 16;
+    /// Word 3 bits 15:8: the VMID of the vIOMMU a nested descriptor belongs to (§7), 0 for none.
+    pub const VMID_SHIFT: u32 = 8;
     /// Word 3 stage-1 format: mock.
     pub const S1_MOCK: u64 = 1;
     /// Word 3 stage-1 format: x86-64.
@@ -265,6 +287,44 @@ pub mod fault {
     pub const READ: u64 = 1 << 55;
     /// Word 0 bits 63:56 reason shift.
     pub const REASON_SHIFT: u32 = 56;
+    /// Word 3 bit 0 S2: the fault happened in the stage-2 walk of a nested translation.
+    pub const S2: u64 = 1 << 0;
+}
+
+/// §7: the virtual interface (vIOMMUs).
+pub mod vm {
+    /// VM table entries (one page of 16-byte entries, indexed by VMID; VMID 0 is never used).
+    pub const ENTRIES: u64 = 256;
+    /// VM table entry size.
+    pub const ENTRY_SIZE: u64 = 16;
+    /// Virtual-id table entries (one page of 8-byte entries, indexed by virtual id).
+    pub const VIRT_IDS: u64 = 512;
+    /// Virtual-id entry bits 48:32: the physical device id.
+    pub const PDEV_SHIFT: u32 = 32;
+    /// Virtual-id entry mask of the physical device id (17 bits).
+    pub const PDEV_MASK: u64 = 0x1_ffff;
+    /// Bytes per virtual command.
+    pub const CMD_SIZE: u64 = 32;
+    /// Largest log2 of the virtual command queue's entries (a 4 KiB page holds 128).
+    pub const CMDQ_MAX_LOG2: u64 = 7;
+
+    /// Command word 0 bits 7:0: the opcode.
+    pub const OP_MASK: u64 = 0xff;
+    /// Opcode 1: stage-1 IOTLB entries of the virtual device (and PASID) in `[word 1, +word 2)`
+    /// (word 2 = 0: all of them).
+    pub const OP_STAGE1_RANGE: u64 = 1;
+    /// Opcode 2: the virtual device's cached configuration (device and PASID entries).
+    pub const OP_DEVICE: u64 = 2;
+    /// Opcode 3: no operation (a completion point).
+    pub const OP_SYNC: u64 = 3;
+    /// Command word 0 bit 8: the PASID field is valid.
+    pub const PASID_V: u64 = 1 << 8;
+    /// Command word 0 bits 31:12: the PASID.
+    pub const PASID_SHIFT: u32 = 12;
+    /// Command word 0 bits 63:32: the virtual id.
+    pub const VIRT_SHIFT: u32 = 32;
+    /// Command word 0 bits that are reserved (11:9).
+    pub const W0_RESERVED: u64 = 0xe00;
 }
 
 #[cfg(test)]

@@ -30,6 +30,12 @@
 //!   the stage-1 leaf and on each stage-2 leaf used; D on both leaves of a write when the
 //!   respective descriptor has DIRTY_EN. x86-64 stage-1 tables are writable only when RW is set
 //!   at every level. A stage-1 table may sit at guest-physical 0.
+//! - A fault in a stage-2 walk of a nested translation (reading a stage-1 entry, or translating
+//!   the stage-1 output) is recorded with S2 (§6) and returned with [`Fault::IN_PARENT`].
+//! - §7: VMTAB and the VCMDQ registers exist only with CAP.VIOMMU / CAP.VCMDQ (other units
+//!   refuse them as unknown registers). The virtual command queue runs synchronously on the
+//!   write of VCMDQ_PROD, at most 2^n commands, and only a VM's own nested descriptors (VMID in
+//!   word 3) can be invalidated through it.
 //! - Registers are accessed at their offset with width 4 or 8; a 4-byte access reaches the low
 //!   half of a 64-bit register (a 4-byte write keeps its high half). Writes to read-only
 //!   registers are ignored; write-only registers read as 0.
@@ -47,7 +53,7 @@ use ioasis::abi::{Fault, HostError};
 use ioasis::platform::{DmaRequest, DmaTarget, PhysMemory, UnitModel};
 use ioasis::{Pasid, PhysAddr, Prot};
 
-use crate::format::{cap, desc, devtab, fault, pasidtab, pte, reg, ADDR_MASK, VALID};
+use crate::format::{cap, desc, devtab, fault, pasidtab, pte, reg, vm, ADDR_MASK, VALID};
 
 pub use cache::CacheStats;
 use cache::{Caches, Descriptor, DevEntry, IotlbEntry};
@@ -80,6 +86,11 @@ struct Regs {
     fq_head: u64,
     fq_tail: u64,
     presp_dev: u64,
+    vmtab: u64,
+    vcmdq_base: u64,
+    vcmdq_vm: u64,
+    vcmdq_prod: u64,
+    vcmdq_cons: u64,
 }
 
 const U32: u64 = 0xffff_ffff;
@@ -293,11 +304,14 @@ impl MockModel {
             oas: None,
         };
         // Every stage-1 entry is read at its stage-2 translation.
-        let mut through_s2 =
-            |gpa: u64| walk::walk(mem, self.cap, &s2, gpa, Prot::READ, &mut physical).map(|l| l.output(gpa));
+        // §6: a fault in a stage-2 walk is flagged S2 (the host's, not the guest's).
+        let s2_fault = |r: Reason| r | Fault::IN_PARENT;
+        let mut through_s2 = |gpa: u64| {
+            walk::walk(mem, self.cap, &s2, gpa, Prot::READ, &mut physical).map(|l| l.output(gpa)).map_err(s2_fault)
+        };
         let l1 = walk::walk(mem, self.cap, &s1, iova, access, &mut through_s2)?;
         let gpa = l1.output(iova);
-        let l2 = walk::walk(mem, self.cap, &s2, gpa, access, &mut physical)?;
+        let l2 = walk::walk(mem, self.cap, &s2, gpa, access, &mut physical).map_err(s2_fault)?;
         let size = l1.size.min(l2.size);
         Ok(IotlbEntry {
             pa: l2.output(gpa) & !(size - 1),
@@ -351,6 +365,108 @@ impl MockModel {
         }
     }
 
+    /// §7: runs the virtual command queue from VCMDQ_CONS up to VCMDQ_PROD; stops with ERR at a
+    /// command it refuses or cannot read.
+    fn run_vcmdq(&self, mem: &dyn PhysMemory) {
+        let (base, vmreg, prod, cons, vmtab, devtab_reg) = {
+            let r = lock(&self.regs);
+            (r.vcmdq_base, r.vcmdq_vm, r.vcmdq_prod, r.vcmdq_cons, r.vmtab, r.devtab)
+        };
+        if vmreg & reg::VCMDQ_VM_EN == 0 || cons & reg::VCMDQ_CONS_ERR != 0 {
+            return;
+        }
+        let log2 = (base & 0x1f).min(vm::CMDQ_MAX_LOG2);
+        let n = 1u64 << log2;
+        let (mut idx, end) = (cons % n, prod % n);
+        let vmid = vmreg & 0xff;
+        let mut c = lock(&self.caches);
+        let vm_entry = (|| -> Result<(u64, Table), Reason> {
+            let table = vmtab & ADDR_MASK;
+            if vmid == 0 || table == 0 {
+                return Err(Fault::BAD_ENTRY);
+            }
+            let at = table + vmid * vm::ENTRY_SIZE;
+            let (w0, w1) = (read(mem, at)?, read(mem, at + 8)?);
+            if w0 & VALID == 0 {
+                return Err(Fault::BAD_ENTRY);
+            }
+            let d = self.descriptor(&mut c, mem, w1 & ADDR_MASK)?;
+            Ok((w0 & ADDR_MASK, self.paging_table(&d)?))
+        })();
+        let mut err = vm_entry.is_err();
+        if let Ok((ids, s2)) = vm_entry {
+            // At most n commands: the indices are modulo n.
+            for _ in 0..n {
+                if idx == end {
+                    break;
+                }
+                let gpa = (base & ADDR_MASK) + idx * vm::CMD_SIZE;
+                let done = walk::walk(mem, self.cap, &s2, gpa, Prot::READ, &mut physical)
+                    .map(|l| l.output(gpa))
+                    .and_then(|pa| Ok([read(mem, pa)?, read(mem, pa + 8)?, read(mem, pa + 16)?, read(mem, pa + 24)?]))
+                    .map_err(|_| ())
+                    .and_then(|words| self.virtual_command(&mut c, mem, devtab_reg, vmid, ids, words));
+                if done.is_err() {
+                    err = true;
+                    break;
+                }
+                idx = (idx + 1) % n;
+            }
+        }
+        drop(c);
+        let mut r = lock(&self.regs);
+        r.vcmdq_cons = idx | if err { reg::VCMDQ_CONS_ERR } else { 0 };
+    }
+
+    /// §7: one virtual command of VMID `vmid`, its virtual id looked up in the table at `ids`.
+    fn virtual_command(
+        &self,
+        c: &mut Caches,
+        mem: &dyn PhysMemory,
+        devtab_reg: u64,
+        vmid: u64,
+        ids: u64,
+        [w0, addr, size, w3]: [u64; 4],
+    ) -> Result<(), ()> {
+        if w0 & vm::W0_RESERVED != 0 || w3 != 0 {
+            return Err(());
+        }
+        let op = w0 & vm::OP_MASK;
+        if op == vm::OP_SYNC {
+            return Ok(());
+        }
+        let virt = w0 >> vm::VIRT_SHIFT;
+        if (op != vm::OP_STAGE1_RANGE && op != vm::OP_DEVICE) || virt >= vm::VIRT_IDS {
+            return Err(());
+        }
+        let e = read(mem, ids + virt * 8).map_err(|_| ())?;
+        if e & VALID == 0 {
+            return Err(());
+        }
+        let pdev = ((e >> vm::PDEV_SHIFT) & vm::PDEV_MASK) as u32;
+        if op == vm::OP_DEVICE {
+            c.invalidate_device(pdev);
+            return Ok(());
+        }
+        if addr & 0xfff != 0 || size & 0xfff != 0 {
+            return Err(());
+        }
+        let dev = self.device_entry(c, mem, devtab_reg, pdev).map_err(|_| ())?;
+        let desc_addr = if w0 & vm::PASID_V != 0 {
+            let pasid = ((w0 >> vm::PASID_SHIFT) & 0xf_ffff) as u32;
+            self.pasid_descriptor(c, mem, pdev, &dev, pasid).map_err(|_| ())?
+        } else {
+            dev.w0 & ADDR_MASK
+        };
+        let d = self.descriptor(c, mem, desc_addr).map_err(|_| ())?;
+        // Only the VM's own nested descriptors (§4 word 3 VMID).
+        if d[0] & desc::TYPE_MASK != desc::TYPE_NESTED || (d[3] >> desc::VMID_SHIFT) & 0xff != vmid {
+            return Err(());
+        }
+        c.invalidate_iotlb_range(desc_addr, addr, size);
+        Ok(())
+    }
+
     /// Records a fault (§6) and builds the [`Fault`] to return.
     fn report(&self, mem: &dyn PhysMemory, req: &DmaRequest, f: Failure) -> Fault {
         let page_request = f.pri && f.reason == Fault::NOT_PRESENT;
@@ -378,7 +494,8 @@ impl MockModel {
                 }
                 // Within the 4 KiB page at `base` (< 2^52): no overflow.
                 let rec = base + tail * fault::SIZE;
-                let words = [(8, req.iova.raw()), (16, u64::from(group)), (24, 0), (0, w0)];
+                let w3 = if f.reason & Fault::IN_PARENT != 0 { fault::S2 } else { 0 };
+                let words = [(8, req.iova.raw()), (16, u64::from(group)), (24, w3), (0, w0)];
                 if words.iter().all(|&(off, v)| mem.write_u64(PhysAddr(rec + off), v).is_ok()) {
                     regs.fq_tail = (tail + 1) % n;
                 }
@@ -449,12 +566,17 @@ impl UnitModel for MockModel {
             reg::FQ_HEAD => r.fq_head,
             reg::FQ_TAIL => r.fq_tail,
             reg::PRESP_DEV => r.presp_dev,
+            reg::VMTAB if self.has(cap::VIOMMU) => r.vmtab,
+            reg::VCMDQ_BASE if self.has(cap::VCMDQ) => r.vcmdq_base,
+            reg::VCMDQ_VM if self.has(cap::VCMDQ) => r.vcmdq_vm,
+            reg::VCMDQ_PROD if self.has(cap::VCMDQ) => r.vcmdq_prod,
+            reg::VCMDQ_CONS if self.has(cap::VCMDQ) => r.vcmdq_cons,
             _ => return Err(HostError::new(HostError::BAD_REGISTER, offset)),
         };
         Ok(if width == 4 { v & U32 } else { v })
     }
 
-    fn mmio_write(&self, _mem: &dyn PhysMemory, offset: u64, width: u8, value: u64) -> Result<(), HostError> {
+    fn mmio_write(&self, mem: &dyn PhysMemory, offset: u64, width: u8, value: u64) -> Result<(), HostError> {
         if width != 4 && width != 8 {
             return Err(HostError::new(HostError::BAD_REGISTER, offset));
         }
@@ -475,6 +597,19 @@ impl UnitModel for MockModel {
             reg::FQ_BASE => r.fq_base = merge(r.fq_base, width, value),
             reg::FQ_HEAD => r.fq_head = value & U32,
             reg::PRESP_DEV => r.presp_dev = merge(r.presp_dev, width, value),
+            reg::VMTAB if self.has(cap::VIOMMU) => r.vmtab = merge(r.vmtab, width, value),
+            reg::VCMDQ_BASE if self.has(cap::VCMDQ) => r.vcmdq_base = merge(r.vcmdq_base, width, value),
+            reg::VCMDQ_VM if self.has(cap::VCMDQ) => {
+                // §7: writing VCMDQ_VM clears ERR.
+                r.vcmdq_vm = merge(r.vcmdq_vm, width, value);
+                r.vcmdq_cons &= !reg::VCMDQ_CONS_ERR;
+            }
+            reg::VCMDQ_CONS if self.has(cap::VCMDQ) => {}
+            reg::VCMDQ_PROD if self.has(cap::VCMDQ) => {
+                r.vcmdq_prod = value & U32;
+                drop(r);
+                self.run_vcmdq(mem);
+            }
             reg::INV_CMD => {
                 let (addr, size, tag) = (r.inv_addr, r.inv_size, r.inv_tag);
                 // Never hold the register lock while taking the cache lock.

@@ -4,6 +4,7 @@ mod hwpt;
 mod io;
 mod pagetable;
 mod unit;
+mod viommu;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult};

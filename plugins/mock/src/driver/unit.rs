@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
 use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
+    LogLevel, PageResponse, PluginError, Unit, UnitDesc, ViommuBox, ViommuRequest,
 };
 use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, UnitCaps};
@@ -68,7 +68,7 @@ impl UnitCore {
         }
         PageSizes(s)
     }
-    fn has(&self, bit: u64) -> bool {
+    pub(super) fn has(&self, bit: u64) -> bool {
         self.cap & bit != 0
     }
 }
@@ -84,21 +84,27 @@ struct DevState {
     attached: HashMap<Option<u32>, Arc<HwptInner>>,
 }
 
-struct Tables {
+pub(super) struct Tables {
     /// Level-1 device table page.
     l1: u64,
     /// Level-2 pages by level-1 index.
     l2: HashMap<u64, u64>,
     devices: HashMap<u32, DevState>,
     fault_queue: u64,
-    shut_down: bool,
+    pub(super) shut_down: bool,
+    /// §7: the VM table page (0 until the first vIOMMU) and the virtual-id table page of each
+    /// VMID in use.
+    pub(super) vm_table: u64,
+    pub(super) vms: HashMap<u8, u64>,
+    /// §7: the VMID whose vIOMMU holds the virtual command queue.
+    pub(super) vcmdq_owner: Option<u8>,
 }
 
 /// A probed mock unit.
 pub struct MockUnit {
-    core: Arc<UnitCore>,
-    name: String,
-    tables: Mutex<Tables>,
+    pub(super) core: Arc<UnitCore>,
+    pub(super) name: String,
+    pub(super) tables: Arc<Mutex<Tables>>,
 }
 
 fn refusal(item: IntentCode, reason: String) -> ItemVerdict {
@@ -149,17 +155,30 @@ impl MockUnit {
         Ok(Self {
             core: Arc::new(UnitCore { io, cap, params }),
             name: desc.name.to_string(),
-            tables: Mutex::new(Tables {
+            tables: Arc::new(Mutex::new(Tables {
                 l1,
                 l2: HashMap::new(),
                 devices: HashMap::new(),
                 fault_queue: fq,
                 shut_down: false,
-            }),
+                vm_table: 0,
+                vms: HashMap::new(),
+                vcmdq_owner: None,
+            })),
         })
     }
 
-    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+    /// Another handle on the same unit (for its vIOMMUs).
+    pub(super) fn handle(&self) -> MockUnit {
+        MockUnit { core: self.core.clone(), name: self.name.clone(), tables: self.tables.clone() }
+    }
+
+    /// The HWPT attached to device `id` at `pasid` (None: untagged), if any.
+    pub(super) fn attached(&self, id: u32, pasid: Option<u32>) -> Option<Arc<HwptInner>> {
+        self.tables().devices.get(&id).and_then(|d| d.attached.get(&pasid).cloned())
+    }
+
+    pub(super) fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -216,7 +235,12 @@ impl MockUnit {
         }
     }
 
-    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+    pub(super) fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+        self.alloc_in(req, 0)
+    }
+
+    /// Allocates a HWPT; a nested one gets `vmid` in its descriptor (§4 word 3, §7).
+    pub(super) fn alloc_in(&self, req: &HwptRequest, vmid: u8) -> Result<HwptBox, PluginError> {
         let c = &self.core;
         let io = &c.io;
         if self.tables().shut_down {
@@ -269,7 +293,13 @@ impl MockUnit {
                     return Err(PluginError::invalid(format!("stage-1 root {} is not page aligned", s1.root)));
                 }
                 let w2 = parent.desc;
-                (desc::TYPE_NESTED, Some(Table::Nested { parent, format: s1.format }), s1.root.0, w2, fmt)
+                (
+                    desc::TYPE_NESTED,
+                    Some(Table::Nested { parent, format: s1.format }),
+                    s1.root.0,
+                    w2,
+                    fmt | (u64::from(vmid) << desc::VMID_SHIFT),
+                )
             }
             other => return Err(PluginError::invalid(format!("unknown HWPT kind {}", other.0))),
         };
@@ -313,7 +343,7 @@ impl MockUnit {
     }
 
     /// Finds our HWPT behind a host handle (its descriptor address).
-    fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>, PluginError> {
+    pub(super) fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>, PluginError> {
         let handle = hwpt.info().handle;
         // The handle is the descriptor page; check it is one of ours by asking the object
         // itself through our registry of live attachments or by matching the core.
@@ -524,6 +554,7 @@ impl MockUnit {
             let w0 = io.rd(rec)?;
             let addr = io.rd(rec + 8)?;
             let group = io.rd(rec + 16)? as u32;
+            let w3 = io.rd(rec + 24)?;
             let devid = w0 as u32;
             let pasid = (w0 & fault::PASID_V != 0).then_some(Pasid(((w0 >> fault::PASID_SHIFT) & 0xfffff) as u32));
             let mut access = Prot::NONE;
@@ -538,7 +569,7 @@ impl MockUnit {
                 pasid: pasid.into(),
                 addr: Iova(addr),
                 access,
-                reason: (w0 >> fault::REASON_SHIFT) as u32,
+                reason: (w0 >> fault::REASON_SHIFT) as u32 | if w3 & fault::S2 != 0 { Fault::IN_PARENT } else { 0 },
                 page_request: w0 & fault::PAGE_REQ != 0,
                 group,
             });
@@ -575,6 +606,14 @@ impl MockUnit {
             }
         }
         for (_, p) in t.l2.drain() {
+            io.free(p);
+        }
+        if t.vm_table != 0 {
+            io.reg_wr(reg::VMTAB, 0)?;
+            io.free(t.vm_table);
+            t.vm_table = 0;
+        }
+        for (_, p) in t.vms.drain() {
             io.free(p);
         }
         io.free(t.l1);
@@ -658,11 +697,18 @@ impl Unit for MockUnit {
             if t.shut_down {
                 return 0;
             }
-            2 + t.l2.len() as u64 + t.devices.values().map(|d| d.pasid_pages.len() as u64).sum::<u64>()
+            2 + t.l2.len() as u64
+                + t.devices.values().map(|d| d.pasid_pages.len() as u64).sum::<u64>()
+                + u64::from(t.vm_table != 0)
+                + t.vms.len() as u64
         })
     }
 
     fn shutdown(&self) -> RResult<(), PluginError> {
         guard("shutdown", || self.do_shutdown())
+    }
+
+    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
+        guard("alloc_viommu", || super::viommu::MockViommu::alloc(self.handle(), req))
     }
 }

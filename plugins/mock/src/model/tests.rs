@@ -491,17 +491,18 @@ fn nested_mock_stage1() {
     assert_ne!(env.r64(leaf) & pte::A, 0);
     assert_eq!(env.pa(3, None, 0x4000_1000, Prot::READ), GUEST_PA + 0x80_1000);
     assert_eq!(env.reason(3, None, 0x4000_1000, Prot::WRITE), Fault::PERMISSION);
-    assert_eq!(env.reason(3, None, 0x4000_2000, Prot::READ), Fault::NOT_PRESENT);
+    // §6: faults in the stage-2 walk carry S2 (IN_PARENT).
+    assert_eq!(env.reason(3, None, 0x4000_2000, Prot::READ), Fault::NOT_PRESENT | Fault::IN_PARENT);
     // Stage-2 read-only: writes fail (the intersection), reads work.
     let s2leaf = env.map(s2root, 0x80_0000, GUEST_PA + 0x80_0000, 1, RO);
     env.inv(reg::INV_IOTLB_RANGE, parent, 0x80_0000, 0x20_0000);
-    assert_eq!(env.reason(3, None, 0x4000_0000, Prot::WRITE), Fault::PERMISSION);
+    assert_eq!(env.reason(3, None, 0x4000_0000, Prot::WRITE), Fault::PERMISSION | Fault::IN_PARENT);
     assert_eq!(env.pa(3, None, 0x4000_0000, Prot::READ), GUEST_PA + 0x80_0000);
     assert_ne!(env.r64(s2leaf) & pte::A, 0);
     // A stage-2 hole under the stage-1 tables.
     env.w64(s2root + pte::offset(0, 3), 0);
     env.inv(reg::INV_ALL, 0, 0, 0);
-    assert_eq!(env.reason(3, None, 0x4000_0000, Prot::READ), Fault::NOT_PRESENT);
+    assert_eq!(env.reason(3, None, 0x4000_0000, Prot::READ), Fault::NOT_PRESENT | Fault::IN_PARENT);
 }
 
 #[test]
