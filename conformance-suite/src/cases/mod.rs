@@ -13,6 +13,7 @@ mod page_sizes;
 mod pasid;
 mod permissions;
 mod teardown;
+mod viommu;
 
 use crate::{Case, Pass};
 
@@ -46,6 +47,8 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("pasid", "pasid-fault-carries-pasid", pasid::pasid_fault_carries_pasid).dma_from(2),
     Case::new("nested", "x86-64-stage1-over-stage2", nested::x86_64_stage1_over_stage2),
     Case::new("nested", "needs-its-grant-and-faults", nested::needs_its_grant_and_faults).dma_from(3),
+    Case::new("viommu", "objects-and-teardown", viommu::objects_and_teardown),
+    Case::new("viommu", "nested-faults-reach-the-event-queue", viommu::nested_faults_reach_the_event_queue).dma_from(4),
     Case::new("dirty", "writes-reported-and-cleared", dirty::writes_reported_and_cleared),
     Case::new("dirty", "needs-a-dirty-hwpt", dirty::needs_a_dirty_hwpt),
     Case::new("teardown", "no-table-page-left", teardown::no_table_page_left),

@@ -13,11 +13,11 @@ const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 
 /// Where guest physical 0 really is.
-const G2H: u64 = 64 << 20;
+pub(crate) const G2H: u64 = 64 << 20;
 
 /// Writes a 4-level x86-64 chain in guest memory (tables at `root`, +0x1000, +0x2000, +0x3000)
 /// mapping `iova` to guest physical `out`.
-fn stage1(r: &Rig, root: u64, iova: u64, out: u64, write: bool) -> Result<(), String> {
+pub(crate) fn stage1(r: &Rig, root: u64, iova: u64, out: u64, write: bool) -> Result<(), String> {
     for level in (0..4u32).rev() {
         let table = root + (3 - level as u64) * 0x1000;
         let index = (iova >> (12 + 9 * level)) & 0x1ff;
