@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 
-use crate::abi::{BackendBox, InterfaceVersion, PluginError, PluginRoot_Ref, INTERFACE_SYMBOL, INTERFACE_VERSION};
+use crate::abi::{
+    check_ext_0_3, BackendBox, Ext03Export, InterfaceVersion, PluginError, PluginExt03_Ref, PluginRoot_Ref,
+    EXT_0_3_SYMBOL, INTERFACE_SYMBOL, INTERFACE_VERSION,
+};
 
 /// A backend linked into the binary. Plugins register one with `inventory::submit!`.
 pub struct Builtin {
@@ -20,6 +23,8 @@ pub struct Builtin {
     pub name: &'static str,
     /// Its root module.
     pub root: fn() -> PluginRoot_Ref,
+    /// Its interface 0.3 extension (vIOMMU objects), if it has one.
+    pub ext_0_3: Option<fn() -> PluginExt03_Ref>,
 }
 
 inventory::collect!(Builtin);
@@ -110,6 +115,8 @@ pub struct Plugin {
     /// The interface version it was built against.
     pub interface: InterfaceVersion,
     pub(crate) backend: BackendBox,
+    /// Its interface 0.3 extension: `None` for a plugin built against 0.2 or one without vIOMMUs.
+    pub(crate) ext_0_3: Option<PluginExt03_Ref>,
 }
 
 impl fmt::Debug for Plugin {
@@ -132,7 +139,7 @@ pub struct PluginInfoOwned {
 }
 
 impl Plugin {
-    fn from_root(root: PluginRoot_Ref, origin: Origin) -> Result<Self, LoadError> {
+    fn from_root(root: PluginRoot_Ref, ext_0_3: Option<PluginExt03_Ref>, origin: Origin) -> Result<Self, LoadError> {
         let interface = root.interface();
         if !INTERFACE_VERSION.accepts(interface) {
             return Err(LoadError::InterfaceMismatch { origin, plugin: interface, host: INTERFACE_VERSION });
@@ -148,7 +155,7 @@ impl Plugin {
             .into_result()
             .map_err(|error| LoadError::Backend { name: info.name.clone(), error })?;
         tracing::debug!(plugin = %info.name, %origin, "plugin ready");
-        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend })
+        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend, ext_0_3 })
     }
 
     /// Loads a plugin from a shared library.
@@ -163,13 +170,26 @@ impl Plugin {
         }
         let header = lib_header_from_path(path).map_err(|e| abi_error(path, e))?;
         let root = header.init_root_module::<PluginRoot_Ref>().map_err(|e| abi_error(path, e))?;
-        Self::from_root(root, Origin::Path(path.to_path_buf()))
+        let ext = read_ext_0_3(path)?;
+        Self::from_root(root, ext, Origin::Path(path.to_path_buf()))
+    }
+
+    /// The plugin's interface 0.3 extension, if it has one.
+    pub fn ext_0_3(&self) -> Option<PluginExt03_Ref> {
+        self.ext_0_3
     }
 
     /// A backend that a host adapter provides in-process ([`Origin::Host`]): it speaks the
     /// same interface as a plugin, so the context treats it as one.
     pub fn from_host(info: PluginInfoOwned, backend: BackendBox) -> Self {
-        Plugin { name: info.name.clone(), info, origin: Origin::Host, interface: INTERFACE_VERSION, backend }
+        Plugin {
+            name: info.name.clone(),
+            info,
+            origin: Origin::Host,
+            interface: INTERFACE_VERSION,
+            backend,
+            ext_0_3: None,
+        }
     }
 
     /// The backend object.
@@ -202,6 +222,22 @@ fn read_interface_symbol(path: &Path) -> Result<InterfaceVersion, LoadError> {
     Ok(InterfaceVersion { major, minor })
 }
 
+/// The plugin's 0.3 extension module, layout-checked; `None` when it exports none.
+fn read_ext_0_3(path: &Path) -> Result<Option<PluginExt03_Ref>, LoadError> {
+    // SAFETY: the library is loaded already (by the interface check and abi_stable); this only
+    // takes another reference to it, which is leaked below like every plugin library.
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| LoadError::Open { path: path.into(), message: e.to_string() })?;
+    // SAFETY: the symbol, when present, is the `extern "C" fn() -> Ext03Export` that
+    // `export_plugin!` writes; the library stays loaded, so the function and what it returns
+    // (statics of the library) stay valid.
+    let export = unsafe { lib.get::<extern "C" fn() -> Ext03Export>(EXT_0_3_SYMBOL) }.ok().map(|f| f());
+    std::mem::forget(lib);
+    let Some(export) = export else { return Ok(None) };
+    check_ext_0_3(&export).map_err(|message| LoadError::Abi { path: path.into(), message })?;
+    Ok(Some(export.module))
+}
+
 /// The plugins a host uses, by unique name.
 #[derive(Default)]
 pub struct Registry {
@@ -220,7 +256,7 @@ impl Registry {
         let mut builtins: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
         builtins.sort_by_key(|b| b.name);
         for b in builtins {
-            r.add(Plugin::from_root((b.root)(), Origin::Builtin)?);
+            r.add(Plugin::from_root((b.root)(), b.ext_0_3.map(|f| f()), Origin::Builtin)?);
         }
         Ok(r)
     }

@@ -106,3 +106,38 @@ fn bad_unit_params_are_refused_at_probe() {
     let e = ctx.add_unit(&common::mock_plugin(), "u1", PhysAddr(0xdead_0000), 0, "").unwrap_err();
     assert_eq!(e.plugin_code(), Some(ErrorCode::HOST), "{e}");
 }
+
+/// The mock's cdylib as built against interface 0.2 (framework/fixtures/interface-0.2): it
+/// loads into this host, drives a unit, and its units refuse the 0.3 vIOMMU with the default.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn a_plugin_built_against_interface_0_2_still_loads_and_refuses_what_it_lacks() {
+    use ioasis::abi::{ViommuFlags, ViommuKind};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/interface-0.2/libioasis_mock_0_2.so");
+    let old = Arc::new(Plugin::load(&path).unwrap());
+    assert_eq!(old.interface, ioasis::abi::InterfaceVersion { major: 0, minor: 2 });
+    assert!(ioasis::abi::INTERFACE_VERSION.minor > 2, "the host is newer than the plugin");
+    let rig = Rig::with_units(&[cap::FULL], &old);
+    let dev = rig.paging_device(1, 0, &[]);
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    rig.ctx.map(ioas, Some(Iova(0x20_0000)), PhysAddr(0x40_0000), 2 * MB, Prot::RW).unwrap();
+    rig.dma_write(0, 1, None, 0x20_0100, b"built for 0.2").unwrap();
+    assert_eq!(rig.ram(0x40_0100, 13), b"built for 0.2");
+    let parent = rig.ctx.attached_hwpt(dev, None).unwrap().unwrap();
+    let e = rig.ctx.alloc_viommu(parent, ViommuKind::MOCK, ViommuFlags::default()).unwrap_err();
+    assert_eq!(e.plugin_code(), Some(ErrorCode::UNSUPPORTED), "{e}");
+    assert!(e.to_string().contains("offers no vIOMMU objects"), "{e}");
+    rig.ctx.teardown().unwrap();
+    assert_eq!(rig.ctx.table_pages(), 0);
+    // The same request to today's build of the same plugin, loaded from its .so, is granted:
+    // its 0.3 extension was found and checked.
+    let new = Arc::new(Plugin::load(&cdylib("ioasis_mock")).unwrap());
+    assert!(new.ext_0_3().is_some());
+    let rig = Rig::with_units(&[cap::FULL], &new);
+    let dev = rig.paging_device(1, 0, &[]);
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    let parent = rig.ctx.attached_hwpt(dev, None).unwrap().unwrap();
+    rig.ctx.alloc_viommu(parent, ViommuKind::MOCK, ViommuFlags::default()).unwrap();
+}

@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types, non_local_definitions)]
 
 mod error;
+mod ext;
 mod guard;
 mod host;
 mod objects;
@@ -14,6 +15,7 @@ mod root;
 mod viommu;
 
 pub use error::{ErrorCode, PluginError};
+pub use ext::{check_ext_0_3, Ext03Export, PluginExt03, PluginExt03_Ref, EXT_0_3_SYMBOL};
 pub use guard::{guard, guard_or};
 pub use host::{host_ok, HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
 pub use objects::{

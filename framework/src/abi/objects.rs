@@ -6,7 +6,6 @@ use abi_stable::StableAbi;
 
 use super::error::PluginError;
 use super::host::HostServicesBox;
-use super::viommu::{no_viommu, ViommuBox, ViommuRequest};
 use crate::addr::{AddressSpace, DeviceRef, Iova, IovaRange, Pasid, PhysAddr};
 use crate::caps::{PageSizes, UnitCaps};
 use crate::format::PtFormat;
@@ -326,14 +325,6 @@ pub trait Unit: Send + Sync {
     /// Disables translation and frees the unit's own structures. Called once, last.
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> RResult<(), PluginError>;
-    // Interface 0.3 and later: methods with a default, which a plugin built against an older
-    // interface (whose vtable lacks them) answers with.
-    /// Creates a vIOMMU for one VM over a nesting-parent paging HWPT (interface 0.3). A unit
-    /// without them refuses with the reason (the register bits it lacks).
-    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
-        let _ = req;
-        RResult::RErr(no_viommu("vIOMMU"))
-    }
 }
 
 /// A shareable unit object.

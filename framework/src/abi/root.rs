@@ -11,9 +11,9 @@ use super::error::PluginError;
 use super::objects::BackendBox;
 
 /// Version of the plugin interface. A plugin is accepted when the majors are equal and, while
-/// the major is 0, when the plugin's minor is not older than [`OLDEST_COMPATIBLE`]'s: minors
-/// only add prefix fields and trait methods (with defaults), so a host calls an older plugin's
-/// missing methods' defaults, and a newer plugin's extra ones are never called.
+/// the major is 0, when the plugin's minor is not older than [`OLDEST_COMPATIBLE`]'s: a minor
+/// never changes a released type, it adds an extension module (see [`crate::abi::PluginExt03`]),
+/// so an older plugin lacks only the modules of later minors.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq)]
 pub struct InterfaceVersion {
@@ -43,7 +43,7 @@ impl InterfaceVersion {
 }
 
 /// The interface version this build of the framework speaks. 0.3 added the vIOMMU objects
-/// (`Unit::alloc_viommu`, [`crate::abi::Viommu`]).
+/// ([`crate::abi::PluginExt03`], [`crate::abi::Viommu`]), in an extension module.
 pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 3 };
 
 /// The oldest interface whose plugins this host still loads: 0.2 (0.1 lacked
@@ -68,8 +68,8 @@ pub struct PluginInfo {
     pub description: RString,
 }
 
-/// The root module of a plugin. A prefix type: later interface versions add fields after
-/// `new_backend`, and a host reading a field an older plugin lacks gets `None`.
+/// The root module of a plugin, frozen since 0.2 (abi_stable refuses a plugin whose root has
+/// fewer fields than the host's): later versions add extension modules instead.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginRoot_Ref)))]
@@ -82,8 +82,6 @@ pub struct PluginRoot {
     /// Creates the backend. Called once per load.
     #[sabi(last_prefix_field)]
     pub new_backend: extern "C" fn() -> RResult<BackendBox, PluginError>,
-    // Extension point: new fields go below this line, never above, and are read through the
-    // generated `Option`-returning accessors.
 }
 
 impl RootModule for PluginRoot_Ref {
@@ -98,8 +96,20 @@ impl RootModule for PluginRoot_Ref {
 /// `$root` is a `fn() -> PluginRoot_Ref` from the plugin's rlib (the same function that its
 /// built-in registration uses). The cdylib crate must depend on `abi_stable`.
 /// Use it once per cdylib: the exported symbols have fixed names.
+/// `$ext_0_3`, when given, is a `fn() -> PluginExt03_Ref` (the plugin's vIOMMU objects,
+/// interface 0.3); a plugin without it has none.
 #[macro_export]
 macro_rules! export_plugin {
+    ($root:path, $ext_0_3:path) => {
+        $crate::export_plugin!($root);
+
+        /// The plugin's interface 0.3 extension, with its layout for the loader's check.
+        #[no_mangle]
+        #[allow(improper_ctypes_definitions)]
+        pub extern "C" fn ioasis_plugin_ext_0_3() -> $crate::abi::Ext03Export {
+            $crate::abi::Ext03Export::of($ext_0_3())
+        }
+    };
     ($root:path) => {
         /// The plugin's root module, exported for abi_stable's loader.
         #[::abi_stable::export_root_module]

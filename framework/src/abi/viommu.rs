@@ -172,8 +172,8 @@ pub trait Viommu: Send + Sync + Clone {
 /// A shareable vIOMMU object.
 pub type ViommuBox = Viommu_TO<'static, RArc<()>>;
 
-/// The refusal of a unit whose backend has no vIOMMU objects (or was built against an
-/// interface before 0.3, which had none).
+/// The refusal of a unit whose plugin has no vIOMMU objects (no 0.3 extension: built against
+/// an interface before 0.3, which had none, or without them).
 pub fn no_viommu(what: &str) -> PluginError {
     PluginError::unsupported(format!("{what}: this backend offers no vIOMMU objects"))
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use abi_stable::std_types::RResult;
 
 use crate::abi::{
-    Fault, HwQueueKind, HwQueueRequest, HwptKind, InvalidateOutcome, ViommuBox, ViommuFeatures, ViommuFlags,
+    no_viommu, Fault, HwQueueKind, HwQueueRequest, HwptKind, InvalidateOutcome, ViommuBox, ViommuFeatures, ViommuFlags,
     ViommuInfo, ViommuKind, ViommuRequest, VirtualCommand,
 };
 use crate::addr::{Iova, IovaRange, Pasid, PhysAddr, PAGE_SIZE};
@@ -151,7 +151,11 @@ impl Context {
             parent: parent.hw.clone(),
             space: parent.ioas.as_ref().map_or(crate::AddressSpace::host(), |i| i.space),
         };
-        let hw = unit.hw.alloc_viommu(&req).into_result().map_err(|e| plugin_err(&unit, "alloc_viommu", e))?;
+        let hw = match unit.plugin.ext_0_3() {
+            Some(ext) => (ext.alloc_viommu())(&unit.hw, &req).into_result(),
+            None => Err(no_viommu(&format!("plugin {} (interface {})", unit.plugin.name, unit.plugin.interface))),
+        }
+        .map_err(|e| plugin_err(&unit, "alloc_viommu", e))?;
         drop(req);
         let info = hw.info();
         if info.kind != kind || info.features.0 & !ViommuFeatures::KNOWN != 0 {

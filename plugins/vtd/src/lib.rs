@@ -43,5 +43,5 @@ pub fn root_module() -> PluginRoot_Ref {
 }
 
 inventory::submit! {
-    ioasis::loader::Builtin { name: NAME, root: root_module }
+    ioasis::loader::Builtin { name: NAME, root: root_module, ext_0_3: None }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
 use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Unit, UnitDesc, ViommuBox, ViommuRequest,
+    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
 };
 use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, UnitCaps};
@@ -706,9 +706,5 @@ impl Unit for MockUnit {
 
     fn shutdown(&self) -> RResult<(), PluginError> {
         guard("shutdown", || self.do_shutdown())
-    }
-
-    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
-        guard("alloc_viommu", || super::viommu::MockViommu::alloc(self.handle(), req))
     }
 }
