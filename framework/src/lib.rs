@@ -32,12 +32,12 @@ pub mod platform;
 pub mod pt;
 mod services;
 
-pub use context::{Context, HwptSpec, Target};
+pub use context::{AccessOps, Context, HwptSpec, Target};
 pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};
 pub use ioas::UnmapMode;
-pub use object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
+pub use object::{AccessId, DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 pub mod config;
 
 /// The README's code examples, compiled and run as doc tests.

@@ -52,3 +52,7 @@ typed_id!(
     /// A fault queue.
     FaultQueueId
 );
+typed_id!(
+    /// An access object: a software consumer of an IOAS (an emulated or mediated device).
+    AccessId
+);

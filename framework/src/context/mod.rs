@@ -4,6 +4,7 @@
 //! detach, destroy) are serialised; map and unmap are not: threads map and unmap disjoint
 //! ranges of one IOAS at the same time, each crossing into every backend once per range.
 
+mod access;
 mod attach;
 mod fault;
 mod hwpt;
@@ -28,6 +29,8 @@ use crate::object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 use crate::platform::{FailNth, Platform};
 use crate::services::UnitServices;
 
+pub use access::{AccessOps, MAX_PIN_PAGES, MAX_RW_BYTES};
+pub(crate) use access::{AccessObj, Pins};
 pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
@@ -41,6 +44,7 @@ struct Objects {
     ioases: BTreeMap<ObjectId, Arc<IoasObj>>,
     hwpts: BTreeMap<ObjectId, Arc<HwptObj>>,
     queues: BTreeMap<ObjectId, Arc<FaultQueue>>,
+    accesses: BTreeMap<ObjectId, Arc<AccessObj>>,
 }
 
 /// The root of the object model.
@@ -272,6 +276,10 @@ impl Context {
     pub fn destroy(&self, id: impl Into<ObjectId>) -> Result<()> {
         let id = id.into();
         let _c = self.control();
+        let access = self.read().accesses.get(&id).cloned();
+        if let Some(a) = access {
+            return self.destroy_access(&a, false);
+        }
         let mut o = self.write();
         if let Some(d) = o.devices.get(&id) {
             if !lock(&d.attached).is_empty() {
@@ -295,6 +303,9 @@ impl Context {
             return Ok(());
         }
         if let Some(i) = o.ioases.get(&id) {
+            if let Some(a) = o.accesses.values().find(|a| a.ioas_id() == i.id) {
+                return Err(Error::Busy { what: "IOAS", id, by: format!("access {}", a.id) });
+            }
             let users = o.hwpts.values().filter(|h| h.ioas.as_ref().is_some_and(|x| x.id.0 == id)).count()
                 + o.devices.values().filter(|d| lock(&d.attached).values().any(|a| a.ioas_id() == Some(i.id))).count();
             if users > 0 {
@@ -336,6 +347,13 @@ impl Context {
                 }
             }
         }
+        let accesses: Vec<Arc<AccessObj>> = self.read().accesses.values().cloned().collect();
+        for a in accesses {
+            let _c = self.control();
+            if let Err(e) = self.destroy_access(&a, true) {
+                first.get_or_insert(e);
+            }
+        }
         let _c = self.control();
         let mut o = self.write();
         let nested: Vec<ObjectId> = o.hwpts.values().filter(|h| h.parent.is_some()).map(|h| h.id.0).collect();
@@ -347,6 +365,7 @@ impl Context {
                 ioas.remove_hwpt(&h);
             }
         }
+        o.accesses.clear();
         o.ioases.clear();
         o.devices.clear();
         o.queues.clear();
