@@ -145,7 +145,9 @@ impl IovaMap {
         for a in self.overlapping(r) {
             let c = a.clip(r).expect("overlapping");
             if c.range.start.0 != cursor {
-                return Err(Error::NotMapped { range: IovaRange { start: Iova(cursor), last: Iova(c.range.start.0 - 1) } });
+                return Err(Error::NotMapped {
+                    range: IovaRange { start: Iova(cursor), last: Iova(c.range.start.0 - 1) },
+                });
             }
             if !(a.state == State::Live || (unmapping_ok && a.state == State::Unmapping)) {
                 return Err(Error::InFlight { range: a.range });

@@ -132,7 +132,7 @@ impl Pins {
     fn span_of(&self, access: ObjectId) -> Option<IovaRange> {
         let mut pages = self.pages.keys().filter(|(_, a)| *a == access).map(|(p, _)| *p);
         let first = pages.next()?;
-        let last = pages.last().unwrap_or(first);
+        let last = pages.next_back().unwrap_or(first);
         Some(IovaRange { start: Iova(first), last: Iova(last + (PAGE_SIZE - 1)) })
     }
 

@@ -29,8 +29,8 @@ use crate::object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 use crate::platform::{FailNth, Platform};
 use crate::services::UnitServices;
 
-pub use access::{AccessOps, MAX_PIN_PAGES, MAX_RW_BYTES};
 pub(crate) use access::{AccessObj, Pins};
+pub use access::{AccessOps, MAX_PIN_PAGES, MAX_RW_BYTES};
 pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
@@ -333,6 +333,7 @@ impl Context {
     }
 
     /// Tears everything down in a safe order: detach every device (PASIDs first), destroy
+    /// accesses (their pins dropped after asking them to unpin),
     /// nested HWPTs, then paging HWPTs, IOASes, devices, fault queues, and shut units down.
     /// Returns the first backend error; the teardown goes on regardless.
     pub fn teardown(&self) -> Result<()> {

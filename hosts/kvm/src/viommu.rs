@@ -315,7 +315,10 @@ impl PhysMemory for GuestPhys {
             return Ok(());
         };
         for (i, chunk) in buf.chunks_mut(MAX_RW_BYTES).enumerate() {
-            let at = pa.raw().checked_add((i * MAX_RW_BYTES) as u64).ok_or(HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
+            let at = pa
+                .raw()
+                .checked_add((i * MAX_RW_BYTES) as u64)
+                .ok_or(HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
             a.ctx.access_read(a.id, Iova(at), chunk).map_err(|e| bad(at, &e))?;
         }
         Ok(())
@@ -333,7 +336,10 @@ impl PhysMemory for GuestPhys {
             a.ctx.access(a.ioas, Iova(pa.raw()), data.len() as u64, Prot::WRITE).map_err(|e| bad(pa.raw(), &e))?;
         }
         for (i, chunk) in data.chunks(MAX_RW_BYTES).enumerate() {
-            let at = pa.raw().checked_add((i * MAX_RW_BYTES) as u64).ok_or(HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
+            let at = pa
+                .raw()
+                .checked_add((i * MAX_RW_BYTES) as u64)
+                .ok_or(HostError::new(HostError::BAD_ADDRESS, pa.raw()))?;
             a.ctx.access_write(a.id, Iova(at), chunk).map_err(|e| bad(at, &e))?;
         }
         Ok(())
