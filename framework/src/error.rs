@@ -6,6 +6,7 @@ use crate::addr::{Iova, IovaRange, Pasid};
 use crate::contract::Refusal;
 use crate::intent::IntentItem;
 use crate::object::ObjectId;
+use crate::prot::Prot;
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -220,6 +221,45 @@ pub enum Error {
         op: &'static str,
         /// What went wrong, in the host's words.
         message: String,
+    },
+    /// An area does not allow the access asked for (an access object's pin, read or write).
+    #[error("{want} access to {range} refused: the area {area} is {prot}")]
+    Denied {
+        /// The part of the request the area covers (its start is the first refused address).
+        range: IovaRange,
+        /// The area.
+        area: IovaRange,
+        /// The area's permissions.
+        prot: Prot,
+        /// What was asked for.
+        want: Prot,
+    },
+    /// A request is larger than one call may ask for.
+    #[error("{what} of {len:#x} is more than one call allows ({max:#x})")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The size asked for.
+        len: u64,
+        /// The most one call allows.
+        max: u64,
+    },
+    /// Pages in the range are pinned by an access object, whose unmap callback left them
+    /// pinned. Nothing was changed.
+    #[error("{range} has pages pinned by access {access}")]
+    Pinned {
+        /// The range of the operation refused.
+        range: IovaRange,
+        /// An access that holds pins there.
+        access: ObjectId,
+    },
+    /// Unpinning pages the access has not pinned. Nothing was unpinned.
+    #[error("access {access} has not pinned every page of {range}")]
+    NotPinned {
+        /// The range asked for.
+        range: IovaRange,
+        /// The access.
+        access: ObjectId,
     },
 }
 

@@ -102,6 +102,8 @@ pub struct IovaMap {
     allowed: Option<Vec<IovaRange>>,
     apertures: Vec<(ObjectId, IovaRange)>,
     reserved: Vec<Reservation>,
+    /// Pages pinned by access objects, and the accesses of this IOAS.
+    pub(crate) pins: crate::context::Pins,
 }
 
 fn range_of(iova: Iova, len: u64) -> Result<IovaRange> {
@@ -130,6 +132,39 @@ impl IovaMap {
     /// Live areas overlapping `r`.
     pub fn live_in(&self, r: &IovaRange) -> Vec<Area> {
         self.overlapping(r).filter(|a| a.state == State::Live).copied().collect()
+    }
+
+    /// The areas covering `r` without a gap, clipped to it, in address order, each allowing
+    /// `want`. The first problem in address order is the error: a gap is [`Error::NotMapped`]
+    /// (its range starts at the first unmapped address), an area that does not allow `want` is
+    /// [`Error::Denied`], an area being mapped (or being unmapped, unless `unmapping_ok`) is
+    /// [`Error::InFlight`].
+    pub(crate) fn covering(&self, r: &IovaRange, want: Prot, unmapping_ok: bool) -> Result<Vec<Area>> {
+        let mut out: Vec<Area> = Vec::new();
+        let mut cursor = r.start.0;
+        for a in self.overlapping(r) {
+            let c = a.clip(r).expect("overlapping");
+            if c.range.start.0 != cursor {
+                return Err(Error::NotMapped {
+                    range: IovaRange { start: Iova(cursor), last: Iova(c.range.start.0 - 1) },
+                });
+            }
+            if !(a.state == State::Live || (unmapping_ok && a.state == State::Unmapping)) {
+                return Err(Error::InFlight { range: a.range });
+            }
+            if !a.prot.contains(want) {
+                return Err(Error::Denied { range: c.range, area: a.range, prot: a.prot, want });
+            }
+            out.push(c);
+            match c.range.last.0.checked_add(1) {
+                Some(next) => cursor = next,
+                None => return Ok(out),
+            }
+        }
+        if out.last().map(|c| c.range.last) != Some(r.last) {
+            return Err(Error::NotMapped { range: IovaRange { start: Iova(cursor), last: r.last } });
+        }
+        Ok(out)
     }
 
     fn overlapping<'a>(&'a self, r: &IovaRange) -> impl Iterator<Item = &'a Area> + 'a {

@@ -32,13 +32,13 @@ pub mod platform;
 pub mod pt;
 mod services;
 
-pub use context::{Context, HwptSpec, Target};
+pub use context::{AccessOps, Context, HwptSpec, Target};
 pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};
 pub use ioas::UnmapMode;
 pub use object::{
-    DeviceId, FaultQueueId, HwQueueId, HwptId, IoasId, ObjectId, UnitId, VdeviceId, VeventQueueId, ViommuId,
+    AccessId, DeviceId, FaultQueueId, HwQueueId, HwptId, IoasId, ObjectId, UnitId, VdeviceId, VeventQueueId, ViommuId,
 };
 pub mod config;
 

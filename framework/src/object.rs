@@ -68,3 +68,7 @@ typed_id!(
     /// A hardware-accelerated guest queue of a vIOMMU.
     HwQueueId
 );
+typed_id!(
+    /// An access object: a software consumer of an IOAS (an emulated or mediated device).
+    AccessId
+);

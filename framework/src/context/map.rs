@@ -200,8 +200,20 @@ impl Context {
 }
 
 fn unmap_in(ioas: &IoasObj, range: IovaRange, mode: UnmapMode) -> Result<u64> {
-    let hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
-    let plan = lock(&ioas.map).claim_unmap_range(range, mode)?;
+    let mut hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
+    let (plan, pinned) = {
+        let mut m = lock(&ioas.map);
+        let plan = m.claim_unmap_range(range, mode)?;
+        let pinned = m.pins.any_in(&plan.gone);
+        (plan, pinned)
+    };
+    if pinned {
+        // Access objects pinned pages here: their callbacks run without our locks (the claim
+        // keeps new pins out meanwhile); pins left abort the claim before any backend call.
+        drop(hwpts);
+        super::access::unpin_for_unmap(ioas, &plan)?;
+        hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
+    }
     // Phase 1: make each cut a leaf boundary. This may allocate, and changes no translation,
     // so a failure here leaves every HWPT translating exactly as before.
     for h in hwpts.iter() {

@@ -4,6 +4,7 @@
 //! detach, destroy) are serialised; map and unmap are not: threads map and unmap disjoint
 //! ranges of one IOAS at the same time, each crossing into every backend once per range.
 
+mod access;
 mod attach;
 mod fault;
 mod hwpt;
@@ -29,6 +30,8 @@ use crate::object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 use crate::platform::{FailNth, Platform};
 use crate::services::UnitServices;
 
+pub(crate) use access::{AccessObj, Pins};
+pub use access::{AccessOps, MAX_PIN_PAGES, MAX_RW_BYTES};
 pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
@@ -48,6 +51,7 @@ struct Objects {
     vdevices: BTreeMap<ObjectId, Arc<VdeviceObj>>,
     veventqs: BTreeMap<ObjectId, Arc<VeventQueue>>,
     hw_queues: BTreeMap<ObjectId, Arc<HwQueueObj>>,
+    accesses: BTreeMap<ObjectId, Arc<AccessObj>>,
 }
 
 /// The root of the object model.
@@ -279,6 +283,10 @@ impl Context {
     pub fn destroy(&self, id: impl Into<ObjectId>) -> Result<()> {
         let id = id.into();
         let _c = self.control();
+        let access = self.read().accesses.get(&id).cloned();
+        if let Some(a) = access {
+            return self.destroy_access(&a, false);
+        }
         let mut o = self.write();
         if let Some(d) = o.devices.get(&id) {
             if !lock(&d.attached).is_empty() {
@@ -308,6 +316,9 @@ impl Context {
             return Ok(());
         }
         if let Some(i) = o.ioases.get(&id) {
+            if let Some(a) = o.accesses.values().find(|a| a.ioas_id() == i.id) {
+                return Err(Error::Busy { what: "IOAS", id, by: format!("access {}", a.id) });
+            }
             let users = o.hwpts.values().filter(|h| h.ioas.as_ref().is_some_and(|x| x.id.0 == id)).count()
                 + o.devices.values().filter(|d| lock(&d.attached).values().any(|a| a.ioas_id() == Some(i.id))).count();
             if users > 0 {
@@ -360,7 +371,9 @@ impl Context {
     }
 
     /// Tears everything down in a safe order: detach every device (PASIDs first), destroy
-    /// hardware and event queues, vDEVICEs, nested HWPTs, vIOMMUs, then paging HWPTs, IOASes, devices, fault queues, and shut units down.
+    /// accesses (their pins dropped after asking them to unpin), hardware and event queues,
+    /// vDEVICEs, nested HWPTs, vIOMMUs, then paging HWPTs, IOASes, devices, fault queues, and
+    /// shut units down.
     /// Returns the first backend error; the teardown goes on regardless.
     pub fn teardown(&self) -> Result<()> {
         let mut first: Option<Error> = None;
@@ -372,6 +385,13 @@ impl Context {
                 if let Err(e) = self.detach(d.id, pasid) {
                     first.get_or_insert(e);
                 }
+            }
+        }
+        let accesses: Vec<Arc<AccessObj>> = self.read().accesses.values().cloned().collect();
+        for a in accesses {
+            let _c = self.control();
+            if let Err(e) = self.destroy_access(&a, true) {
+                first.get_or_insert(e);
             }
         }
         let _c = self.control();
@@ -393,6 +413,7 @@ impl Context {
                 ioas.remove_hwpt(&h);
             }
         }
+        o.accesses.clear();
         o.ioases.clear();
         o.devices.clear();
         o.queues.clear();

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::object::{DeviceId, HwQueueId, HwptId, VdeviceId, VeventQueueId, ViommuId};
 use crate::prot::Prot;
 
-use super::{lock, plugin_err, Context, DeviceObj, HwptObj, UnitObj};
+use super::{lock, plugin_err, AccessOps, Context, DeviceObj, HwptObj, IoasObj, UnitObj};
 
 /// Deepest virtual event queue.
 pub const VEVENTQ_MAX_DEPTH: u32 = 1 << 16;
@@ -111,13 +111,14 @@ impl VeventQueue {
     }
 }
 
-/// A hardware-accelerated guest queue.
+/// A hardware-accelerated guest queue. Its pages stay pinned in the parent's IOAS while it
+/// exists: the unit reads them.
 pub(crate) struct HwQueueObj {
     pub id: HwQueueId,
     pub viommu: Arc<ViommuObj>,
     pub handle: u64,
     pub index: u32,
-    pub range: IovaRange,
+    pub ioas: Arc<IoasObj>,
 }
 
 impl Drop for HwQueueObj {
@@ -125,6 +126,17 @@ impl Drop for HwQueueObj {
         if let Err(e) = self.viommu.hw.free_hw_queue(self.handle).into_result() {
             tracing::error!(viommu = %self.viommu.id, "freeing hardware queue {}: {e}", self.id);
         }
+        lock(&self.ioas.map).pins.release(self.id.0);
+    }
+}
+
+/// The unmap callback of a hardware queue's pins: the unit reads the queue until it is
+/// destroyed, so it cannot let go; the unmap is refused.
+struct QueueHold(HwQueueId);
+
+impl AccessOps for QueueHold {
+    fn unmap(&self, iova: Iova, len: u64) {
+        tracing::warn!(queue = %self.0, %iova, len, "unmap over a hardware queue's memory refused: destroy the queue first");
     }
 }
 
@@ -326,20 +338,28 @@ impl Context {
         }
         let ioas = v.parent.ioas.clone().ok_or_else(|| Error::Invalid("the vIOMMU's parent has no IOAS".into()))?;
         let range = IovaRange::new(iova, len).ok_or(Error::Overflow { start: iova, len })?;
+        let id = HwQueueId(self.new_id());
+        // Resolve and pin under the IOAS's lock, so that no unmap can slip in before the pin.
         let pa = {
-            let m = lock(&ioas.map);
-            let areas = m.live_in(&range);
-            let contiguous = areas.len() == 1 && areas[0].range.contains_range(&range);
-            let a = areas.first().filter(|_| contiguous).ok_or(Error::NotMapped { range })?;
-            if !a.prot.contains(Prot::RW) {
-                return Err(Error::Invalid(format!("hardware queue {range} is mapped {}, it needs rw", a.prot)));
+            let mut m = lock(&ioas.map);
+            let pieces = m.covering(&range, Prot::RW, false)?;
+            let contiguous = pieces.windows(2).all(|w| w[0].pa.0 + w[0].range.len() == w[1].pa.0);
+            let first = pieces.first().ok_or(Error::NotMapped { range })?;
+            if !contiguous {
+                return Err(Error::Invalid(format!("hardware queue {range} is not physically contiguous")));
             }
-            PhysAddr(a.pa.0 + (iova.0 - a.range.start.0))
+            m.pins.hold(id.0, &range, Arc::new(QueueHold(id)));
+            first.pa
         };
         let req = HwQueueRequest { kind, index, iova, pa, len };
-        let handle = v.hw.alloc_hw_queue(&req).into_result().map_err(|e| plugin_err(&v.unit, "alloc_hw_queue", e))?;
-        let id = HwQueueId(self.new_id());
-        self.write().hw_queues.insert(id.0, Arc::new(HwQueueObj { id, viommu: v, handle, index, range }));
+        let handle = match v.hw.alloc_hw_queue(&req).into_result() {
+            Ok(h) => h,
+            Err(e) => {
+                lock(&ioas.map).pins.release(id.0);
+                return Err(plugin_err(&v.unit, "alloc_hw_queue", e));
+            }
+        };
+        self.write().hw_queues.insert(id.0, Arc::new(HwQueueObj { id, viommu: v, handle, index, ioas }));
         Ok(id)
     }
 

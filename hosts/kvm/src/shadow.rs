@@ -216,16 +216,12 @@ impl Shadow {
     /// wholly inside one memory slot, or it would give no permission.
     fn convert(mem: &GuestPhys, g: &GuestMapping) -> Option<ShadowMapping> {
         let gpa = g.addr.raw();
-        let Some(pa) = mem.to_machine(gpa, g.len) else {
+        let Some((pa, allowed)) = mem.resolve(gpa, g.len) else {
             tracing::warn!(iova = %g.iova, gpa, len = g.len, "guest maps memory outside guest RAM; not shadowed");
             return None;
         };
-        // `to_machine` succeeded, so a slot contains the page.
-        let read_only = mem
-            .slots()
-            .iter()
-            .any(|s| gpa.wrapping_sub(s.gpa) < s.len && s.flags & kvm_bindings::KVM_MEM_READONLY != 0);
-        let prot = if read_only { Prot(g.prot.0 & Prot::READ.0) } else { g.prot };
+        // A read-only slot's memory allows reading only.
+        let prot = Prot(g.prot.0 & allowed.0);
         if prot == Prot::NONE {
             tracing::warn!(iova = %g.iova, gpa, "guest maps a read-only slot for writing only; not shadowed");
             return None;

@@ -48,6 +48,16 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// What the IOAS mapping of the slot allows: read-only for a `KVM_MEM_READONLY` slot
+    /// (device and emulated writes fail there, as the guest's do), read-write otherwise.
+    pub fn prot(&self) -> Prot {
+        if self.flags & kvm_bindings::KVM_MEM_READONLY != 0 {
+            Prot::READ
+        } else {
+            Prot::RW
+        }
+    }
+
     /// The guest-physical range (= IOVA range in the IOAS).
     pub fn range(&self) -> IovaRange {
         // Every stored slot passed `check_range`, so the range is non-empty and does not wrap.
@@ -222,7 +232,8 @@ impl MemorySlots {
     }
 
     /// Adds slot `id`: guest-physical `[gpa, gpa+len)` backed by machine RAM `[pa, pa+len)`,
-    /// registered with KVM (with `flags`) and mapped read-write in the IOAS at IOVA = `gpa`.
+    /// registered with KVM (with `flags`) and mapped in the IOAS at IOVA = `gpa` (read-write, or
+    /// read-only for a `KVM_MEM_READONLY` slot: [`Slot::prot`]).
     pub fn add(&mut self, id: u32, gpa: u64, pa: PhysAddr, len: u64, flags: u32) -> Result<(), SlotError> {
         if self.slots.contains_key(&id) {
             return Err(SlotError::SlotInUse(id));
@@ -230,7 +241,7 @@ impl MemorySlots {
         let range = self.check_range(gpa, pa, len)?;
         self.check_free(range, None)?;
         let slot = Slot { id, gpa, pa, len, flags };
-        self.ctx.map(self.ioas, Some(Iova(gpa)), pa, len, Prot::RW)?;
+        self.ctx.map(self.ioas, Some(Iova(gpa)), pa, len, slot.prot())?;
         if let Err(e) = self.kvm_set(&slot) {
             undo("unmap new slot", self.ctx.unmap(self.ioas, Iova(gpa), len, UnmapMode::Exact));
             return Err(e);
@@ -245,7 +256,7 @@ impl MemorySlots {
         let slot = *self.slots.get(&id).ok_or(SlotError::NoSuchSlot(id))?;
         self.ctx.unmap(self.ioas, Iova(slot.gpa), slot.len, UnmapMode::Exact)?;
         if let Err(e) = self.kvm_delete(id, slot.flags) {
-            undo("re-map removed slot", self.ctx.map(self.ioas, Some(Iova(slot.gpa)), slot.pa, slot.len, Prot::RW));
+            undo("re-map removed slot", self.ctx.map(self.ioas, Some(Iova(slot.gpa)), slot.pa, slot.len, slot.prot()));
             return Err(e.into());
         }
         tracing::info!(id, gpa = slot.gpa, "memory slot removed");
@@ -269,13 +280,13 @@ impl MemorySlots {
         dirty::flush(self, &old)?;
         // The old and new ranges may overlap, so unmap before mapping.
         self.ctx.unmap(self.ioas, Iova(old.gpa), old.len, UnmapMode::Exact)?;
-        if let Err(e) = self.ctx.map(self.ioas, Some(Iova(new_gpa)), old.pa, old.len, Prot::RW) {
-            undo("re-map slot at old place", self.ctx.map(self.ioas, Some(Iova(old.gpa)), old.pa, old.len, Prot::RW));
+        if let Err(e) = self.ctx.map(self.ioas, Some(Iova(new_gpa)), old.pa, old.len, old.prot()) {
+            undo("re-map slot at old place", self.ctx.map(self.ioas, Some(Iova(old.gpa)), old.pa, old.len, old.prot()));
             return Err(e.into());
         }
         if let Err(e) = self.kvm_set(&new) {
             undo("unmap slot at new place", self.ctx.unmap(self.ioas, Iova(new_gpa), old.len, UnmapMode::Exact));
-            undo("re-map slot at old place", self.ctx.map(self.ioas, Some(Iova(old.gpa)), old.pa, old.len, Prot::RW));
+            undo("re-map slot at old place", self.ctx.map(self.ioas, Some(Iova(old.gpa)), old.pa, old.len, old.prot()));
             return Err(e);
         }
         tracing::info!(id, from = old.gpa, to = new_gpa, "memory slot moved");
@@ -306,13 +317,13 @@ impl MemorySlots {
             self.ctx.unmap(self.ioas, Iova(old.gpa + new_len), tail, UnmapMode::Cut)?;
             if let Err(e) = self.kvm_replace(&old, &new) {
                 let (iova, pa) = (Iova(old.gpa + new_len), PhysAddr(old.pa.raw() + new_len));
-                undo("re-map cut tail", self.ctx.map(self.ioas, Some(iova), pa, tail, Prot::RW));
+                undo("re-map cut tail", self.ctx.map(self.ioas, Some(iova), pa, tail, old.prot()));
                 return Err(e);
             }
         } else {
             let ext = new_len - old.len;
             let (iova, pa) = (Iova(old.gpa + old.len), PhysAddr(old.pa.raw() + old.len));
-            self.ctx.map(self.ioas, Some(iova), pa, ext, Prot::RW)?;
+            self.ctx.map(self.ioas, Some(iova), pa, ext, old.prot())?;
             if let Err(e) = self.kvm_replace(&old, &new) {
                 undo("unmap extension", self.ctx.unmap(self.ioas, iova, ext, UnmapMode::Exact));
                 return Err(e);

@@ -379,3 +379,89 @@ fn mmio_outside_the_window_is_not_ours_and_refused_widths_read_all_ones() {
     let e = v.dma_read(DeviceRef::Rid(DEV), u64::MAX - 1, &mut b).unwrap_err();
     assert!(matches!(e, ViommuDmaError::Wraps { .. }), "{e}");
 }
+
+#[test]
+fn slot_changes_after_the_view_was_made_are_seen_by_the_next_dma() {
+    let Some((machine, mut slots, viommu, _model)) = setup() else { return };
+    // Translation is off (the guest never enabled it): a device's IOVA is guest-physical.
+    let dev = DeviceRef::Rid(DEV);
+    let gone = |r: Result<(), ViommuDmaError>, at: u64| match r {
+        Err(ViommuDmaError::Memory { source, .. }) => {
+            assert_eq!((source.code, source.addr), (ioasis::abi::HostError::BAD_ADDRESS, at))
+        }
+        other => panic!("expected a master abort at {at:#x}, got {other:?}"),
+    };
+    gone(viommu.dma_write(dev, 0x10_0010, b"new slot"), 0x10_0010);
+
+    // A slot added after the view: seen at once, without `set_memory`.
+    slots.add(1, 0x10_0000, PhysAddr(8 * MB), 0x1_0000, 0).unwrap();
+    viommu.dma_write(dev, 0x10_0010, b"new slot").unwrap();
+    let mut buf = [0u8; 8];
+    machine.ram().read(PhysAddr(8 * MB + 0x10), &mut buf).unwrap();
+    assert_eq!(&buf, b"new slot");
+
+    // Moved: the old place is gone, the new one has the same bytes.
+    slots.move_slot(1, 0x20_0000).unwrap();
+    gone(viommu.dma_read(dev, 0x10_0010, &mut buf), 0x10_0010);
+    let mut back = [0u8; 8];
+    viommu.dma_read(dev, 0x20_0010, &mut back).unwrap();
+    assert_eq!(&back, b"new slot");
+    assert_eq!(viommu.memory().read_u64(PhysAddr(0x20_0010)).unwrap(), u64::from_le_bytes(*b"new slot"));
+
+    // Removed: gone for byte and 64-bit accesses alike.
+    slots.remove(1).unwrap();
+    gone(viommu.dma_read(dev, 0x20_0010, &mut back), 0x20_0010);
+    assert!(viommu.memory().fetch_or_u64(PhysAddr(0x20_0010), 1).is_err());
+
+    // A read-only slot added later: readable, not writable (the IOAS maps it read-only).
+    machine.ram().write(PhysAddr(9 * MB), b"rom data").unwrap();
+    slots.add(2, 0x30_0000, PhysAddr(9 * MB), 0x1000, kvm_bindings::KVM_MEM_READONLY).unwrap();
+    viommu.dma_read(dev, 0x30_0000, &mut back).unwrap();
+    assert_eq!(&back, b"rom data");
+    gone(viommu.dma_write(dev, 0x30_0000, b"scribble"), 0x30_0000);
+    assert!(viommu.memory().fetch_or_u64(PhysAddr(0x30_0000), 1).is_err());
+    assert!(viommu.memory().write_u64(PhysAddr(0x30_0000), 1).is_err());
+    machine.ram().read(PhysAddr(9 * MB), &mut back).unwrap();
+    assert_eq!(&back, b"rom data", "nothing written");
+    assert_eq!(viommu.memory().resolve(0x30_0000, 0x1000), Some((PhysAddr(9 * MB), ioasis::Prot::READ)));
+    assert_eq!(viommu.memory().resolve(0x100, 8), Some((PhysAddr(SLOT_PA + 0x100), ioasis::Prot::RW)));
+
+    // The view's access object lives as long as the view; its IOAS cannot go meanwhile.
+    let ctx = slots.context().clone();
+    let access = viommu.memory().access().expect("a view over the slots' IOAS");
+    assert_eq!(ctx.access_ioas(access).unwrap(), slots.ioas());
+    assert!(matches!(ctx.destroy(slots.ioas()), Err(ioasis::Error::Busy { .. })));
+    drop(viommu);
+    assert!(matches!(ctx.access_ioas(access), Err(ioasis::Error::NoSuchObject { .. })));
+}
+
+#[test]
+fn a_slot_removed_during_atomic_updates_waits_for_them_instead_of_failing() {
+    let Some((_machine, mut slots, viommu, _model)) = setup() else { return };
+    slots.add(1, 0x10_0000, PhysAddr(8 * MB), 0x1000, 0).unwrap();
+    let mem = viommu.memory().clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let updater = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut done = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // A/D-bit style updates; they fail while the slot is away.
+                if mem.fetch_or_u64(PhysAddr(0x10_0008), 1 << (done % 64)).is_ok() {
+                    done += 1;
+                }
+                let _ = mem.fetch_and_u64(PhysAddr(0x10_0008), !0);
+            }
+            done
+        })
+    };
+    // Every removal goes through the access's callback, which waits for the update in flight:
+    // none is refused for a page pinned by it.
+    for _ in 0..300 {
+        slots.remove(1).expect("removing the slot waits for the atomic update in flight");
+        slots.add(1, 0x10_0000, PhysAddr(8 * MB), 0x1000, 0).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done = updater.join().unwrap();
+    assert!(done > 0, "updates ran while the slot came and went");
+}
