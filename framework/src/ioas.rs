@@ -116,6 +116,14 @@ fn range_of(iova: Iova, len: u64) -> Result<IovaRange> {
     IovaRange::new(iova, len).ok_or(Error::Overflow { start: iova, len })
 }
 
+/// Refuses a range whose start lies above its last address.
+fn check_not_inverted(r: &IovaRange) -> Result<()> {
+    if r.start > r.last {
+        return Err(Error::InvertedRange { start: r.start.0, last: r.last.0 });
+    }
+    Ok(())
+}
+
 /// Checks a range given by the user and builds it.
 pub fn user_range(iova: Iova, len: u64) -> Result<IovaRange> {
     range_of(iova, len)
@@ -296,8 +304,16 @@ impl IovaMap {
         }
     }
 
-    /// Adds a reserved region; refused if something is mapped there.
+    /// Adds a reserved region; refused if something is mapped there, if it is inverted, or
+    /// (for the user's own, `owner` `None`) if it overlaps another of the user's. Regions
+    /// devices bring may overlap each other (every device brings the MSI window).
     pub fn add_reserved(&mut self, range: IovaRange, why: &str, owner: Option<ObjectId>) -> Result<()> {
+        check_not_inverted(&range)?;
+        if owner.is_none() {
+            if let Some(other) = self.reserved.iter().find(|r| r.owner.is_none() && r.range.overlaps(&range)) {
+                return Err(Error::OverlappingRanges { first: other.range, second: range });
+            }
+        }
         if let Some(a) = self.overlapping(&range).next() {
             return Err(Error::Exists { range, area: a.range });
         }
@@ -324,8 +340,17 @@ impl IovaMap {
         self.apertures.retain(|(o, _)| *o != owner);
     }
 
-    /// Sets the user's allowed ranges (`None`: everything); refused if an area lies outside.
+    /// Sets the user's allowed ranges (`None`: everything); refused if a range is inverted,
+    /// if two overlap, or if an area lies outside.
     pub fn set_allowed(&mut self, ranges: Option<Vec<IovaRange>>) -> Result<()> {
+        if let Some(list) = &ranges {
+            list.iter().try_for_each(check_not_inverted)?;
+            let mut sorted = list.clone();
+            sorted.sort_by_key(|r| r.start);
+            if let Some(w) = sorted.windows(2).find(|w| w[0].overlaps(&w[1])) {
+                return Err(Error::OverlappingRanges { first: w[0], second: w[1] });
+            }
+        }
         let old = std::mem::replace(&mut self.allowed, ranges);
         for a in self.areas.values() {
             if let Err(e) = self.check_allowed(&a.range) {
@@ -381,6 +406,35 @@ mod tests {
         map(&mut m, 1 << 40, 0x1000, 0).unwrap();
         // Reserving over a mapping is refused.
         assert!(m.add_reserved(IovaRange::inclusive(1 << 40, (1 << 40) + 0xfff).unwrap(), "x", None).is_err());
+    }
+
+    #[test]
+    fn inverted_and_overlapping_ranges_are_refused() {
+        let mut m = IovaMap::default();
+        let r = |a: u64, b: u64| IovaRange { start: Iova(a), last: Iova(b) };
+        let good = vec![r(0x10_0000, 0x1f_ffff)];
+        m.set_allowed(Some(good.clone())).unwrap();
+        let e = m.set_allowed(Some(vec![r(0x40_0000, 0x3f_ffff)])).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { start: 0x40_0000, last: 0x3f_ffff }), "{e}");
+        let e = m.set_allowed(Some(vec![r(0x40_0000, 0x4f_ffff), r(0x10_0000, 0x40_0000)])).unwrap_err();
+        assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+        assert_eq!(m.allowed(), good, "nothing changed");
+        // Touching is not overlapping.
+        m.set_allowed(Some(vec![r(0x20_0000, 0x2f_ffff), r(0x10_0000, 0x1f_ffff)])).unwrap();
+
+        let e = m.add_reserved(r(0x9000, 0x8000), "x", None).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { .. }), "{e}");
+        let e = m.add_reserved(r(0x9000, 0x8000), "x", Some(ObjectId(3))).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { .. }), "{e}");
+        m.add_reserved(r(0x1_0000, 0x1_ffff), "mine", None).unwrap();
+        let e = m.add_reserved(r(0x1_f000, 0x2_ffff), "mine too", None).unwrap_err();
+        assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+        assert_eq!(m.reserved().len(), 1, "nothing changed");
+        // Devices' regions may overlap each other and the user's.
+        m.add_reserved(r(0x1_f000, 0x2_ffff), "dev 3", Some(ObjectId(3))).unwrap();
+        m.add_reserved(r(0x1_f000, 0x2_ffff), "dev 4", Some(ObjectId(4))).unwrap();
+        m.add_reserved(r(0x3_0000, 0x3_ffff), "mine", None).unwrap();
+        assert_eq!(m.reserved().len(), 4);
     }
 
     #[test]

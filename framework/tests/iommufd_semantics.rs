@@ -6,7 +6,7 @@ mod common;
 
 use common::Rig;
 use ioasis::abi::HwptFlags;
-use ioasis::{Error, HwptSpec, Iova, PhysAddr, Prot, Target};
+use ioasis::{Error, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
 
 #[test]
 fn replace_to_the_current_hwpt_changes_nothing() {
@@ -46,4 +46,32 @@ fn replace_to_the_current_ioas_keeps_its_auto_hwpt() {
     rig.ctx.map(ioas, Some(Iova(0x20_0000)), PhysAddr(0x100_0000), 0x1000, Prot::RW).unwrap();
     rig.dma_write(0, 1, None, 0x20_0020, b"auto").unwrap();
     assert_eq!(rig.ram(0x100_0020, 4), b"auto");
+}
+
+#[test]
+fn inverted_or_overlapping_ranges_are_refused_and_change_nothing() {
+    let rig = Rig::new();
+    let ioas = rig.ctx.alloc_ioas();
+    let r = |a: u64, b: u64| IovaRange { start: Iova(a), last: Iova(b) };
+    rig.ctx.set_allowed(ioas, Some(vec![r(0, 0xffff_ffff)])).unwrap();
+    let before = rig.ctx.allowed(ioas).unwrap();
+    let e = rig.ctx.set_allowed(ioas, Some(vec![r(0x2000, 0x1fff)])).unwrap_err();
+    assert!(matches!(e, Error::InvertedRange { start: 0x2000, last: 0x1fff }), "{e}");
+    let e = rig.ctx.set_allowed(ioas, Some(vec![r(0, 0x1_ffff), r(0x1_0000, 0x2_ffff)])).unwrap_err();
+    assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+    assert_eq!(rig.ctx.allowed(ioas).unwrap(), before);
+    rig.ctx.add_reserved(ioas, r(0x10_0000, 0x1f_ffff), "firmware").unwrap();
+    let e = rig.ctx.add_reserved(ioas, r(0x30_0000, 0x2f_ffff), "inverted").unwrap_err();
+    assert!(matches!(e, Error::InvertedRange { .. }), "{e}");
+    let e = rig.ctx.add_reserved(ioas, r(0x1f_f000, 0x20_0fff), "overlapping").unwrap_err();
+    assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+    assert_eq!(rig.ctx.reserved(ioas).unwrap().len(), 1);
+    // Devices bring their own (the MSI window), which may overlap each other's.
+    let a = rig.paging_device(1, 0, &[]);
+    let b = rig.paging_device(2, 0, &[]);
+    rig.ctx.add_reserved(ioas, r(0xfee0_0000, 0xfeef_ffff), "user's MSI").unwrap();
+    rig.ctx.add_platform_reserved(r(0xfee0_0000, 0xfeef_ffff), "x86 MSI window");
+    rig.ctx.attach(a, None, Target::Ioas(ioas)).unwrap();
+    rig.ctx.attach(b, None, Target::Ioas(ioas)).unwrap();
+    assert_eq!(rig.ctx.reserved(ioas).unwrap().len(), 4);
 }
