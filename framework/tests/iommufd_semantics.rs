@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Rig;
+use common::{Rig, MB};
 use ioasis::abi::HwptFlags;
 use ioasis::{Error, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
 
@@ -74,4 +74,31 @@ fn inverted_or_overlapping_ranges_are_refused_and_change_nothing() {
     rig.ctx.attach(a, None, Target::Ioas(ioas)).unwrap();
     rig.ctx.attach(b, None, Target::Ioas(ioas)).unwrap();
     assert_eq!(rig.ctx.reserved(ioas).unwrap().len(), 4);
+}
+
+#[test]
+fn dirty_tracking_starts_clean_and_is_read_only_while_on() {
+    let rig = Rig::new();
+    let dev = rig.paging_device(1, 0, &[ioasis::IntentItem::DirtyTracking]);
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    let hwpt = rig.ctx.attached_hwpt(dev, None).unwrap().unwrap();
+    // 4 KiB leaves (the physical address is not 2 MiB aligned): one bit per written page.
+    rig.ctx.map(ioas, Some(Iova(0)), PhysAddr(0x100_1000), 4 * MB, Prot::RW).unwrap();
+    let e = rig.ctx.read_dirty(hwpt, Iova(0), 4 * MB, 4096, false).unwrap_err();
+    assert!(matches!(e, Error::DirtyTrackingOff { .. }), "{e}");
+    rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
+    rig.dma_write(0, 1, None, 0x5000, b"period one").unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, false).unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, false).unwrap();
+    let e = rig.ctx.read_dirty(hwpt, Iova(0), 4 * MB, 4096, true).unwrap_err();
+    assert!(matches!(e, Error::DirtyTrackingOff { .. }), "{e}");
+    rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
+    let bm = rig.ctx.read_dirty(hwpt, Iova(0), 4 * MB, 4096, false).unwrap();
+    assert!(bm.iter().all(|w| *w == 0), "a write of an earlier period is not reported: {bm:x?}");
+    rig.dma_write(0, 1, None, 0x7000, b"period two").unwrap();
+    let bm = rig.ctx.read_dirty(hwpt, Iova(0), 4 * MB, 4096, false).unwrap();
+    assert_eq!(bm[0], 1 << 7);
+    assert!(bm[1..].iter().all(|w| *w == 0));
 }

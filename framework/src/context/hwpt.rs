@@ -126,6 +126,7 @@ impl Context {
             auto,
             fault_queue: queue,
             users: Mutex::new(BTreeSet::new()),
+            dirty_tracking: Mutex::new(false),
         });
         if let Some(ioas) = &ioas {
             let mut list = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
@@ -171,19 +172,36 @@ impl Context {
     }
 
     /// Turns dirty tracking on or off (the HWPT must be allocated with
-    /// [`HwptFlags::DIRTY_TRACKING`]).
+    /// [`HwptFlags::DIRTY_TRACKING`]). Turning it on starts clean: the dirty bits of every area
+    /// of the IOAS are cleared first, so that nothing written before is ever reported. Setting
+    /// the state it has already is a no-op.
     pub fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<()> {
+        let _c = self.control();
         let h = self.hwpt(hwpt)?;
         if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
             return Err(Error::Invalid(format!("HWPT {hwpt} was not allocated with dirty tracking")));
         }
-        h.hw.set_dirty_tracking(enable).into_result().map_err(|e| plugin_err(&h.unit, "set_dirty_tracking", e))
+        let mut on = lock(&h.dirty_tracking);
+        if *on == enable {
+            return Ok(());
+        }
+        if enable {
+            clear_dirty(&h)?;
+        }
+        h.hw.set_dirty_tracking(enable).into_result().map_err(|e| plugin_err(&h.unit, "set_dirty_tracking", e))?;
+        *on = enable;
+        tracing::debug!(%hwpt, enable, "dirty tracking");
+        Ok(())
     }
 
     /// Reads the dirty bits of `[iova, iova+len)` into a bitmap (bit `i` = page `i` of
-    /// `page_size` bytes) and clears them unless `keep`.
+    /// `page_size` bytes) and clears them unless `keep`. Refused
+    /// ([`Error::DirtyTrackingOff`]) while the HWPT is not tracking.
     pub fn read_dirty(&self, hwpt: HwptId, iova: Iova, len: u64, page_size: u64, keep: bool) -> Result<Vec<u64>> {
         let h = self.hwpt(hwpt)?;
+        if !*lock(&h.dirty_tracking) {
+            return Err(Error::DirtyTrackingOff { hwpt: hwpt.0 });
+        }
         if !page_size.is_power_of_two() || page_size < crate::PAGE_SIZE {
             return Err(Error::Unaligned { what: "dirty page size", value: page_size, align: crate::PAGE_SIZE });
         }
@@ -210,4 +228,31 @@ impl Context {
         }
         h.hw.invalidate(reqs.into()).into_result().map_err(|e| plugin_err(&h.unit, "invalidate", e))
     }
+}
+
+/// Bytes of IOVA cleared per backend call when dirty tracking goes on: 1 GiB, so that the
+/// scratch bitmap is 4096 words at 4 KiB pages however large the areas are.
+const CLEAR_CHUNK: u64 = 1 << 30;
+
+/// Clears `h`'s dirty bits over every area of its IOAS, with no map or unmap running.
+fn clear_dirty(h: &HwptObj) -> Result<()> {
+    let Some(ioas) = &h.ioas else { return Ok(()) };
+    let _no_map = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
+    let areas: Vec<_> = lock(&ioas.map).areas().map(|a| a.range).collect();
+    let shift = crate::addr::PAGE_SHIFT as u8;
+    let mut scratch = vec![0u64; (CLEAR_CHUNK >> shift).div_ceil(64) as usize];
+    for r in areas {
+        let mut at = r.start.0;
+        let mut left = r.len();
+        while left > 0 {
+            let n = left.min(CLEAR_CHUNK);
+            let words = (n >> shift).div_ceil(64) as usize;
+            h.hw.read_and_clear_dirty(Iova(at), n, shift, (&mut scratch[..words]).into(), false)
+                .into_result()
+                .map_err(|e| plugin_err(&h.unit, "read_and_clear_dirty", e))?;
+            at = at.wrapping_add(n);
+            left -= n;
+        }
+    }
+    Ok(())
 }

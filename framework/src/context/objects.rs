@@ -123,6 +123,8 @@ pub(crate) struct HwptObj {
     pub auto: bool,
     pub fault_queue: Option<Arc<FaultQueue>>,
     pub users: Mutex<BTreeSet<(DeviceId, Option<Pasid>)>>,
+    /// Dirty tracking is on (only ever for a HWPT allocated with it).
+    pub dirty_tracking: Mutex<bool>,
 }
 
 impl HwptObj {
