@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Rig, MB};
-use ioasis::abi::HwptFlags;
+use ioasis::abi::{HwptFlags, PageResponse};
 use ioasis::{Error, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
 
 #[test]
@@ -101,4 +101,120 @@ fn dirty_tracking_starts_clean_and_is_read_only_while_on() {
     let bm = rig.ctx.read_dirty(hwpt, Iova(0), 4 * MB, 4096, false).unwrap();
     assert_eq!(bm[0], 1 << 7);
     assert!(bm[1..].iter().all(|w| *w == 0));
+}
+
+/// A device with PRI on a HWPT with a fault queue: (rig, device, IOAS, HWPT, queue).
+fn faulting_device(pasid: bool) -> (Rig, ioasis::DeviceId, ioasis::IoasId, ioasis::HwptId, ioasis::FaultQueueId) {
+    let rig = Rig::new();
+    let mut extra = vec![ioasis::IntentItem::PageFaults];
+    if pasid {
+        extra.push(ioasis::IntentItem::PasidIoas);
+    }
+    let dev = rig.paging_device(1, 0, &extra);
+    let ioas = rig.ctx.alloc_ioas();
+    let unit = rig.ctx.unit_by_name("u0").unwrap();
+    let q = rig.ctx.alloc_fault_queue();
+    let h =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) }).unwrap();
+    rig.ctx.attach(dev, None, Target::Hwpt(h)).unwrap();
+    (rig, dev, ioas, h, q)
+}
+
+/// Faults `n` page requests as device 1 (untagged or with `pasid`) and polls them.
+fn page_requests(rig: &Rig, pasid: Option<u32>, n: u64) {
+    for i in 0..n {
+        assert!(rig.dma_read(0, 1, pasid, 0x80_0000 + i * 0x1000, 4).is_err());
+    }
+    assert_eq!(rig.ctx.poll_faults().unwrap(), n as usize);
+}
+
+fn codes(rig: &Rig) -> Vec<(u32, u32)> {
+    rig.models[0].page_responses().iter().map(|r| (r.group, r.code)).collect()
+}
+
+#[test]
+fn detach_answers_read_requests_invalid_and_later_responses_are_refused() {
+    let (rig, dev, _, _, q) = faulting_device(false);
+    page_requests(&rig, None, 1);
+    let ev = rig.ctx.read_faults(q).unwrap();
+    assert_eq!(ev.len(), 1);
+    rig.ctx.detach(dev, None).unwrap();
+    assert_eq!(codes(&rig), vec![(ev[0].fault.group, PageResponse::INVALID)]);
+    let e = rig.ctx.respond(q, ev[0].cookie, PageResponse::SUCCESS).unwrap_err();
+    assert!(matches!(e, Error::NoSuchPageRequest { cookie, .. } if cookie == ev[0].cookie), "{e}");
+    assert_eq!(rig.models[0].page_responses().len(), 1, "the unit saw nothing more");
+}
+
+#[test]
+fn detach_answers_undelivered_requests_and_drops_them_from_the_queue() {
+    let (rig, dev, _, _, q) = faulting_device(false);
+    page_requests(&rig, None, 2);
+    rig.ctx.detach(dev, None).unwrap();
+    let sent = codes(&rig);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(_, c)| *c == PageResponse::INVALID), "{sent:?}");
+    assert!(rig.ctx.read_faults(q).unwrap().is_empty(), "nothing left to deliver");
+}
+
+#[test]
+fn replace_answers_the_old_attachments_requests() {
+    let (rig, dev, ioas, _, q) = faulting_device(false);
+    page_requests(&rig, None, 2);
+    let ev = rig.ctx.read_faults(q).unwrap();
+    assert_eq!(ev.len(), 2);
+    page_requests(&rig, None, 1);
+    rig.ctx.replace(dev, None, Target::Ioas(ioas)).unwrap();
+    let sent = codes(&rig);
+    assert_eq!(sent.len(), 3, "read and undelivered alike: {sent:?}");
+    assert!(sent.iter().all(|(_, c)| *c == PageResponse::INVALID), "{sent:?}");
+    assert!(rig.ctx.read_faults(q).unwrap().is_empty());
+    for e in &ev {
+        assert!(matches!(rig.ctx.respond(q, e.cookie, PageResponse::SUCCESS), Err(Error::NoSuchPageRequest { .. })));
+    }
+    assert_eq!(rig.models[0].page_responses().len(), 3);
+}
+
+#[test]
+fn detaching_a_pasid_answers_only_its_requests() {
+    let (rig, dev, _, h, q) = faulting_device(true);
+    rig.ctx.attach(dev, Some(ioasis::Pasid(7)), Target::Hwpt(h)).unwrap();
+    page_requests(&rig, Some(7), 1);
+    page_requests(&rig, None, 1);
+    let ev = rig.ctx.read_faults(q).unwrap();
+    assert_eq!(ev.len(), 2);
+    rig.ctx.detach(dev, Some(ioasis::Pasid(7))).unwrap();
+    let sent = rig.models[0].page_responses();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].pasid, Some(ioasis::Pasid(7)));
+    assert_eq!(sent[0].code, PageResponse::INVALID);
+    let untagged = ev.iter().find(|e| e.fault.pasid.is_none()).unwrap();
+    rig.ctx.respond(q, untagged.cookie, PageResponse::SUCCESS).unwrap();
+    assert_eq!(codes(&rig)[1], (untagged.fault.group, PageResponse::SUCCESS));
+}
+
+#[test]
+fn teardown_answers_outstanding_requests() {
+    let (rig, _, _, _, q) = faulting_device(false);
+    page_requests(&rig, None, 2);
+    let ev = rig.ctx.read_faults(q).unwrap();
+    page_requests(&rig, None, 1);
+    rig.ctx.teardown().unwrap();
+    let sent = codes(&rig);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.iter().all(|(_, c)| *c == PageResponse::INVALID), "{sent:?}");
+    assert!(sent.iter().any(|(g, _)| *g == ev[0].fault.group));
+}
+
+#[test]
+fn a_response_code_that_is_not_one_of_the_three_is_refused() {
+    let (rig, _, _, _, q) = faulting_device(false);
+    page_requests(&rig, None, 1);
+    let ev = rig.ctx.read_faults(q).unwrap();
+    for code in [2, 0xe, 0x10, u32::MAX] {
+        let e = rig.ctx.respond(q, ev[0].cookie, code).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { .. }), "{e}");
+    }
+    assert!(rig.models[0].page_responses().is_empty(), "nothing reached the unit");
+    rig.ctx.respond(q, ev[0].cookie, PageResponse::FAILURE).unwrap();
+    assert_eq!(codes(&rig), vec![(ev[0].fault.group, PageResponse::FAILURE)]);
 }

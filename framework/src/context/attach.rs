@@ -337,6 +337,7 @@ impl Context {
         lock(&dev.attached).insert(pasid, att);
         if let Some(old) = old {
             self.forget(&dev, pasid, &old);
+            self.abandon_page_requests(|p| p.device != device || p.pasid != pasid);
         }
         tracing::debug!(device = %device, pasid = ?pasid, ?target, "attached");
         Ok(())
@@ -377,6 +378,7 @@ impl Context {
         }
         lock(&dev.attached).remove(&pasid);
         self.forget(&dev, pasid, &old);
+        self.abandon_page_requests(|p| p.device != device || p.pasid != pasid);
         Ok(())
     }
 }

@@ -31,7 +31,7 @@ use crate::services::UnitServices;
 pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
-pub(crate) use objects::{Attachment, DeviceObj, FaultQueue, HwptObj, IoasObj, UnitObj};
+pub(crate) use objects::{Attachment, DeviceObj, FaultQueue, HwptObj, IoasObj, PendingRequest, UnitObj};
 
 /// Every object of a context.
 #[derive(Default)]
@@ -337,6 +337,8 @@ impl Context {
             }
         }
         let _c = self.control();
+        // Whatever a failed detach left outstanding is answered before the units go.
+        self.abandon_page_requests(|_| false);
         let mut o = self.write();
         let nested: Vec<ObjectId> = o.hwpts.values().filter(|h| h.parent.is_some()).map(|h| h.id.0).collect();
         for id in nested {
