@@ -190,6 +190,9 @@ impl IovaMap {
         if pa.0.checked_add(len - 1).is_none() {
             return Err(Error::Overflow { start: Iova(pa.0), len });
         }
+        if prot.0 & !Prot::RW.0 != 0 {
+            return Err(Error::UnknownBits { what: "prot", bits: (prot.0 & !Prot::RW.0).into() });
+        }
         if prot.is_none() {
             return Err(Error::Invalid("a mapping needs read or write permission".into()));
         }
@@ -382,6 +385,8 @@ mod tests {
         assert!(matches!(map(&mut m, 0x1000, 0x1800, 0), Err(Error::Unaligned { what: "length", .. })));
         assert!(matches!(map(&mut m, 0x1000, 0x1000, 0x10), Err(Error::Unaligned { .. })));
         assert!(matches!(map(&mut m, u64::MAX - 0xfff, 0x2000, 0), Err(Error::Overflow { .. })));
+        let e = m.claim_map(Iova(0x1000), 0x1000, PhysAddr(0), Prot(Prot::RW.0 | 8)).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { what: "prot", bits: 8 }), "{e}");
         // The very last page of the space is fine.
         map(&mut m, u64::MAX - 0xfff, 0x1000, 0).unwrap();
         map(&mut m, 0x10000, 0x4000, 0).unwrap();

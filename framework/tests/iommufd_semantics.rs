@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Rig, MB};
-use ioasis::abi::{HwptFlags, PageResponse};
+use ioasis::abi::{CacheInvalidation, HwptFlags, PageResponse};
 use ioasis::{Error, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
 
 #[test]
@@ -217,4 +217,67 @@ fn a_response_code_that_is_not_one_of_the_three_is_refused() {
     assert!(rig.models[0].page_responses().is_empty(), "nothing reached the unit");
     rig.ctx.respond(q, ev[0].cookie, PageResponse::FAILURE).unwrap();
     assert_eq!(codes(&rig), vec![(ev[0].fault.group, PageResponse::FAILURE)]);
+}
+
+#[test]
+fn unknown_bits_from_the_caller_are_refused() {
+    let rig = Rig::new();
+    let unit = rig.ctx.unit_by_name("u0").unwrap();
+    let ioas = rig.ctx.alloc_ioas();
+    let q = rig.ctx.alloc_fault_queue();
+    let pages = rig.ctx.table_pages();
+    for (flags, fault_queue) in
+        [(HwptFlags(1 << 8), None), (HwptFlags(1 << 31), Some(q)), (HwptFlags::PAGE_FAULTS, None)]
+    {
+        let e = rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags, fault_queue }).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { .. }), "{e}");
+    }
+    assert!(rig.ctx.ioas_hwpts(ioas).unwrap().is_empty());
+    assert_eq!(rig.ctx.table_pages(), pages, "no backend was asked");
+    // PAGE_FAULTS along with the queue that sets it anyway is fine.
+    let h = rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::PAGE_FAULTS, fault_queue: Some(q) });
+    rig.ctx.destroy(h.unwrap()).unwrap();
+
+    let dev = rig.paging_device(1, 0, &[]);
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    let pages = rig.ctx.table_pages();
+    for prot in [Prot(4), Prot(Prot::RW.0 | 0x100), Prot(1 << 31)] {
+        let e = rig.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(0x100_0000), 0x1000, prot).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { what: "prot", .. }), "{e}");
+        let e = rig.ctx.map(ioas, None, PhysAddr(0x100_0000), 0x1000, prot).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { what: "prot", .. }), "{e}");
+    }
+    assert!(rig.ctx.areas(ioas).unwrap().is_empty());
+    assert_eq!(rig.ctx.table_pages(), pages, "no backend was asked");
+    rig.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(0x100_0000), 0x1000, Prot::READ).unwrap();
+    let e = rig.ctx.access(ioas, Iova(0x10_0000), 0x1000, Prot(Prot::READ.0 | 4)).unwrap_err();
+    assert!(matches!(e, Error::UnknownBits { what: "prot", .. }), "{e}");
+}
+
+#[test]
+fn an_unknown_invalidation_scope_is_refused() {
+    let rig = Rig::new();
+    let dev = rig.paging_device(1, 0, &[ioasis::IntentItem::NestedStage1 { format: ioasis::PtFormat::MOCK }]);
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.map(ioas, Some(Iova(0)), PhysAddr(64 * MB), 16 * MB, Prot::RW).unwrap();
+    let unit = rig.ctx.unit_by_name("u0").unwrap();
+    let parent =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None }).unwrap();
+    let spec = HwptSpec::Nested {
+        parent,
+        format: ioasis::PtFormat::MOCK,
+        root: Iova(0x1000),
+        words: vec![],
+        fault_queue: None,
+    };
+    let nested = rig.ctx.alloc_hwpt(unit, spec).unwrap();
+    rig.ctx.attach(dev, None, Target::Hwpt(nested)).unwrap();
+    let inv = |scope| CacheInvalidation { scope, tag: 0, iova: Iova(0), len: 0x1000, leaf_only: false };
+    for scope in [0, 4, 0x8000_0001] {
+        let e = rig.ctx.invalidate(nested, &[inv(CacheInvalidation::ALL), inv(scope)]).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { what: "cache invalidation scope", .. }), "{e}");
+    }
+    for scope in [CacheInvalidation::ALL, CacheInvalidation::RANGE, CacheInvalidation::PASID] {
+        assert_eq!(rig.ctx.invalidate(nested, &[inv(scope)]).unwrap(), 1);
+    }
 }

@@ -10,8 +10,9 @@ use crate::addr::{AddressSpace, Iova};
 use crate::error::{Error, Result};
 use crate::format::PtFormat;
 use crate::object::{FaultQueueId, HwptId, IoasId, UnitId};
+use crate::prot::Prot;
 
-use super::{lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
+use super::{bad_answer, lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
 
 /// What HWPT to allocate.
 #[derive(Clone, Debug)]
@@ -58,6 +59,16 @@ impl Context {
         let mut queue = None;
         let req = match spec {
             HwptSpec::Paging { ioas: id, mut flags, fault_queue } => {
+                let known = HwptFlags::DIRTY_TRACKING.0 | HwptFlags::COHERENCY.0 | HwptFlags::PAGE_FAULTS.0;
+                if flags.0 & !known != 0 {
+                    return Err(Error::UnknownBits { what: "HWPT flags", bits: (flags.0 & !known).into() });
+                }
+                if flags.contains(HwptFlags::PAGE_FAULTS) && fault_queue.is_none() {
+                    return Err(Error::UnknownBits {
+                        what: "HWPT flags (PAGE_FAULTS comes with a fault queue)",
+                        bits: HwptFlags::PAGE_FAULTS.0.into(),
+                    });
+                }
                 let obj = self.ioas(id)?;
                 let space = obj.space;
                 ioas = Some(obj);
@@ -111,10 +122,21 @@ impl Context {
                 space: AddressSpace::host(),
             },
         };
-        let flags = req.flags;
+        let (flags, kind) = (req.flags, req.kind);
         let hw = unit.hw.alloc_hwpt(&req).into_result().map_err(|e| plugin_err(unit, "alloc_hwpt", e))?;
         drop(req);
         let info = hw.info();
+        // On a bad answer the returned HWPT is dropped here: the backend frees it.
+        if info.kind != kind {
+            return Err(bad_answer(
+                unit,
+                "alloc_hwpt",
+                format!("a {} HWPT for a {} request", info.kind.name(), kind.name()),
+            ));
+        }
+        if matches!(kind, HwptKind::PAGING | HwptKind::NESTED) && info.page_sizes.min().is_none() {
+            return Err(bad_answer(unit, "alloc_hwpt", format!("a {} HWPT with no page size", kind.name())));
+        }
         let obj = Arc::new(HwptObj {
             id: HwptId(self.new_id()),
             unit: unit.clone(),
@@ -161,7 +183,14 @@ impl Context {
 
     /// The HWPT's translation of one address, read from its table.
     pub fn translate(&self, hwpt: HwptId, iova: Iova) -> Result<Option<Translation>> {
-        Ok(self.hwpt(hwpt)?.hw.translate(iova).into_option())
+        let h = self.hwpt(hwpt)?;
+        let t = h.hw.translate(iova).into_option();
+        if let Some(t) = &t {
+            if t.prot.0 & !Prot::RW.0 != 0 {
+                return Err(bad_answer(&h.unit, "translate", format!("unknown permission bits {:#x}", t.prot.0)));
+            }
+        }
+        Ok(t)
     }
 
     /// The HWPTs that realise an IOAS (paging tables kept in step with it).
@@ -225,6 +254,12 @@ impl Context {
         let h = self.hwpt(hwpt)?;
         if h.info.kind != HwptKind::NESTED {
             return Err(Error::Invalid(format!("HWPT {hwpt} is {}, not nested", h.info.kind.name())));
+        }
+        if let Some(r) = reqs
+            .iter()
+            .find(|r| !matches!(r.scope, CacheInvalidation::ALL | CacheInvalidation::RANGE | CacheInvalidation::PASID))
+        {
+            return Err(Error::UnknownBits { what: "cache invalidation scope", bits: r.scope.into() });
         }
         h.hw.invalidate(reqs.into()).into_result().map_err(|e| plugin_err(&h.unit, "invalidate", e))
     }

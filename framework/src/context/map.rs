@@ -172,6 +172,9 @@ impl Context {
     /// What a software-table (mdev-like) driver uses instead of hardware translation: the
     /// physical pieces behind `[iova, iova+len)`, checked against the areas' permissions.
     pub fn access(&self, ioas: IoasId, iova: Iova, len: u64, want: Prot) -> Result<Vec<(PhysAddr, u64)>> {
+        if want.0 & !Prot::RW.0 != 0 {
+            return Err(Error::UnknownBits { what: "prot", bits: (want.0 & !Prot::RW.0).into() });
+        }
         let r = IovaRange::new(iova, len).ok_or(if len == 0 {
             Error::ZeroLength
         } else {
