@@ -64,6 +64,17 @@ impl Area {
     }
 }
 
+/// Where an IOAS may map, and how aligned every mapping must be (iommufd's
+/// `IOMMU_IOAS_IOVA_RANGES`, with its `out_iova_alignment`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaRanges {
+    /// The effective allowed ranges (user limits ∩ every attached device's aperture).
+    pub ranges: Vec<IovaRange>,
+    /// The IOVA, length and physical address of every mapping must be multiples of this: the
+    /// largest of 4 KiB and the smallest page size of each HWPT that realises the IOAS.
+    pub alignment: u64,
+}
+
 /// A reserved region and where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {

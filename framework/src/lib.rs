@@ -36,7 +36,7 @@ pub use context::{Context, HwptSpec, Target};
 pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};
-pub use ioas::UnmapMode;
+pub use ioas::{IovaRanges, UnmapMode};
 pub use object::{DeviceId, FaultQueueId, HwptId, IoasId, ObjectId, UnitId};
 pub mod config;
 

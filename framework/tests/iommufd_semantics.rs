@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Rig, MB};
+use common::{mock_plugin, Rig, MB};
 use ioasis::abi::{CacheInvalidation, HwptFlags, PageResponse};
 use ioasis::{Error, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
+use ioasis_plugin_mock::format::cap;
 
 #[test]
 fn replace_to_the_current_hwpt_changes_nothing() {
@@ -280,4 +281,82 @@ fn an_unknown_invalidation_scope_is_refused() {
     for scope in [CacheInvalidation::ALL, CacheInvalidation::RANGE, CacheInvalidation::PASID] {
         assert_eq!(rig.ctx.invalidate(nested, &[inv(scope)]).unwrap(), 1);
     }
+}
+
+/// A machine whose unit maps with 2 MiB pages at least (no 4 KiB pages in its CAP).
+fn rig_2m() -> Rig {
+    Rig::with_units(&[cap::FULL & !cap::PS_4K], &mock_plugin())
+}
+
+#[test]
+fn the_ioas_reports_and_enforces_its_hwpts_smallest_page() {
+    let rig = rig_2m();
+    let unit = rig.ctx.unit_by_name("u0").unwrap();
+    let ioas = rig.ctx.alloc_ioas();
+    let before = rig.ctx.iova_ranges(ioas).unwrap();
+    assert_eq!(before.alignment, 4096);
+    assert_eq!(before.ranges, rig.ctx.allowed(ioas).unwrap());
+    let h =
+        rig.ctx.alloc_hwpt(unit, HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None }).unwrap();
+    assert_eq!(rig.ctx.hwpt_info(h).unwrap().page_sizes.min(), Some(2 * MB));
+    assert_eq!(rig.ctx.iova_ranges(ioas).unwrap().alignment, 2 * MB);
+    let pages = (rig.ctx.table_pages(), rig.ctx.hwpt_table_pages(h).unwrap());
+    let refused = [
+        (Some(Iova(0x20_0000)), PhysAddr(0x40_0000), 0x1000),
+        (Some(Iova(0x20_1000)), PhysAddr(0x40_0000), 2 * MB),
+        (Some(Iova(0x20_0000)), PhysAddr(0x40_1000), 2 * MB),
+        (None, PhysAddr(0x40_0000), 0x1000),
+        (None, PhysAddr(0x40_1000), 2 * MB),
+    ];
+    for (iova, pa, len) in refused {
+        let e = rig.ctx.map(ioas, iova, pa, len, Prot::RW).unwrap_err();
+        assert!(matches!(e, Error::Unaligned { align, .. } if align == 2 * MB), "{iova:?} {pa} {len:#x}: {e}");
+    }
+    assert!(rig.ctx.areas(ioas).unwrap().is_empty());
+    assert_eq!((rig.ctx.table_pages(), rig.ctx.hwpt_table_pages(h).unwrap()), pages, "no backend call");
+    rig.ctx.map(ioas, Some(Iova(0x20_0000)), PhysAddr(0x40_0000), 2 * MB, Prot::RW).unwrap();
+    assert_eq!(rig.ctx.translate(h, Iova(0x20_1000)).unwrap().unwrap().page_size, 2 * MB);
+    let at = rig.ctx.map(ioas, None, PhysAddr(0x80_0000), 4 * MB, Prot::RW).unwrap();
+    assert_eq!(at.0 % (2 * MB), 0);
+
+    // Copying 4 KiB pieces into it is refused as well, before any backend call.
+    let src = rig.ctx.alloc_ioas();
+    rig.ctx.map(src, Some(Iova(0x1000)), PhysAddr(0x100_0000), 0x1000, Prot::RW).unwrap();
+    rig.ctx.map(src, Some(Iova(0x40_0000)), PhysAddr(0x100_1000), 2 * MB, Prot::RW).unwrap();
+    let areas = rig.ctx.areas(ioas).unwrap();
+    for (from, len, to) in [(0x1000, 0x1000, None), (0x40_0000, 2 * MB, Some(Iova(0x100_0000)))] {
+        let e = rig.ctx.copy(src, Iova(from), len, ioas, to).unwrap_err();
+        assert!(matches!(e, Error::Unaligned { .. }), "{e}");
+    }
+    assert_eq!(rig.ctx.areas(ioas).unwrap(), areas);
+}
+
+#[test]
+fn a_hwpt_whose_smallest_page_does_not_fit_the_areas_is_refused() {
+    let rig = rig_2m();
+    let unit = rig.ctx.unit_by_name("u0").unwrap();
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.map(ioas, Some(Iova(0x20_0000)), PhysAddr(0x40_0000), 2 * MB, Prot::RW).unwrap();
+    rig.ctx.map(ioas, Some(Iova(0x60_1000)), PhysAddr(0x80_0000), 0x1000, Prot::RW).unwrap();
+    let pages = rig.ctx.table_pages();
+    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None };
+    let e = rig.ctx.alloc_hwpt(unit, spec.clone()).unwrap_err();
+    assert!(matches!(e, Error::AreaUnaligned { align, .. } if align == 2 * MB), "{e}");
+    assert!(rig.ctx.ioas_hwpts(ioas).unwrap().is_empty());
+    assert_eq!(rig.ctx.table_pages(), pages, "the HWPT was freed, nothing replayed");
+    assert_eq!(rig.ctx.iova_ranges(ioas).unwrap().alignment, 4096);
+    // Attaching a device makes the same HWPT: refused the same way, nothing changed.
+    let dev = rig.paging_device(1, 0, &[]);
+    let reserved = rig.ctx.reserved(ioas).unwrap();
+    let e = rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap_err();
+    assert!(matches!(e, Error::AreaUnaligned { .. }), "{e}");
+    assert_eq!(rig.ctx.attachment(dev, None).unwrap(), None);
+    assert_eq!(rig.ctx.reserved(ioas).unwrap(), reserved);
+    assert_eq!(rig.ctx.table_pages(), pages);
+    // Without the 4 KiB area, both work.
+    rig.ctx.unmap(ioas, Iova(0x60_1000), 0x1000, ioasis::UnmapMode::Exact).unwrap();
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    rig.dma_write(0, 1, None, 0x20_0010, b"2m").unwrap();
+    assert_eq!(rig.ram(0x40_0010, 2), b"2m");
+    rig.ctx.alloc_hwpt(unit, spec).unwrap();
 }

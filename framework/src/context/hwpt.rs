@@ -157,6 +157,12 @@ impl Context {
             if let Some(a) = areas.iter().find(|a| !obj.info.aperture.contains_range(&a.range)) {
                 return Err(Error::OutOfAperture { range: a.range, allowed: format!("[{}]", obj.info.aperture) });
             }
+            // Every area must suit the new table's smallest page (iopt_check_iova_alignment).
+            let align = obj.info.page_sizes.min().unwrap_or(crate::PAGE_SIZE);
+            let off = |v: u64| v % align != 0;
+            if let Some(a) = areas.iter().find(|a| off(a.range.start.0) || off(a.range.len()) || off(a.pa.0)) {
+                return Err(Error::AreaUnaligned { area: a.range, pa: a.pa, align });
+            }
             for (i, a) in areas.iter().enumerate() {
                 if let Err(e) = obj.hw.map(a.range.start, a.pa, a.range.len(), a.prot).into_result() {
                     for done in &areas[..i] {
