@@ -360,3 +360,23 @@ fn a_hwpt_whose_smallest_page_does_not_fit_the_areas_is_refused() {
     assert_eq!(rig.ram(0x40_0010, 2), b"2m");
     rig.ctx.alloc_hwpt(unit, spec).unwrap();
 }
+
+#[test]
+fn enabling_dirty_tracking_clears_areas_larger_than_one_chunk() {
+    let rig = Rig::new();
+    let dev = rig.paging_device(1, 0, &[ioasis::IntentItem::DirtyTracking]);
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    let hwpt = rig.ctx.attached_hwpt(dev, None).unwrap().unwrap();
+    // 3 GiB and a page: cleared in 1 GiB steps and a 4 KiB tail.
+    let len = (3 << 30) + 0x1000;
+    rig.ctx.map(ioas, Some(Iova(1 << 30)), PhysAddr(0), len, Prot::RW).unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
+    rig.dma_write(0, 1, None, (1 << 30) + 0x10, b"first").unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, false).unwrap();
+    rig.ctx.set_dirty_tracking(hwpt, true).unwrap();
+    let bm = rig.ctx.read_dirty(hwpt, Iova(1 << 30), 4 << 30, 1 << 30, false).unwrap();
+    assert_eq!(bm, vec![0]);
+    rig.dma_write(0, 1, None, (1 << 30) + 0x10, b"second").unwrap();
+    assert_eq!(rig.ctx.read_dirty(hwpt, Iova(1 << 30), 4 << 30, 1 << 30, false).unwrap(), vec![1]);
+}
