@@ -94,6 +94,18 @@ impl Features {
         (Self::IDENTITY, "identity"),
     ];
 
+    /// Every bit this interface version names: a unit reporting others is refused.
+    pub const KNOWN: Features = Features(
+        Self::PASID.0
+            | Self::NESTING.0
+            | Self::DIRTY_TRACKING.0
+            | Self::PAGE_FAULTS.0
+            | Self::ATS.0
+            | Self::COHERENCY.0
+            | Self::ENQCMD.0
+            | Self::IDENTITY.0,
+    );
+
     /// True when every bit of `other` is set.
     pub const fn contains(self, other: Features) -> bool {
         self.0 & other.0 == other.0
@@ -152,5 +164,11 @@ mod tests {
         assert!(s.contains(1 << 21));
         assert!(!s.contains(3 << 20));
         assert_eq!(PageSizes(0).min(), None);
+    }
+
+    #[test]
+    fn known_features_are_the_named_ones() {
+        let named = Features::NAMED.iter().fold(Features(0), |a, (b, _)| a.with(*b));
+        assert_eq!(Features::KNOWN, named);
     }
 }

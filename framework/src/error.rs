@@ -2,7 +2,7 @@
 //! that fails changes nothing.
 
 use crate::abi::PluginError;
-use crate::addr::{Iova, IovaRange, Pasid};
+use crate::addr::{Iova, IovaRange, Pasid, PhysAddr};
 use crate::contract::Refusal;
 use crate::intent::IntentItem;
 use crate::object::ObjectId;
@@ -168,17 +168,33 @@ pub enum Error {
         /// The plugin's error.
         error: PluginError,
     },
-    /// A flags or bits field has bits this interface does not define.
-    #[error("unknown {what} bits {bits:#x}")]
+    /// A range whose start lies above its last address.
+    #[error("range {start:#x}..={last:#x} is inverted (start above last)")]
+    InvertedRange {
+        /// Its start.
+        start: u64,
+        /// Its last address.
+        last: u64,
+    },
+    /// Two ranges of one list overlap.
+    #[error("ranges {first} and {second} overlap")]
+    OverlappingRanges {
+        /// One.
+        first: IovaRange,
+        /// The other.
+        second: IovaRange,
+    },
+    /// Flag or code bits this version does not know (iommufd's EOPNOTSUPP).
+    #[error("unknown bits {bits:#x} in {what}")]
     UnknownBits {
         /// Which field.
         what: &'static str,
-        /// The unknown bits.
+        /// The bits (or the code) not understood.
         bits: u64,
     },
-    /// A plugin answered with something that cannot be right (a kind not asked for, unknown
-    /// bits, a count past what it was given). Nothing was changed.
-    #[error("plugin {plugin} (unit {unit}) gave a bad answer in {op}: {what}")]
+    /// A backend answered something the framework cannot use; whatever it returned was
+    /// released and nothing was changed.
+    #[error("plugin {plugin} (unit {unit}) answered {op} badly: {what}")]
     BadAnswer {
         /// The plugin.
         plugin: String,
@@ -186,7 +202,7 @@ pub enum Error {
         unit: String,
         /// The operation.
         op: &'static str,
-        /// What was wrong.
+        /// What was wrong with the answer.
         what: String,
     },
     /// The virtual id names another device of the vIOMMU already.
@@ -210,6 +226,31 @@ pub enum Error {
         unit: String,
         /// Why.
         error: PluginError,
+    },
+    /// No page request with that cookie is outstanding in the fault queue (answered already,
+    /// or answered by the framework when its device was detached).
+    #[error("no page request {cookie} is outstanding in fault queue {queue}")]
+    NoSuchPageRequest {
+        /// The fault queue.
+        queue: ObjectId,
+        /// The cookie.
+        cookie: u64,
+    },
+    /// Dirty bits are read only while the HWPT tracks them.
+    #[error("HWPT {hwpt} is not tracking dirty pages")]
+    DirtyTrackingOff {
+        /// The HWPT.
+        hwpt: ObjectId,
+    },
+    /// A new HWPT's smallest page does not fit an area already mapped in its IOAS.
+    #[error("area {area} (at {pa}) of the IOAS is not aligned to {align:#x}, the smallest page of the new HWPT")]
+    AreaUnaligned {
+        /// The area.
+        area: IovaRange,
+        /// Its physical address.
+        pa: PhysAddr,
+        /// The alignment the new HWPT needs.
+        align: u64,
     },
     /// A host adapter (KVM, Xen, bare metal) failed outside any backend: creating or
     /// destroying a guest, reading the platform. Nothing was changed.

@@ -64,6 +64,17 @@ impl Area {
     }
 }
 
+/// Where an IOAS may map, and how aligned every mapping must be (iommufd's
+/// `IOMMU_IOAS_IOVA_RANGES`, with its `out_iova_alignment`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaRanges {
+    /// The effective allowed ranges (user limits ∩ every attached device's aperture).
+    pub ranges: Vec<IovaRange>,
+    /// The IOVA, length and physical address of every mapping must be multiples of this: the
+    /// largest of 4 KiB and the smallest page size of each HWPT that realises the IOAS.
+    pub alignment: u64,
+}
+
 /// A reserved region and where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
@@ -116,6 +127,14 @@ fn range_of(iova: Iova, len: u64) -> Result<IovaRange> {
         }
     }
     IovaRange::new(iova, len).ok_or(Error::Overflow { start: iova, len })
+}
+
+/// Refuses a range whose start lies above its last address.
+fn check_not_inverted(r: &IovaRange) -> Result<()> {
+    if r.start > r.last {
+        return Err(Error::InvertedRange { start: r.start.0, last: r.last.0 });
+    }
+    Ok(())
 }
 
 /// Checks a range given by the user and builds it.
@@ -216,6 +235,9 @@ impl IovaMap {
         }
         if pa.0.checked_add(len - 1).is_none() {
             return Err(Error::Overflow { start: Iova(pa.0), len });
+        }
+        if prot.0 & !Prot::RW.0 != 0 {
+            return Err(Error::UnknownBits { what: "prot", bits: (prot.0 & !Prot::RW.0).into() });
         }
         if prot.is_none() {
             return Err(Error::Invalid("a mapping needs read or write permission".into()));
@@ -331,8 +353,16 @@ impl IovaMap {
         }
     }
 
-    /// Adds a reserved region; refused if something is mapped there.
+    /// Adds a reserved region; refused if something is mapped there, if it is inverted, or
+    /// (for the user's own, `owner` `None`) if it overlaps another of the user's. Regions
+    /// devices bring may overlap each other (every device brings the MSI window).
     pub fn add_reserved(&mut self, range: IovaRange, why: &str, owner: Option<ObjectId>) -> Result<()> {
+        check_not_inverted(&range)?;
+        if owner.is_none() {
+            if let Some(other) = self.reserved.iter().find(|r| r.owner.is_none() && r.range.overlaps(&range)) {
+                return Err(Error::OverlappingRanges { first: other.range, second: range });
+            }
+        }
         if let Some(a) = self.overlapping(&range).next() {
             return Err(Error::Exists { range, area: a.range });
         }
@@ -359,8 +389,17 @@ impl IovaMap {
         self.apertures.retain(|(o, _)| *o != owner);
     }
 
-    /// Sets the user's allowed ranges (`None`: everything); refused if an area lies outside.
+    /// Sets the user's allowed ranges (`None`: everything); refused if a range is inverted,
+    /// if two overlap, or if an area lies outside.
     pub fn set_allowed(&mut self, ranges: Option<Vec<IovaRange>>) -> Result<()> {
+        if let Some(list) = &ranges {
+            list.iter().try_for_each(check_not_inverted)?;
+            let mut sorted = list.clone();
+            sorted.sort_by_key(|r| r.start);
+            if let Some(w) = sorted.windows(2).find(|w| w[0].overlaps(&w[1])) {
+                return Err(Error::OverlappingRanges { first: w[0], second: w[1] });
+            }
+        }
         let old = std::mem::replace(&mut self.allowed, ranges);
         for a in self.areas.values() {
             if let Err(e) = self.check_allowed(&a.range) {
@@ -392,6 +431,8 @@ mod tests {
         assert!(matches!(map(&mut m, 0x1000, 0x1800, 0), Err(Error::Unaligned { what: "length", .. })));
         assert!(matches!(map(&mut m, 0x1000, 0x1000, 0x10), Err(Error::Unaligned { .. })));
         assert!(matches!(map(&mut m, u64::MAX - 0xfff, 0x2000, 0), Err(Error::Overflow { .. })));
+        let e = m.claim_map(Iova(0x1000), 0x1000, PhysAddr(0), Prot(Prot::RW.0 | 8)).unwrap_err();
+        assert!(matches!(e, Error::UnknownBits { what: "prot", bits: 8 }), "{e}");
         // The very last page of the space is fine.
         map(&mut m, u64::MAX - 0xfff, 0x1000, 0).unwrap();
         map(&mut m, 0x10000, 0x4000, 0).unwrap();
@@ -416,6 +457,35 @@ mod tests {
         map(&mut m, 1 << 40, 0x1000, 0).unwrap();
         // Reserving over a mapping is refused.
         assert!(m.add_reserved(IovaRange::inclusive(1 << 40, (1 << 40) + 0xfff).unwrap(), "x", None).is_err());
+    }
+
+    #[test]
+    fn inverted_and_overlapping_ranges_are_refused() {
+        let mut m = IovaMap::default();
+        let r = |a: u64, b: u64| IovaRange { start: Iova(a), last: Iova(b) };
+        let good = vec![r(0x10_0000, 0x1f_ffff)];
+        m.set_allowed(Some(good.clone())).unwrap();
+        let e = m.set_allowed(Some(vec![r(0x40_0000, 0x3f_ffff)])).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { start: 0x40_0000, last: 0x3f_ffff }), "{e}");
+        let e = m.set_allowed(Some(vec![r(0x40_0000, 0x4f_ffff), r(0x10_0000, 0x40_0000)])).unwrap_err();
+        assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+        assert_eq!(m.allowed(), good, "nothing changed");
+        // Touching is not overlapping.
+        m.set_allowed(Some(vec![r(0x20_0000, 0x2f_ffff), r(0x10_0000, 0x1f_ffff)])).unwrap();
+
+        let e = m.add_reserved(r(0x9000, 0x8000), "x", None).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { .. }), "{e}");
+        let e = m.add_reserved(r(0x9000, 0x8000), "x", Some(ObjectId(3))).unwrap_err();
+        assert!(matches!(e, Error::InvertedRange { .. }), "{e}");
+        m.add_reserved(r(0x1_0000, 0x1_ffff), "mine", None).unwrap();
+        let e = m.add_reserved(r(0x1_f000, 0x2_ffff), "mine too", None).unwrap_err();
+        assert!(matches!(e, Error::OverlappingRanges { .. }), "{e}");
+        assert_eq!(m.reserved().len(), 1, "nothing changed");
+        // Devices' regions may overlap each other and the user's.
+        m.add_reserved(r(0x1_f000, 0x2_ffff), "dev 3", Some(ObjectId(3))).unwrap();
+        m.add_reserved(r(0x1_f000, 0x2_ffff), "dev 4", Some(ObjectId(4))).unwrap();
+        m.add_reserved(r(0x3_0000, 0x3_ffff), "mine", None).unwrap();
+        assert_eq!(m.reserved().len(), 4);
     }
 
     #[test]

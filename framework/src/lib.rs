@@ -36,7 +36,7 @@ pub use context::{AccessOps, Context, HwptSpec, Target};
 pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};
-pub use ioas::UnmapMode;
+pub use ioas::{IovaRanges, UnmapMode};
 pub use object::{
     AccessId, DeviceId, FaultQueueId, HwQueueId, HwptId, IoasId, ObjectId, UnitId, VdeviceId, VeventQueueId, ViommuId,
 };

@@ -232,6 +232,24 @@ impl Context {
         }
     }
 
+    /// Is `old` what `target` would attach the device to? A replace to it is a no-op, as
+    /// iommufd's: the users, the reservations and the hardware stay as they are.
+    fn is_current(&self, dev: &DeviceObj, c: &Contract, old: &Attachment, target: Target) -> bool {
+        match (target, old) {
+            (Target::Hwpt(id), Attachment::Hwpt(h)) => h.id == id,
+            (Target::Ioas(id), Attachment::Software(i)) => i.id == id && c.kind == ContractKind::Software,
+            (Target::Ioas(id), Attachment::Hwpt(h)) => {
+                matches!(c.kind, ContractKind::Paging | ContractKind::Nested)
+                    && h.info.kind == HwptKind::PAGING
+                    && h.ioas.as_ref().is_some_and(|i| i.id == id)
+                    && Arc::ptr_eq(&h.unit, &dev.unit)
+                    && h.flags == auto_flags(c)
+                    && h.fault_queue.is_none()
+            }
+            _ => false,
+        }
+    }
+
     fn set_attachment(&self, device: DeviceId, pasid: Option<Pasid>, target: Target, mode: Mode) -> Result<()> {
         let _c = self.control();
         let dev = self.device(device)?;
@@ -260,6 +278,12 @@ impl Context {
                     })
                 }
                 _ => {}
+            }
+        }
+        if let Some(old) = &old {
+            if mode == Mode::Replace && self.is_current(&dev, &contract, old, target) {
+                tracing::debug!(device = %device, pasid = ?pasid, ?target, "replace to the current target: nothing to do");
+                return Ok(());
             }
         }
         let (att, fresh) = self.resolve(&dev, &contract, pasid, target)?;
@@ -313,6 +337,7 @@ impl Context {
         lock(&dev.attached).insert(pasid, att);
         if let Some(old) = old {
             self.forget(&dev, pasid, &old);
+            self.abandon_page_requests(|p| p.device != device || p.pasid != pasid);
         }
         tracing::debug!(device = %device, pasid = ?pasid, ?target, "attached");
         Ok(())
@@ -353,6 +378,7 @@ impl Context {
         }
         lock(&dev.attached).remove(&pasid);
         self.forget(&dev, pasid, &old);
+        self.abandon_page_requests(|p| p.device != device || p.pasid != pasid);
         Ok(())
     }
 }

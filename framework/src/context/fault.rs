@@ -5,7 +5,7 @@ use crate::abi::{Fault, PageResponse};
 use crate::error::{Error, Result};
 use crate::object::{DeviceId, FaultQueueId};
 
-use super::{lock, plugin_err, Attachment, Context};
+use super::{lock, plugin_err, Attachment, Context, PendingRequest};
 
 /// Longest fault log kept; older records are dropped.
 const FAULT_LOG_MAX: usize = 4096;
@@ -26,6 +26,8 @@ pub struct QueuedFault {
 impl Context {
     /// Takes every recorded fault from every unit and routes it. Returns how many were read.
     pub fn poll_faults(&self) -> Result<usize> {
+        // Routing looks at attachments: no attach, replace or detach may run meanwhile.
+        let _c = self.control();
         let units: Vec<_> = self.read().units.values().cloned().collect();
         let mut total = 0;
         for u in units {
@@ -99,13 +101,38 @@ impl Context {
         Ok(lock(&self.queue(queue)?.events).drain(..).collect())
     }
 
-    /// Answers a page request ([`PageResponse::SUCCESS`], `INVALID` or `FAILURE`).
+    /// Answers a page request ([`PageResponse::SUCCESS`], `INVALID` or `FAILURE`). A request
+    /// is answered once: a cookie that is not outstanding (answered already, or answered by the
+    /// framework when its device or PASID was detached or replaced) is
+    /// [`Error::NoSuchPageRequest`], and the unit sees nothing.
     pub fn respond(&self, queue: FaultQueueId, cookie: u64, code: u32) -> Result<()> {
+        if !matches!(code, PageResponse::SUCCESS | PageResponse::INVALID | PageResponse::FAILURE) {
+            return Err(Error::UnknownBits { what: "page response code", bits: code.into() });
+        }
+        let _c = self.control();
         let q = self.queue(queue)?;
-        let (unit, mut resp) = lock(&q.pending)
-            .remove(&cookie)
-            .ok_or_else(|| Error::Invalid(format!("no page request {cookie} waiting in fault queue {queue}")))?;
+        let PendingRequest { unit, mut resp, .. } =
+            lock(&q.pending).remove(&cookie).ok_or(Error::NoSuchPageRequest { queue: queue.0, cookie })?;
+        lock(&q.events).retain(|e| e.cookie != cookie);
         resp.code = code;
         unit.hw.page_response(&resp).into_result().map_err(|e| plugin_err(&unit, "page_response", e))
+    }
+
+    /// Answers [`PageResponse::INVALID`] to every outstanding page request `keep` says no to
+    /// (read from the queue or not yet), in every fault queue, and drops them: their device or
+    /// PASID no longer translates through the HWPT they faulted on (iommufd's
+    /// `iommufd_auto_response_faults`). Call after the hardware switch.
+    pub(super) fn abandon_page_requests(&self, keep: impl Fn(&PendingRequest) -> bool) {
+        let queues: Vec<_> = self.read().queues.values().cloned().collect();
+        for q in queues {
+            for mut p in q.take_pending(&keep) {
+                p.resp.code = PageResponse::INVALID;
+                tracing::debug!(queue = %q.id, device = %p.device, pasid = ?p.pasid, group = p.resp.group,
+                    "page request abandoned: responding invalid");
+                if let Err(e) = p.unit.hw.page_response(&p.resp).into_result() {
+                    tracing::error!(unit = %p.unit.name, "page response failed: {e}");
+                }
+            }
+        }
     }
 }

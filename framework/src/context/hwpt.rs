@@ -10,8 +10,9 @@ use crate::addr::{AddressSpace, Iova};
 use crate::error::{Error, Result};
 use crate::format::PtFormat;
 use crate::object::{FaultQueueId, HwptId, IoasId, UnitId, ViommuId};
+use crate::prot::Prot;
 
-use super::{lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
+use super::{bad_answer, lock, plugin_err, Context, HwptObj, IoasObj, UnitObj};
 
 /// What HWPT to allocate.
 #[derive(Clone, Debug)]
@@ -79,6 +80,16 @@ impl Context {
         }
         let req = match spec {
             HwptSpec::Paging { ioas: id, mut flags, fault_queue } => {
+                let known = HwptFlags::DIRTY_TRACKING.0 | HwptFlags::COHERENCY.0 | HwptFlags::PAGE_FAULTS.0;
+                if flags.0 & !known != 0 {
+                    return Err(Error::UnknownBits { what: "HWPT flags", bits: (flags.0 & !known).into() });
+                }
+                if flags.contains(HwptFlags::PAGE_FAULTS) && fault_queue.is_none() {
+                    return Err(Error::UnknownBits {
+                        what: "HWPT flags (PAGE_FAULTS comes with a fault queue)",
+                        bits: HwptFlags::PAGE_FAULTS.0.into(),
+                    });
+                }
                 let obj = self.ioas(id)?;
                 let space = obj.space;
                 ioas = Some(obj);
@@ -133,10 +144,21 @@ impl Context {
                 space: AddressSpace::host(),
             },
         };
-        let flags = req.flags;
+        let (flags, kind) = (req.flags, req.kind);
         let hw = unit.hw.alloc_hwpt(&req).into_result().map_err(|e| plugin_err(unit, "alloc_hwpt", e))?;
         drop(req);
         let info = hw.info();
+        // On a bad answer the returned HWPT is dropped here: the backend frees it.
+        if info.kind != kind {
+            return Err(bad_answer(
+                unit,
+                "alloc_hwpt",
+                format!("a {} HWPT for a {} request", info.kind.name(), kind.name()),
+            ));
+        }
+        if matches!(kind, HwptKind::PAGING | HwptKind::NESTED) && info.page_sizes.min().is_none() {
+            return Err(bad_answer(unit, "alloc_hwpt", format!("a {} HWPT with no page size", kind.name())));
+        }
         let obj = Arc::new(HwptObj {
             id: HwptId(self.new_id()),
             unit: unit.clone(),
@@ -149,6 +171,7 @@ impl Context {
             fault_queue: queue,
             users: Mutex::new(BTreeSet::new()),
             viommu: None,
+            dirty_tracking: Mutex::new(false),
         });
         if let Some(ioas) = &ioas {
             let mut list = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +179,12 @@ impl Context {
             let areas: Vec<_> = lock(&ioas.map).areas().copied().collect();
             if let Some(a) = areas.iter().find(|a| !obj.info.aperture.contains_range(&a.range)) {
                 return Err(Error::OutOfAperture { range: a.range, allowed: format!("[{}]", obj.info.aperture) });
+            }
+            // Every area must suit the new table's smallest page (iopt_check_iova_alignment).
+            let align = obj.info.page_sizes.min().unwrap_or(crate::PAGE_SIZE);
+            let off = |v: u64| v % align != 0;
+            if let Some(a) = areas.iter().find(|a| off(a.range.start.0) || off(a.range.len()) || off(a.pa.0)) {
+                return Err(Error::AreaUnaligned { area: a.range, pa: a.pa, align });
             }
             for (i, a) in areas.iter().enumerate() {
                 if let Err(e) = obj.hw.map(a.range.start, a.pa, a.range.len(), a.prot).into_result() {
@@ -208,6 +237,7 @@ impl Context {
             fault_queue: queue,
             users: Mutex::new(BTreeSet::new()),
             viommu: Some(v),
+            dirty_tracking: Mutex::new(false),
         });
         self.write().hwpts.insert(obj.id.0, obj.clone());
         Ok(obj)
@@ -230,7 +260,14 @@ impl Context {
 
     /// The HWPT's translation of one address, read from its table.
     pub fn translate(&self, hwpt: HwptId, iova: Iova) -> Result<Option<Translation>> {
-        Ok(self.hwpt(hwpt)?.hw.translate(iova).into_option())
+        let h = self.hwpt(hwpt)?;
+        let t = h.hw.translate(iova).into_option();
+        if let Some(t) = &t {
+            if t.prot.0 & !Prot::RW.0 != 0 {
+                return Err(bad_answer(&h.unit, "translate", format!("unknown permission bits {:#x}", t.prot.0)));
+            }
+        }
+        Ok(t)
     }
 
     /// The HWPTs that realise an IOAS (paging tables kept in step with it).
@@ -241,19 +278,36 @@ impl Context {
     }
 
     /// Turns dirty tracking on or off (the HWPT must be allocated with
-    /// [`HwptFlags::DIRTY_TRACKING`]).
+    /// [`HwptFlags::DIRTY_TRACKING`]). Turning it on starts clean: the dirty bits of every area
+    /// of the IOAS are cleared first, so that nothing written before is ever reported. Setting
+    /// the state it has already is a no-op.
     pub fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<()> {
+        let _c = self.control();
         let h = self.hwpt(hwpt)?;
         if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
             return Err(Error::Invalid(format!("HWPT {hwpt} was not allocated with dirty tracking")));
         }
-        h.hw.set_dirty_tracking(enable).into_result().map_err(|e| plugin_err(&h.unit, "set_dirty_tracking", e))
+        let mut on = lock(&h.dirty_tracking);
+        if *on == enable {
+            return Ok(());
+        }
+        if enable {
+            clear_dirty(&h)?;
+        }
+        h.hw.set_dirty_tracking(enable).into_result().map_err(|e| plugin_err(&h.unit, "set_dirty_tracking", e))?;
+        *on = enable;
+        tracing::debug!(%hwpt, enable, "dirty tracking");
+        Ok(())
     }
 
     /// Reads the dirty bits of `[iova, iova+len)` into a bitmap (bit `i` = page `i` of
-    /// `page_size` bytes) and clears them unless `keep`.
+    /// `page_size` bytes) and clears them unless `keep`. Refused
+    /// ([`Error::DirtyTrackingOff`]) while the HWPT is not tracking.
     pub fn read_dirty(&self, hwpt: HwptId, iova: Iova, len: u64, page_size: u64, keep: bool) -> Result<Vec<u64>> {
         let h = self.hwpt(hwpt)?;
+        if !*lock(&h.dirty_tracking) {
+            return Err(Error::DirtyTrackingOff { hwpt: hwpt.0 });
+        }
         if !page_size.is_power_of_two() || page_size < crate::PAGE_SIZE {
             return Err(Error::Unaligned { what: "dirty page size", value: page_size, align: crate::PAGE_SIZE });
         }
@@ -278,6 +332,39 @@ impl Context {
         if h.info.kind != HwptKind::NESTED {
             return Err(Error::Invalid(format!("HWPT {hwpt} is {}, not nested", h.info.kind.name())));
         }
+        if let Some(r) = reqs
+            .iter()
+            .find(|r| !matches!(r.scope, CacheInvalidation::ALL | CacheInvalidation::RANGE | CacheInvalidation::PASID))
+        {
+            return Err(Error::UnknownBits { what: "cache invalidation scope", bits: r.scope.into() });
+        }
         h.hw.invalidate(reqs.into()).into_result().map_err(|e| plugin_err(&h.unit, "invalidate", e))
     }
+}
+
+/// Bytes of IOVA cleared per backend call when dirty tracking goes on: 1 GiB, so that the
+/// scratch bitmap is 4096 words at 4 KiB pages however large the areas are.
+const CLEAR_CHUNK: u64 = 1 << 30;
+
+/// Clears `h`'s dirty bits over every area of its IOAS, with no map or unmap running.
+fn clear_dirty(h: &HwptObj) -> Result<()> {
+    let Some(ioas) = &h.ioas else { return Ok(()) };
+    let _no_map = ioas.hwpts.write().unwrap_or_else(|p| p.into_inner());
+    let areas: Vec<_> = lock(&ioas.map).areas().map(|a| a.range).collect();
+    let shift = crate::addr::PAGE_SHIFT as u8;
+    let mut scratch = vec![0u64; (CLEAR_CHUNK >> shift).div_ceil(64) as usize];
+    for r in areas {
+        let mut at = r.start.0;
+        let mut left = r.len();
+        while left > 0 {
+            let n = left.min(CLEAR_CHUNK);
+            let words = (n >> shift).div_ceil(64) as usize;
+            h.hw.read_and_clear_dirty(Iova(at), n, shift, (&mut scratch[..words]).into(), false)
+                .into_result()
+                .map_err(|e| plugin_err(&h.unit, "read_and_clear_dirty", e))?;
+            at = at.wrapping_add(n);
+            left -= n;
+        }
+    }
+    Ok(())
 }

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::addr::{Iova, IovaRange, PhysAddr};
+use crate::addr::{Iova, IovaRange, PhysAddr, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::ioas::{user_range, Area, UnmapMode};
+use crate::ioas::{user_range, Area, IovaRanges, UnmapMode};
 use crate::object::IoasId;
 use crate::prot::Prot;
 
@@ -16,6 +16,23 @@ fn alloc_align(pa: PhysAddr, len: u64) -> u64 {
     let pa_align = if pa.0 == 0 { 1 << 30 } else { 1u64 << pa.0.trailing_zeros() };
     let len_align = 1u64 << (63 - len.leading_zeros());
     pa_align.min(len_align).min(1 << 30)
+}
+
+/// The alignment every mapping of an IOAS realised by `hwpts` keeps: 4 KiB, or the smallest
+/// page of the HWPT whose smallest page is largest.
+fn iova_alignment(hwpts: &[Arc<HwptObj>]) -> u64 {
+    hwpts.iter().filter_map(|h| h.info.page_sizes.min()).fold(PAGE_SIZE, u64::max)
+}
+
+/// Refuses a mapping whose IOVA (when given), length or physical address breaks `align`.
+fn check_alignment(iova: Option<Iova>, len: u64, pa: PhysAddr, align: u64) -> Result<()> {
+    let values = [("IOVA", iova.map(|i| i.0)), ("length", Some(len)), ("physical address", Some(pa.0))];
+    for (what, v) in values {
+        if let Some(v) = v.filter(|v| v % align != 0) {
+            return Err(Error::Unaligned { what, value: v, align });
+        }
+    }
+    Ok(())
 }
 
 /// Maps `area` into every HWPT; on failure, unmaps it from those that succeeded.
@@ -40,11 +57,13 @@ impl Context {
     pub fn map(&self, ioas: IoasId, iova: Option<Iova>, pa: PhysAddr, len: u64, prot: Prot) -> Result<Iova> {
         let ioas = self.ioas(ioas)?;
         let hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
+        let align = iova_alignment(&hwpts);
+        check_alignment(iova, len, pa, align)?;
         let range = {
             let mut m = lock(&ioas.map);
             let at = match iova {
                 Some(i) => i,
-                None => m.find_free(len, alloc_align(pa, len))?,
+                None => m.find_free(len, alloc_align(pa, len).max(align))?,
             };
             m.claim_map(at, len, pa, prot)?
         };
@@ -99,11 +118,16 @@ impl Context {
             return Err(Error::NotMapped { range: r });
         }
         let hwpts = dst.hwpts.read().unwrap_or_else(|p| p.into_inner());
+        let align = iova_alignment(&hwpts);
+        check_alignment(dst_iova, len, clipped[0].pa, align)?;
+        for c in &clipped {
+            check_alignment(Some(Iova(c.range.start.0 - r.start.0)), c.range.len(), c.pa, align)?;
+        }
         let base = {
             let m = lock(&dst.map);
             match dst_iova {
                 Some(i) => i,
-                None => m.find_free(len, alloc_align(clipped[0].pa, len))?,
+                None => m.find_free(len, alloc_align(clipped[0].pa, len).max(align))?,
             }
         };
         let mut claimed: Vec<Area> = Vec::new();
@@ -154,6 +178,16 @@ impl Context {
         Ok(lock(&self.ioas(ioas)?.map).allowed())
     }
 
+    /// The IOAS's effective allowed ranges and the alignment every mapping into it must keep
+    /// (iommufd's `IOMMU_IOAS_IOVA_RANGES`).
+    pub fn iova_ranges(&self, ioas: IoasId) -> Result<IovaRanges> {
+        let ioas = self.ioas(ioas)?;
+        let hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
+        let alignment = iova_alignment(&hwpts);
+        let ranges = lock(&ioas.map).allowed();
+        Ok(IovaRanges { ranges, alignment })
+    }
+
     /// Limits where the IOAS may map (`None`: anywhere the apertures allow).
     pub fn set_allowed(&self, ioas: IoasId, ranges: Option<Vec<IovaRange>>) -> Result<()> {
         lock(&self.ioas(ioas)?.map).set_allowed(ranges)
@@ -172,6 +206,9 @@ impl Context {
     /// What a software-table (mdev-like) driver uses instead of hardware translation: the
     /// physical pieces behind `[iova, iova+len)`, checked against the areas' permissions.
     pub fn access(&self, ioas: IoasId, iova: Iova, len: u64, want: Prot) -> Result<Vec<(PhysAddr, u64)>> {
+        if want.0 & !Prot::RW.0 != 0 {
+            return Err(Error::UnknownBits { what: "prot", bits: (want.0 & !Prot::RW.0).into() });
+        }
         let r = IovaRange::new(iova, len).ok_or(if len == 0 {
             Error::ZeroLength
         } else {

@@ -35,7 +35,7 @@ pub use access::{AccessOps, MAX_PIN_PAGES, MAX_RW_BYTES};
 pub use attach::Target;
 pub use fault::QueuedFault;
 pub use hwpt::HwptSpec;
-pub(crate) use objects::{Attachment, DeviceObj, FaultQueue, HwptObj, IoasObj, UnitObj};
+pub(crate) use objects::{Attachment, DeviceObj, FaultQueue, HwptObj, IoasObj, PendingRequest, UnitObj};
 use viommu::{HwQueueObj, VdeviceObj, VeventQueue, ViommuObj};
 pub use viommu::{VirtualEvent, VirtualEvents, INVALIDATE_MAX, VEVENTQ_MAX_DEPTH};
 
@@ -163,6 +163,18 @@ impl Context {
             error,
         })?;
         let caps = hw.caps();
+        let unknown = caps.features.0 & !crate::caps::Features::KNOWN.0;
+        if unknown != 0 {
+            if let Err(e) = hw.shutdown().into_result() {
+                tracing::error!(unit = name, "shutdown of a refused unit failed: {e}");
+            }
+            return Err(Error::BadAnswer {
+                plugin: plugin.name.clone(),
+                unit: name.to_string(),
+                op: "caps",
+                what: format!("unknown feature bits {unknown:#x}"),
+            });
+        }
         let id = UnitId(self.new_id());
         tracing::info!(unit = name, plugin = %plugin.name, model = %caps.model, "unit probed");
         let unit = Arc::new(UnitObj { id, name: name.to_string(), plugin: plugin.clone(), hw, caps, segment });
@@ -395,6 +407,8 @@ impl Context {
             }
         }
         let _c = self.control();
+        // Whatever a failed detach left outstanding is answered before the units go.
+        self.abandon_page_requests(|_| false);
         let mut o = self.write();
         o.hw_queues.clear();
         o.veventqs.clear();
@@ -448,4 +462,9 @@ impl Drop for Context {
 
 pub(crate) fn plugin_err(unit: &UnitObj, op: &'static str, error: PluginError) -> Error {
     Error::Plugin { plugin: unit.plugin.name.clone(), unit: unit.name.clone(), op, error }
+}
+
+/// A backend's answer to `op` that the framework cannot use.
+pub(crate) fn bad_answer(unit: &UnitObj, op: &'static str, what: String) -> Error {
+    Error::BadAnswer { plugin: unit.plugin.name.clone(), unit: unit.name.clone(), op, what }
 }

@@ -126,6 +126,8 @@ pub(crate) struct HwptObj {
     pub users: Mutex<BTreeSet<(DeviceId, Option<Pasid>)>>,
     /// The vIOMMU a nested HWPT was allocated in.
     pub viommu: Option<Arc<ViommuObj>>,
+    /// Dirty tracking is on (only ever for a HWPT allocated with it).
+    pub dirty_tracking: Mutex<bool>,
 }
 
 impl HwptObj {
@@ -134,12 +136,24 @@ impl HwptObj {
     }
 }
 
+/// A page request read from a unit and not answered yet.
+pub(crate) struct PendingRequest {
+    /// The unit to answer.
+    pub unit: Arc<UnitObj>,
+    /// The response to send (its code is filled in when answered).
+    pub resp: PageResponse,
+    /// The device that issued it.
+    pub device: DeviceId,
+    /// The PASID of the request (`None`: untagged).
+    pub pasid: Option<Pasid>,
+}
+
 /// A fault queue: page requests in, page responses out.
 pub(crate) struct FaultQueue {
     pub id: FaultQueueId,
     pub events: Mutex<VecDeque<QueuedFault>>,
-    /// Outstanding requests by cookie: the unit and the response to send.
-    pub pending: Mutex<HashMap<u64, (Arc<UnitObj>, PageResponse)>>,
+    /// Outstanding requests (delivered or not) by cookie.
+    pub pending: Mutex<HashMap<u64, PendingRequest>>,
     pub next_cookie: Mutex<u64>,
 }
 
@@ -160,7 +174,19 @@ impl FaultQueue {
             *c
         };
         let resp = PageResponse { dev: fault.dev, pasid: fault.pasid, group: fault.group, code: PageResponse::SUCCESS };
-        lock(&self.pending).insert(cookie, (unit, resp));
+        let pasid = fault.pasid.into_option();
+        lock(&self.pending).insert(cookie, PendingRequest { unit, resp, device, pasid });
         lock(&self.events).push_back(QueuedFault { cookie, device, fault });
+    }
+
+    /// Takes the outstanding requests `keep` says no to, delivered or not, out of the queue.
+    pub fn take_pending(&self, keep: impl Fn(&PendingRequest) -> bool) -> Vec<PendingRequest> {
+        let mut pending = lock(&self.pending);
+        let gone: Vec<u64> = pending.iter().filter(|(_, p)| !keep(p)).map(|(c, _)| *c).collect();
+        lock(&self.events).retain(|e| !gone.contains(&e.cookie));
+        let mut out: Vec<(u64, PendingRequest)> =
+            gone.into_iter().filter_map(|c| pending.remove(&c).map(|p| (c, p))).collect();
+        out.sort_by_key(|(c, _)| *c);
+        out.into_iter().map(|(_, p)| p).collect()
     }
 }
