@@ -1,5 +1,6 @@
 //! The cases, a module per category.
 
+mod access;
 mod capabilities;
 mod concurrency;
 mod dirty;
@@ -12,6 +13,7 @@ mod nested;
 mod page_sizes;
 mod pasid;
 mod permissions;
+mod semantics;
 mod teardown;
 mod viommu;
 
@@ -47,6 +49,10 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("pasid", "pasid-fault-carries-pasid", pasid::pasid_fault_carries_pasid).dma_from(2),
     Case::new("nested", "x86-64-stage1-over-stage2", nested::x86_64_stage1_over_stage2),
     Case::new("nested", "needs-its-grant-and-faults", nested::needs_its_grant_and_faults).dma_from(3),
+    Case::new("semantics", "replace-to-the-current-target", semantics::replace_to_the_current_target),
+    Case::new("semantics", "outstanding-page-requests-answered", semantics::outstanding_page_requests_answered),
+    Case::new("semantics", "iova-alignment-and-unknown-bits", semantics::iova_alignment_and_unknown_bits),
+    Case::new("access", "pins-hold-the-translation", access::pins_hold_the_translation),
     Case::new("viommu", "objects-and-teardown", viommu::objects_and_teardown),
     Case::new("viommu", "nested-faults-reach-the-event-queue", viommu::nested_faults_reach_the_event_queue).dma_from(4),
     Case::new("dirty", "writes-reported-and-cleared", dirty::writes_reported_and_cleared),
