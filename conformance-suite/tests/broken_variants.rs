@@ -39,6 +39,7 @@ fn each_broken_variant_fails_in_its_category() {
         ("ignore-read-only", "permissions"),
         ("wrong-fault-source", "faults"),
         ("misaligned-large-page", "page-sizes"),
+        ("stage2-faults-unflagged", "viommu"),
     ];
     for (defect, category) in variants {
         let r = suite(&format!("defect = \"{defect}\""), "");

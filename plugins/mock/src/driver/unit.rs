@@ -46,6 +46,9 @@ pub enum Defect {
     WrongFaultSource,
     /// Large pages are used whenever the IOVA allows, even when the physical address does not.
     MisalignedLargePage,
+    /// Fault records lose their S2 bit (§6): stage-2 faults of a nested translation look like
+    /// the guest's.
+    Stage2FaultsUnflagged,
 }
 
 /// What the unit and its HWPTs share.
@@ -569,7 +572,7 @@ impl MockUnit {
                 pasid: pasid.into(),
                 addr: Iova(addr),
                 access,
-                reason: (w0 >> fault::REASON_SHIFT) as u32 | if w3 & fault::S2 != 0 { Fault::IN_PARENT } else { 0 },
+                reason: (w0 >> fault::REASON_SHIFT) as u32 | self.stage2_flag(w3),
                 page_request: w0 & fault::PAGE_REQ != 0,
                 group,
             });
@@ -577,6 +580,16 @@ impl MockUnit {
         }
         io.reg_wr(reg::FQ_HEAD, head as u64)?;
         Ok(out)
+    }
+
+    /// [`Fault::IN_PARENT`] when a record's word 3 has S2 (§6).
+    fn stage2_flag(&self, w3: u64) -> u32 {
+        let defect = self.core.params.defect == Some(Defect::Stage2FaultsUnflagged);
+        if w3 & fault::S2 != 0 && !defect {
+            Fault::IN_PARENT
+        } else {
+            0
+        }
     }
 
     /// The mock unit sees only table indices; rebuild a requester id on segment 0.
