@@ -116,6 +116,12 @@ impl UnitCore {
         Err(PluginError::new(ErrorCode::NO_MEMORY, format!("all {} domain ids are in use (CAP.ND)", count - 1)))
     }
 
+    /// Domain ids in use now.
+    #[cfg(test)]
+    pub(super) fn dids_in_use(&self) -> usize {
+        self.dids.lock().unwrap_or_else(|p| p.into_inner()).used.len()
+    }
+
     pub(super) fn free_did(&self, did: u16) {
         self.dids.lock().unwrap_or_else(|p| p.into_inner()).used.remove(&did);
     }
@@ -408,6 +414,12 @@ impl VtdUnit {
         io.wr32(off::FSTS, fsts::PFO | fsts::IQE | fsts::ICE | fsts::ITE)?;
         io.gcmd(gcmd::TE, 0, "enable translation", |s| s & gcmd::TE != 0)?;
         Ok((root_table, prq))
+    }
+
+    /// What the unit and its HWPTs share.
+    #[cfg(test)]
+    pub(super) fn core(&self) -> &Arc<UnitCore> {
+        &self.core
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {

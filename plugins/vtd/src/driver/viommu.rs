@@ -27,7 +27,10 @@ use super::inv::Desc;
 use super::unit::UnitCore;
 use crate::layout::qi::{self, p_dev_tlb, p_iotlb};
 use crate::layout::regs::{cap, ecap};
-use crate::layout::tables::ADDR;
+
+/// ADDR bits 63:12 of a descriptor's qword 1 (6.5.2.4, 6.5.2.6): an input address, not a
+/// physical one.
+const PAGE_ADDR: u64 = !0xfff;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -200,7 +203,7 @@ impl VtdViommu {
                                 format!("descriptor {n}: AM {am} is above CAP.MAMV {mamv}"),
                             ));
                         }
-                        let addr = q1 & ADDR;
+                        let addr = q1 & PAGE_ADDR;
                         if addr & ((1u64 << (12 + am)) - 1) != 0 {
                             return Err(PluginError::invalid(format!(
                                 "descriptor {n}: address {addr:#x} is not aligned to its 2^{am} pages"
@@ -210,7 +213,7 @@ impl VtdViommu {
                             // No page-selective invalidation: all of the PASID (a superset).
                             return Ok(Some([p_iotlb::q0(p_iotlb::PASID, did, pasid), 0]));
                         }
-                        Ok(Some([p_iotlb::q0(p_iotlb::PAGE, did, pasid), q1 & (ADDR | p_iotlb::IH | 0x3f)]))
+                        Ok(Some([p_iotlb::q0(p_iotlb::PAGE, did, pasid), q1 & (PAGE_ADDR | p_iotlb::IH | 0x3f)]))
                     }
                     g => Err(PluginError::invalid(format!(
                         "descriptor {n}: {}: granularity {} is reserved",
@@ -239,7 +242,7 @@ impl VtdViommu {
                     return Ok(None);
                 }
                 let pasid = p_dev_tlb::pasid(q0);
-                Ok(Some([p_dev_tlb::q0(d.sid, pasid, d.sid), q1 & (ADDR | p_dev_tlb::S | p_dev_tlb::G)]))
+                Ok(Some([p_dev_tlb::q0(d.sid, pasid, d.sid), q1 & (PAGE_ADDR | p_dev_tlb::S | p_dev_tlb::G)]))
             }
             _ => Err(PluginError::unsupported(format!(
                 "descriptor {n}: type {ty:#x} ({}) is the VMM's to emulate, not a vIOMMU's to run",
