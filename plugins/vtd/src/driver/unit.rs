@@ -790,6 +790,30 @@ impl VtdUnit {
                 p
             }
         };
+        if let Some(shared) = &h.shared_did {
+            // 6.2.1: first-stage (and nested) IOTLB entries are tagged by DID and PASID, not by
+            // source id. Two different first stages of one vIOMMU (one DID) at the same PASID
+            // would use each other's cached translations: refused.
+            let clash = t.devices.iter().find_map(|(other, st)| {
+                st.attached
+                    .iter()
+                    .filter(|(q, _)| (*other != sid || **q != pasid) && q.unwrap_or(0) == p)
+                    .find(|(_, x)| x.shared_did.as_ref().is_some_and(|d| Arc::ptr_eq(d, shared)) && !Arc::ptr_eq(x, &h))
+                    .map(|_| *other)
+            });
+            if let Some(other) = clash {
+                return Err(PluginError::new(
+                    ErrorCode::BUSY,
+                    format!(
+                        "PASID {p:#x} of {:02x}:{:02x}.{} uses another first stage of this vIOMMU (DID {}):                          the IOTLB tags first-stage translations by DID and PASID only (6.2.1)",
+                        other >> 8,
+                        (other >> 3) & 0x1f,
+                        other & 7,
+                        shared.did
+                    ),
+                ));
+            }
+        }
         let new = self.pasid_entry_for(&h)?;
         let (bus, devfn) = ((sid >> 8) as u8, sid as u8);
         let half = devfn >> 7;
