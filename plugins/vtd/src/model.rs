@@ -492,15 +492,14 @@ impl VtdModel {
 
     /// Walks the paging structures of `mode` for `iova`.
     fn walk(&self, mem: &dyn PhysMemory, mode: &Mode, iova: u64, access: Prot) -> Result<IotlbEntry, Failure> {
-        let entry =
-            |l: Leaf, stage| IotlbEntry {
-                pa: l.base,
-                size: l.size,
-                prot: l.prot,
-                dirty_done: l.dirty_done,
-                stage,
-                s1_prot: l.prot,
-            };
+        let entry = |l: Leaf, stage| IotlbEntry {
+            pa: l.base,
+            size: l.size,
+            prot: l.prot,
+            dirty_done: l.dirty_done,
+            stage,
+            s1_prot: l.prot,
+        };
         match mode {
             Mode::PassThrough => Err(fail(reason::CONTEXT_INVALID, Fault::BAD_ENTRY)),
             Mode::Second(ss) => Ok(entry(walk::walk_ss(mem, ss, iova, access)?, Stage::Second)),

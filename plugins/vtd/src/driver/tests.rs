@@ -536,7 +536,9 @@ fn scalable_attach_writes_pasid_entries() {
 
 // ---- vIOMMUs (interface 0.3). ----
 
-use ioasis::abi::{Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuBox, ViommuKind, ViommuRequest, VirtualCommand};
+use ioasis::abi::{
+    Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuBox, ViommuKind, ViommuRequest, VirtualCommand,
+};
 use ioasis::PtFormat;
 
 use crate::layout::qi::{p_dev_tlb, p_iotlb};
@@ -691,7 +693,7 @@ fn guest_invalidations_are_mapped_to_the_vms_ids_and_end_with_one_wait() {
     let out = v.invalidate(cmds.as_slice().into());
     assert_eq!((out.handled, out.error.into_option()), (4, None));
     let s = f.st();
-    let expect = vec![
+    let expect = [
         [p_iotlb::q0(p_iotlb::PASID, tag, 0), 0],
         [p_iotlb::q0(p_iotlb::PAGE, tag, 0), 0x4000_2000 | p_iotlb::IH | 1],
         [p_dev_tlb::q0(0x20, 0, 0x20), 0x7fff_ffff_ffff_f000 | p_dev_tlb::S | p_dev_tlb::G],

@@ -9,8 +9,7 @@ use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RString, RVec};
 use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Stage1Config, Unit, UnitDesc, ViommuBox, ViommuKind, ViommuRequest,
-    Viommu_TO,
+    LogLevel, PageResponse, PluginError, Stage1Config, Unit, UnitDesc, ViommuBox, ViommuKind, ViommuRequest, Viommu_TO,
 };
 use ioasis::pt::Memory;
 use ioasis::{
@@ -19,10 +18,10 @@ use ioasis::{
 use serde::Deserialize;
 
 use super::hwpt::{dev_tlb_all, HwptInner, SharedDid, Table, User, VtdHwpt};
-use super::viommu::VtdViommu;
 use super::inv::{Desc, Invalidator};
 use super::io::Io;
 use super::pagetable::new_table;
+use super::viommu::VtdViommu;
 use crate::layout::fault::{frcd, frcd_lo, page_request, reason, reason_sm};
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ecap, fsts, gcmd, off, prs, rtaddr};

@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice};
-use ioasis::abi::{
-    guard, guard_or, DeviceInfo, ErrorCode, HwQueueRequest, HwptBox, HwptFlags, HwptKind, Hwpt_TO,
-    InvalidateOutcome, LogLevel, PluginError, Stage1Config, ViommuFeatures, ViommuInfo, ViommuKind,
-    VirtualCommand,
-};
 use ioasis::abi::Viommu;
+use ioasis::abi::{
+    guard, guard_or, DeviceInfo, ErrorCode, HwQueueRequest, HwptBox, HwptFlags, HwptKind, Hwpt_TO, InvalidateOutcome,
+    LogLevel, PluginError, Stage1Config, ViommuFeatures, ViommuInfo, ViommuKind, VirtualCommand,
+};
 use ioasis::DeviceRef;
 
 use super::hwpt::{HwptInner, SharedDid, VtdHwpt};
@@ -234,7 +233,10 @@ impl VtdViommu {
                 let Some(d) = vdevs.get(&virt) else {
                     return Err(PluginError::new(
                         ErrorCode::NOT_FOUND,
-                        format!("descriptor {n}: virtual requester id {} is not one of the VM's devices", rid_name(virt)),
+                        format!(
+                            "descriptor {n}: virtual requester id {} is not one of the VM's devices",
+                            rid_name(virt)
+                        ),
                     ));
                 };
                 if !d.ats {
