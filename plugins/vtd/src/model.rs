@@ -484,7 +484,12 @@ impl VtdModel {
         match q0 & pasid_entry::PGTT_MASK {
             pasid_entry::PGTT_SS => Ok(Mode::Second(ss()?)),
             pasid_entry::PGTT_FS => Ok(Mode::First(fs()?)),
-            pasid_entry::PGTT_NESTED if self.cfg.has_ecap(ecap::NEST) => Ok(Mode::Nested(fs()?, ss()?)),
+            // In a nested entry the first-stage fields (FSPTPTR, FSPM) are the guest's: an
+            // unusable one is a bad guest configuration (SPT.4).
+            pasid_entry::PGTT_NESTED if self.cfg.has_ecap(ecap::NEST) => {
+                let fs = fs().map_err(|f| Failure::new(f.vtd, Fault::BAD_CONFIG))?;
+                Ok(Mode::Nested(fs, ss()?))
+            }
             pasid_entry::PGTT_PT if self.cfg.has_ecap(ecap::PT) => Ok(Mode::PassThrough),
             _ => Err(invalid),
         }

@@ -559,13 +559,14 @@ fn cmd(q0: u64, q1: u64) -> VirtualCommand {
     VirtualCommand { words: [q0, q1, 0, 0] }
 }
 
-/// The PASID entry (its first two qwords) of `sid`'s RID_PASID (PASID 0).
-fn rid_pasid_entry(f: &Fake, devfn: u8) -> (u64, u64) {
+/// The PASID entry (its first three qwords) of `devfn`'s PASID `pasid` (0: RID_PASID).
+fn pasid_entry_of(f: &Fake, devfn: u8, pasid: u64) -> (u64, u64, u64) {
     let rt = f.st().regs[&off::RTADDR] & !0xfff;
     let ctx = f.rd(rt) & ADDR;
     let pdir = f.rd(ctx + u64::from(devfn) * 32) & ADDR;
-    let pt0 = f.rd(pdir) & ADDR;
-    (f.rd(pt0), f.rd(pt0 + 8))
+    let pt = f.rd(pdir + (pasid >> 6) * 8) & ADDR;
+    let e = pt + (pasid & 63) * 64;
+    (f.rd(e), f.rd(e + 8), f.rd(e + 16))
 }
 
 #[test]
@@ -583,17 +584,25 @@ fn viommu_nested_hwpts_share_its_did_which_goes_with_the_last_of_them() {
     let n2 = v.alloc_nested(HwptFlags::default(), &stage1(0x8000)).into_result().unwrap();
     assert_eq!(unit.core().dids_in_use(), base + 1, "nested HWPTs allocate none");
     unit.attach(&dev(4), ROption::RNone, &n1).unwrap();
-    unit.attach(&dev(5), ROption::RNone, &n2).unwrap();
-    for (devfn, root) in [(0x20, 0x1000), (0x28, 0x8000)] {
-        let (e0, e1) = rid_pasid_entry(&f, devfn);
+    // Another first stage of the same DID at the same PASID would share IOTLB entries: refused,
+    // nothing changed.
+    let e = unit.attach(&dev(5), ROption::RNone, &n2).into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::BUSY);
+    assert!(e.message.contains("PASID 0x0 of 00:04.0 uses another first stage"), "{}", e.message);
+    assert_eq!(pasid_entry_of(&f, 0x28, 0).0, 0, "nothing written for 00:05.0");
+    unit.attach(&dev(5), ROption::RNone, &n1).unwrap();
+    unit.attach(&dev(5), ROption::RSome(Pasid(3)), &n2).unwrap();
+    for (devfn, pasid, root) in [(0x20, 0, 0x1000), (0x28, 0, 0x1000), (0x28, 3, 0x8000)] {
+        let (e0, e1, e2) = pasid_entry_of(&f, devfn, pasid);
         assert_eq!(e0 & pasid_entry::PGTT_MASK, pasid_entry::PGTT_NESTED);
-        assert_eq!(e1 & pasid_entry::DID_MASK, info.tag, "both tagged with the vIOMMU's DID");
-        let _ = root;
+        assert_eq!(e1 & pasid_entry::DID_MASK, info.tag, "every entry tagged with the vIOMMU's DID");
+        assert_eq!(e2 & ADDR, root, "the guest's first stage");
     }
     // The vIOMMU goes first: its DID stays while nested HWPTs use it.
     drop(v);
     assert_eq!(unit.core().dids_in_use(), base + 1);
     unit.detach(&dev(4), ROption::RNone).unwrap();
+    unit.detach(&dev(5), ROption::RSome(Pasid(3))).unwrap();
     unit.detach(&dev(5), ROption::RNone).unwrap();
     drop(n1);
     assert_eq!(unit.core().dids_in_use(), base + 1);

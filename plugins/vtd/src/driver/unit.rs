@@ -804,7 +804,7 @@ impl VtdUnit {
                 return Err(PluginError::new(
                     ErrorCode::BUSY,
                     format!(
-                        "PASID {p:#x} of {:02x}:{:02x}.{} uses another first stage of this vIOMMU (DID {}):                          the IOTLB tags first-stage translations by DID and PASID only (6.2.1)",
+                        "PASID {p:#x} of {:02x}:{:02x}.{} uses another first stage of this vIOMMU (DID {}): the IOTLB tags first-stage translations by DID and PASID only (6.2.1)",
                         other >> 8,
                         (other >> 3) & 0x1f,
                         other & 7,

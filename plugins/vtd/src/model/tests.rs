@@ -702,6 +702,15 @@ fn nested_translation() {
     pasid_entry(&r, dir, 5, [q0, 4, 1 << 50]);
     let f = r.dma(SDEV, Some(5), 0x1234_5000, Prot::READ).unwrap_err();
     assert_eq!((f.reason, r.last_reason()), (Fault::BAD_CONFIG, reason_sm::FSPTPTR_INVALID));
+    // A first-stage paging mode the unit lacks (FSPM 5-level without CAP.FS5LP) in the
+    // guest's fields: an invalid PASID entry (SPT.4), the guest's configuration.
+    pasid_entry(&r, dir, 6, [q0, 4, fs | pasid_entry::FSPM_5LEVEL]);
+    let f = r.dma(SDEV, Some(6), 0x1234_5000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::BAD_CONFIG, reason::PASID_ENTRY_INVALID));
+    // An unusable second-stage field (AW 7) is the host's: a bad entry, not the guest's.
+    pasid_entry(&r, dir, 7, [ss | pasid_entry::aw(7) | pasid_entry::PGTT_SS | pasid_entry::P, 4, 0]);
+    let f = r.dma(SDEV, Some(7), 0x1000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::BAD_ENTRY, reason::PASID_ENTRY_INVALID));
 }
 
 #[test]
