@@ -7,14 +7,20 @@
 //! ([`UnitModel::guest_stage1_format`](ioasis::platform::UnitModel::guest_stage1_format)):
 //!
 //! - **Granted: [`Mode::Nested`].** The host's stage-2 is a paging HWPT of the memory slots'
-//!   IOAS (IOVA = guest-physical). [`Passthrough::sync`] reads the stage-1 the guest programmed
+//!   IOAS (IOVA = guest-physical), and over it a host vIOMMU ([`Context::alloc_viommu`], the
+//!   VM's slice of the host unit: its domain id tags the VM's nested translations) in which the
+//!   device has a vDEVICE with the requester id the guest knows it by.
+//!   [`Passthrough::sync`] reads the stage-1 the guest programmed
 //!   ([`UnitModel::guest_stage1`](ioasis::platform::UnitModel::guest_stage1)), puts it in a
-//!   nested HWPT over that stage-2 (a new one when its root or words changed), attaches the
-//!   device to it and forwards a stage-1 cache invalidation ([`CacheInvalidation::ALL`]) to
-//!   the host unit, so that translations it cached from the guest's old entries drop. The
-//!   host unit walks the guest's own tables: nothing is copied.
-//! - **Refused: [`Mode::Shadow`]**, with the refusal's reason. The device is attached to a host
-//!   IOAS of its own that [`Shadow`] keeps in step with the guest's mappings.
+//!   nested HWPT of that vIOMMU ([`HwptSpec::NestedIn`], a new one when its root or words
+//!   changed), attaches the device to it and forwards the guest's invalidation as VT-d
+//!   descriptors naming the guest's ids ([`Context::viommu_invalidate`]: a PASID-based IOTLB
+//!   invalidation of the device's untagged requests and a PASID-based device-TLB invalidation
+//!   of its guest requester id), so that translations the host unit cached from the guest's
+//!   old entries drop. The host unit walks the guest's own tables: nothing is copied.
+//! - **Refused: [`Mode::Shadow`]**, with the refusal's reason: the backend's refusal of the
+//!   nesting, or of the vIOMMU. The device is attached to a host IOAS of its own that
+//!   [`Shadow`] keeps in step with the guest's mappings.
 //!
 //! In both modes, [`Passthrough::sync`] follows what the vIOMMU does with the device's requests
 //! without PASID:
@@ -54,11 +60,11 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use ioasis::abi::{CacheInvalidation, HwptFlags};
+use ioasis::abi::{HwptFlags, ViommuFlags, ViommuKind, VirtualCommand};
 use ioasis::platform::{GuestStage1, ModelQueryError};
 use ioasis::{
     Context, DeviceId, DeviceRef, Error as IoasisError, HwptId, HwptSpec, Intent, IntentItem, IoasId, Iova, PtFormat,
-    Target, UnitId,
+    Target, UnitId, VdeviceId, ViommuId,
 };
 
 use crate::dirty::{self, DirtyState};
@@ -111,7 +117,7 @@ pub struct SyncReport {
     /// A new nested HWPT was allocated (the guest's stage-1 root or words changed, or it was
     /// the first).
     pub allocated: bool,
-    /// A stage-1 cache invalidation was forwarded to the host unit.
+    /// The guest's stage-1 invalidation was forwarded to the host vIOMMU.
     pub invalidated: bool,
     /// What the shadow sync did, when the shadow was synced.
     pub shadow: Option<SyncStats>,
@@ -194,8 +200,13 @@ pub struct Passthrough {
     mode: Mode,
     /// The contract's stage-1 format (nested mode).
     format: Option<PtFormat>,
-    /// The stage-2 paging HWPT of `stage2` on the device's unit, allocated once.
+    /// The stage-2 paging HWPT of `stage2` on the device's unit, allocated once (in nested
+    /// mode when the passthrough is made, for its vIOMMU).
     parent: Option<HwptId>,
+    /// Dirty tracking was set up for `parent` (on its first use, with the slots).
+    parent_tracked: bool,
+    /// Nested mode: the host vIOMMU over `parent` and the device's vDEVICE in it.
+    viommu: Option<(ViommuId, VdeviceId)>,
     /// The blocking HWPT, allocated once.
     blocking: Option<HwptId>,
     /// The nested HWPT and the stage-1 it holds, while the device is attached to it.
@@ -222,6 +233,38 @@ impl std::fmt::Debug for Passthrough {
 /// A failed host operation.
 fn host(op: &'static str) -> impl FnOnce(IoasisError) -> PassthroughError {
     move |source| PassthroughError::Host { op, source }
+}
+
+/// The guest's id of a device: its requester id (bus << 8 | devfn) or stream id.
+fn virt_id(dev: DeviceRef) -> u64 {
+    match dev {
+        DeviceRef::Rid(r) => u64::from(r.source_id()),
+        DeviceRef::Sid(s) => u64::from(s),
+    }
+}
+
+/// The kind of host vIOMMU that takes a guest's invalidations for a guest stage-1 of `format`:
+/// an x86-64 first stage is a VT-d guest's (scalable mode, PGTT nested).
+fn viommu_kind(format: PtFormat) -> Option<ViommuKind> {
+    (format == PtFormat::X86_64).then_some(ViommuKind::VTD)
+}
+
+/// The guest's invalidation after it changed the first stage of `guest_dev`'s untagged
+/// requests, as VT-d descriptors (spec 6.5.2) naming the guest's ids: a PASID-based IOTLB
+/// invalidation (6.5.2.4, type 6h, G 5:4 = 10b: all of one PASID, DID 31:16, PASID 51:32) of
+/// PASID 0 (the requests without PASID, RID_PASID; the DID is the guest's, which the vIOMMU
+/// replaces with the VM's), and a PASID-based device-TLB invalidation (6.5.2.6, type 8h, SID
+/// 31:16 = the guest's requester id, PASID 51:32; qword 1: G bit 0 every PASID, S bit 11 with
+/// address bits 62:12 set: the whole address space).
+fn vtd_guest_invalidation(guest_dev: DeviceRef) -> [VirtualCommand; 2] {
+    const P_IOTLB: u64 = 0x6;
+    const G_PASID: u64 = 2 << 4;
+    const P_DEV_TLB: u64 = 0x8;
+    let sid = virt_id(guest_dev) & 0xffff;
+    [
+        VirtualCommand { words: [P_IOTLB | G_PASID, 0, 0, 0] },
+        VirtualCommand { words: [P_DEV_TLB | (sid << 16), 0x7fff_ffff_ffff_f000 | (1 << 11) | 1, 0, 0] },
+    ]
 }
 
 /// The reasons a refusal gives for `item`, joined, if it lists it.
@@ -292,9 +335,8 @@ impl Passthrough {
                 }
             }
         };
-        tracing::debug!(%device, ?mode, ?config, "passthrough negotiated");
-        Ok(Self {
-            ctx,
+        let mut pt = Self {
+            ctx: ctx.clone(),
             device,
             guest_dev,
             unit: contract.unit,
@@ -303,12 +345,64 @@ impl Passthrough {
             mode,
             format,
             parent: None,
+            parent_tracked: false,
+            viommu: None,
             blocking: None,
             nested: None,
             shadow: None,
             attached: Attached::Nothing,
             dirty: None,
-        })
+        };
+        if let (Mode::Nested, Some(format)) = (&pt.mode, format) {
+            if let Err(reason) = pt.build_viommu(format)? {
+                // The unit nests but has no vIOMMU for the VM: shadowed, as without nesting.
+                negotiate(None)?;
+                pt.mode = Mode::Shadow(reason);
+                pt.format = None;
+            }
+        }
+        tracing::debug!(%device, mode = ?pt.mode, ?config, viommu = ?pt.viommu, "passthrough negotiated");
+        Ok(pt)
+    }
+
+    /// Nested mode: the stage-2 paging HWPT, a host vIOMMU over it and the device's vDEVICE
+    /// with its guest id. `Ok(Err(reason))`: the unit refuses the vIOMMU (nothing is left
+    /// allocated); `Err`: a host operation failed.
+    fn build_viommu(&mut self, format: PtFormat) -> Result<Result<(), String>, PassthroughError> {
+        let Some(kind) = viommu_kind(format) else {
+            return Ok(Err(format!("no host vIOMMU takes the invalidations of a {format} guest stage-1")));
+        };
+        let spec = HwptSpec::Paging { ioas: self.stage2, flags: self.flags(), fault_queue: None };
+        let parent = self.ctx.alloc_hwpt(self.unit, spec).map_err(host("allocate the stage-2 HWPT"))?;
+        let v = match self.ctx.alloc_viommu(parent, kind, ViommuFlags(0)) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.ctx.destroy(parent);
+                return Ok(Err(e.to_string()));
+            }
+        };
+        match self.ctx.alloc_vdevice(v, self.device, virt_id(self.guest_dev)) {
+            Ok(vd) => {
+                self.parent = Some(parent);
+                self.viommu = Some((v, vd));
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                let _ = self.ctx.destroy(v);
+                let _ = self.ctx.destroy(parent);
+                Err(PassthroughError::Host { op: "give the device its guest id in the vIOMMU", source: e })
+            }
+        }
+    }
+
+    /// Nested mode: the host vIOMMU.
+    pub fn viommu(&self) -> Option<ViommuId> {
+        self.viommu.map(|(v, _)| v)
+    }
+
+    /// Nested mode: the device's vDEVICE in the host vIOMMU (its guest requester id).
+    pub fn vdevice(&self) -> Option<VdeviceId> {
+        self.viommu.map(|(_, d)| d)
     }
 
     /// The configuration it was made with.
@@ -432,8 +526,14 @@ impl Passthrough {
             self.ctx.destroy(h).map_err(host("destroy the shadow HWPT"))?;
             self.ctx.destroy(s.ioas()).map_err(host("destroy the shadow IOAS"))?;
         }
-        let nested = self.nested.take().map(|(h, _)| h);
-        for h in [nested, self.blocking.take(), self.parent.take()].into_iter().flatten() {
+        if let Some((h, _)) = self.nested.take() {
+            self.ctx.destroy(h).map_err(host("destroy the nested HWPT"))?;
+        }
+        if let Some((v, vd)) = self.viommu.take() {
+            self.ctx.destroy(vd).map_err(host("destroy the vDEVICE"))?;
+            self.ctx.destroy(v).map_err(host("destroy the vIOMMU"))?;
+        }
+        for h in [self.blocking.take(), self.parent.take()].into_iter().flatten() {
             self.ctx.destroy(h).map_err(host("destroy HWPT"))?;
         }
         Ok(())
@@ -474,10 +574,18 @@ impl Passthrough {
 
     fn parent(&mut self, slots: &MemorySlots) -> Result<HwptId, PassthroughError> {
         if let Some(h) = self.parent {
+            if !self.parent_tracked && self.config.dirty_tracking {
+                // Allocated with the vIOMMU, before the slots were known: tracking on (if the
+                // dirty log runs) before the device first uses it.
+                dirty::track_early(slots, self.stage2, h)
+                    .map_err(|e| PassthroughError::Host { op: "turn dirty tracking on", source: e })?;
+            }
+            self.parent_tracked = true;
             return Ok(h);
         }
         let h = self.alloc_paging(slots, self.stage2, "allocate the stage-2 HWPT")?;
         self.parent = Some(h);
+        self.parent_tracked = true;
         Ok(h)
     }
 
@@ -504,14 +612,17 @@ impl Passthrough {
             let want = self.format.unwrap_or(PtFormat::NONE);
             return Err(PassthroughError::Format { want, got: s1.format });
         }
-        let parent = self.parent(slots)?;
+        self.parent(slots)?;
+        let Some((viommu, _)) = self.viommu else {
+            return Err(PassthroughError::Guest(ModelQueryError::Unsupported));
+        };
         let mut report = self.report();
         let hwpt = match &self.nested {
             Some((h, held)) if *held == s1 => *h,
             _ => {
                 let root = Iova(s1.root.raw());
                 let spec =
-                    HwptSpec::Nested { parent, format: s1.format, root, words: s1.words.clone(), fault_queue: None };
+                    HwptSpec::NestedIn { viommu, format: s1.format, root, words: s1.words.clone(), fault_queue: None };
                 let h =
                     self.ctx.alloc_hwpt(self.unit, spec).map_err(|source| PassthroughError::Nest { root, source })?;
                 // The device moves from the old one (if any) to the new one, then the old goes.
@@ -529,9 +640,10 @@ impl Passthrough {
             }
         };
         self.switch(Attached::Nested(hwpt))?;
-        // The guest invalidated: drop what the host unit cached from its stage-1.
-        let all = CacheInvalidation { scope: CacheInvalidation::ALL, tag: 0, iova: Iova(0), len: 0, leaf_only: false };
-        self.ctx.invalidate(hwpt, &[all]).map_err(host("forward the stage-1 invalidation"))?;
+        // The guest invalidated: drop what the host unit cached from its stage-1, through the
+        // vIOMMU, in the guest's terms.
+        let cmds = vtd_guest_invalidation(self.guest_dev);
+        self.ctx.viommu_invalidate(viommu, &cmds).map_err(host("forward the guest's invalidation"))?;
         report.invalidated = true;
         report.attached = self.attached;
         Ok(report)

@@ -58,6 +58,13 @@ fn guest_first_stage_is_nested_and_its_invalidations_reach_the_host_unit() {
     let mut pt = passthrough(&r);
     assert_eq!(pt.mode(), &Mode::Nested, "the scalable host unit grants nesting x86-64");
     assert_eq!(pt.attached(), Attached::Nothing);
+    // A host vIOMMU over the stage-2, with the device known by the requester id the guest
+    // gives it.
+    let viommu = pt.viommu().expect("a host vIOMMU");
+    let vdevice = pt.vdevice().expect("a vDEVICE");
+    assert_eq!(r.ctx.vdevice(vdevice).unwrap(), (viommu, r.device, u64::from(DEV.source_id())));
+    assert_eq!(r.ctx.viommu_info(viommu).unwrap().kind, ioasis::abi::ViommuKind::VTD);
+    assert_eq!(Some(r.ctx.viommu_parent(viommu).unwrap()), pt.stage2_hwpt());
     assert!(r.host_dma(BUF1, b"x").is_err(), "not attached yet: blocked");
 
     // Translation off in the vIOMMU: DMA goes to guest-physical addresses, through the stage-2.
@@ -76,6 +83,7 @@ fn guest_first_stage_is_nested_and_its_invalidations_reach_the_host_unit() {
     assert_eq!(reports[2], report(Attached::Nested(nested), true, true));
     assert_eq!(r.ctx.attached_hwpt(r.device, None).unwrap(), Some(nested));
     assert_eq!(r.ctx.hwpt_info(nested).unwrap().format, ioasis::PtFormat::X86_64);
+    assert_eq!(r.ctx.hwpt_viommu(nested).unwrap(), Some(viommu), "the nested HWPT is the vIOMMU's");
 
     // Host DMA through the guest IOVA lands in the page the guest's stage-1 chose.
     r.host_dma(IOVA + 0x20, b"nested-dma-lands").expect("DMA through the nested HWPT");
@@ -140,10 +148,11 @@ fn guest_first_stage_is_nested_and_its_invalidations_reach_the_host_unit() {
     r.host_dma(BUF2, b"translation-off!").expect("DMA");
     assert_eq!(r.guest_read(BUF2, 16), b"translation-off!");
 
-    // Closing frees every HWPT it allocated.
+    // Closing frees every HWPT it allocated, the vDEVICE and the vIOMMU.
     pt.close().expect("close");
     assert_eq!(r.ctx.attached_hwpt(r.device, None).unwrap(), None);
     assert!(r.ctx.hwpt_info(stage2).is_err() && r.ctx.hwpt_info(blocking).is_err());
+    assert!(r.ctx.vdevice(vdevice).is_err() && r.ctx.viommu_info(viommu).is_err());
     // A second passthrough of the device, nested again, then closed: no table page is left
     // behind by the cycle (the first close freed everything it allocated).
     let after_close = r.ctx.table_pages();
@@ -196,7 +205,7 @@ fn host_unit_without_nesting_gives_shadow_mode_with_the_refusal_reason() {
     // QEMU 7.2's legacy unit: the VT-d driver runs it in legacy mode and refuses nesting.
     let Some(mode) = legacy_guest_is_shadowed(VtdModelConfig::legacy()) else { return };
     let Mode::Shadow(reason) = mode else { panic!("expected shadow mode, got {mode:?}") };
-    assert!(reason.contains("scalable mode, ECAP.NEST and ECAP.FSTS"), "{reason}");
+    assert!(reason.contains("nesting needs scalable mode: ECAP.SMTS (bit 43) is 0"), "{reason}");
 }
 
 #[test]

@@ -133,13 +133,15 @@ fn nested_device_writes_and_vcpu_writes_merge_exactly() {
     assert_eq!(pt.mode(), &Mode::Nested, "the scalable host unit nests and tracks dirty pages");
     assert!(pt.config().dirty_tracking);
 
-    // The log starts before the device has any HWPT: the stage-2 the first sync allocates gets
-    // tracking on before the device uses it, so the first round is exact, not "whole slot".
+    // Nested mode allocates the stage-2 with the passthrough (its vIOMMU's parent), before the
+    // device is attached: the log, started now, tracks it from its first round, so the first
+    // round is exact, not "whole slot".
+    let stage2 = pt.stage2_hwpt().expect("the vIOMMU's stage-2");
     let mut log = DirtyLog::start(&r.slots).expect("start dirty logging");
-    assert!(log.tracked(&r.slots).is_empty());
+    assert_eq!(log.tracked(&r.slots), [stage2]);
     round(&mut log, &r.slots, &[], "nothing written");
     let first = pt.sync(&r.viommu, &r.slots).expect("sync");
-    let Attached::Stage2(stage2) = first.attached else { panic!("{first:?}") };
+    assert_eq!(first.attached, Attached::Stage2(stage2), "{first:?}");
     assert_eq!(log.tracked(&r.slots), [stage2]);
 
     // Round 1, translation off in the vIOMMU: the device writes guest-physical BUF1 and reads

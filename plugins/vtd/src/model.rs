@@ -63,7 +63,7 @@ use ioasis::abi::{Fault, HostError};
 use ioasis::platform::{DmaRequest, DmaTarget, GuestMapping, GuestStage1, ModelQueryError, PhysMemory, UnitModel};
 use ioasis::{DeviceRef, Iova, Pasid, PhysAddr, Prot, PtFormat};
 
-use crate::layout::fault::{reason, reason_more};
+use crate::layout::fault::{reason, reason_more, reason_sm};
 use crate::layout::regs::{cap, ecap, gcmd, rtaddr};
 use crate::layout::tables::{context, pasid_dir, pasid_entry, root, sm_context, sm_root, ADDR, AGAWS};
 
@@ -188,6 +188,55 @@ fn cacheable(mode: &Mode, e: &IotlbEntry) -> bool {
     match mode {
         Mode::Nested(_, ss) => ss.width >= 64 || e.size <= 1 << ss.width,
         _ => true,
+    }
+}
+
+/// The permission fault of a translation for `access`, if any. A nested one names its stage
+/// (Appendix A): the first stage's as SGN.5 / SGN.6, the second stage's as SSS.2, the host's.
+fn entry_permission(e: &IotlbEntry, nested: bool, access: Prot) -> Result<(), Failure> {
+    if !nested {
+        return permission(e.prot, access);
+    }
+    if access.write() && !e.s1_prot.write() {
+        return Err(fail(reason_sm::NO_WRITE, Fault::PERMISSION));
+    }
+    if access.read() && !e.s1_prot.read() {
+        return Err(fail(reason_sm::NO_READ, Fault::PERMISSION));
+    }
+    // SSS.2 does not say whether the entry was absent or read-only (9.8: R = W = 0 is
+    // not-present); the driver cannot tell from the record either, so both call it not-present.
+    permission(e.prot, access).map_err(|_| fail(reason_sm::SS_PERMISSION, Fault::NOT_PRESENT | Fault::IN_PARENT))
+}
+
+/// A first-stage failure of nested translation in scalable-mode terms (Appendix A): not
+/// present SFS.2, reserved SFS.3, unreadable SFS.1, non-canonical SGN.1, an unusable FSPM in
+/// the guest's PASID-entry fields SPT.4 as a bad configuration. Failures of the second stage
+/// (already converted) pass.
+fn nested_fs_failure(f: Failure) -> Failure {
+    match f.vtd {
+        reason::NO_READ | reason::NO_WRITE => fail(reason_sm::FS_NOT_PRESENT, Fault::NOT_PRESENT),
+        reason::PAGING_RESERVED => fail(reason_sm::FS_RESERVED, Fault::BAD_ENTRY),
+        reason::PAGING_ENTRY_ERROR => fail(reason_sm::FS_ENTRY_ERROR, Fault::BAD_ENTRY),
+        reason::ADDRESS_BEYOND_AW => fail(reason_sm::NOT_CANONICAL, Fault::ADDRESS_SIZE),
+        reason::PASID_ENTRY_INVALID => fail(reason::PASID_ENTRY_INVALID, Fault::BAD_CONFIG),
+        _ => f,
+    }
+}
+
+/// A second-stage failure of nested translation in scalable-mode terms (Appendix A), the
+/// host's (IN_PARENT) except an address beyond the second stage's width, which the guest's
+/// first stage produced (SFS.5; SFS.4, a bad first-stage pointer, for the root). `denied` is
+/// the reason of an entry that denies the access (SFS.6-8 for first-stage structures, SSS.2
+/// for the output).
+fn nested_ss_failure(f: Failure, denied: u8, root: bool) -> Failure {
+    let host = |vtd: u8, kind: u32| fail(vtd, kind | Fault::IN_PARENT);
+    match f.vtd {
+        reason::ADDRESS_BEYOND_AW if root => fail(reason_sm::FSPTPTR_INVALID, Fault::BAD_CONFIG),
+        reason::ADDRESS_BEYOND_AW => fail(reason_sm::FS_ADDRESS_BEYOND, Fault::ADDRESS_SIZE),
+        reason::NO_READ | reason::NO_WRITE => host(denied, Fault::NOT_PRESENT),
+        reason::PAGING_RESERVED => host(reason_sm::SS_RESERVED, Fault::BAD_ENTRY),
+        reason::CONTEXT_INVALID => host(reason_sm::SSPTPTR_INVALID, Fault::BAD_ENTRY),
+        _ => host(reason_sm::SS_ENTRY_ERROR, Fault::BAD_ENTRY),
     }
 }
 
@@ -435,7 +484,12 @@ impl VtdModel {
         match q0 & pasid_entry::PGTT_MASK {
             pasid_entry::PGTT_SS => Ok(Mode::Second(ss()?)),
             pasid_entry::PGTT_FS => Ok(Mode::First(fs()?)),
-            pasid_entry::PGTT_NESTED if self.cfg.has_ecap(ecap::NEST) => Ok(Mode::Nested(fs()?, ss()?)),
+            // In a nested entry the first-stage fields (FSPTPTR, FSPM) are the guest's: an
+            // unusable one is a bad guest configuration (SPT.4).
+            pasid_entry::PGTT_NESTED if self.cfg.has_ecap(ecap::NEST) => {
+                let fs = fs().map_err(|f| Failure::new(f.vtd, Fault::BAD_CONFIG))?;
+                Ok(Mode::Nested(fs, ss()?))
+            }
             pasid_entry::PGTT_PT if self.cfg.has_ecap(ecap::PT) => Ok(Mode::PassThrough),
             _ => Err(invalid),
         }
@@ -443,8 +497,14 @@ impl VtdModel {
 
     /// Walks the paging structures of `mode` for `iova`.
     fn walk(&self, mem: &dyn PhysMemory, mode: &Mode, iova: u64, access: Prot) -> Result<IotlbEntry, Failure> {
-        let entry =
-            |l: Leaf, stage| IotlbEntry { pa: l.base, size: l.size, prot: l.prot, dirty_done: l.dirty_done, stage };
+        let entry = |l: Leaf, stage| IotlbEntry {
+            pa: l.base,
+            size: l.size,
+            prot: l.prot,
+            dirty_done: l.dirty_done,
+            stage,
+            s1_prot: l.prot,
+        };
         match mode {
             Mode::PassThrough => Err(fail(reason::CONTEXT_INVALID, Fault::BAD_ENTRY)),
             Mode::Second(ss) => Ok(entry(walk::walk_ss(mem, ss, iova, access)?, Stage::Second)),
@@ -453,14 +513,29 @@ impl VtdModel {
                 // 3.8: every first-stage structure is accessed at its second-stage translation:
                 // read to fetch an entry, written to set its A/D flags (which, with SSADE, sets
                 // the second-stage D of the guest page holding it, 3.7.2).
+                // Failures carry the scalable-mode reasons of Appendix A: SFS for the first
+                // stage, and for the second stage's translation of first-stage structures
+                // (SFS.5-8); SSS for the second stage's translation of the output.
+                let mut root = true;
                 let mut through = |gpa: u64, how: Prot| {
-                    let l = walk::walk_ss(mem, ss, gpa, how)?;
-                    permission(l.prot, how)?;
+                    let top = std::mem::replace(&mut root, false) && how == Prot::READ;
+                    let fs_access = if how.write() {
+                        reason_sm::SS_NO_WRITE_FS_ENTRY
+                    } else if top {
+                        reason_sm::SS_NO_READ_FS_ROOT
+                    } else {
+                        reason_sm::SS_NO_READ_FS_ENTRY
+                    };
+                    let l = walk::walk_ss(mem, ss, gpa, how).map_err(|f| nested_ss_failure(f, fs_access, top))?;
+                    if permission(l.prot, how).is_err() {
+                        return Err(fail(fs_access, Fault::NOT_PRESENT | Fault::IN_PARENT));
+                    }
                     Ok(l.output(gpa))
                 };
-                let l1 = walk::walk_fs(mem, fs, iova, access, &mut through)?;
+                let l1 = walk::walk_fs(mem, fs, iova, access, &mut through).map_err(nested_fs_failure)?;
                 let gpa = l1.output(iova);
-                let l2 = walk::walk_ss(mem, ss, gpa, access)?;
+                let l2 = walk::walk_ss(mem, ss, gpa, access)
+                    .map_err(|f| nested_ss_failure(f, reason_sm::SS_PERMISSION, false))?;
                 let mut size = l1.size.min(l2.size);
                 // 3.7.1: the entry must not cover second-stage inputs beyond the address width
                 // (an MGAW below the page size's shift): the largest page that fits, at least
@@ -474,6 +549,7 @@ impl VtdModel {
                     prot: Prot(l1.prot.0 & l2.prot.0),
                     dirty_done: l1.dirty_done && l2.dirty_done,
                     stage: Stage::Nested,
+                    s1_prot: l1.prot,
                 })
             }
         }
@@ -500,11 +576,13 @@ impl VtdModel {
         // width (MGAW below the page size's shift) must not answer for inputs beyond it.
         match &r.mode {
             Mode::Second(ss) => walk::check_ss_input(ss, iova).map_err(miss)?,
-            Mode::First(fs) | Mode::Nested(fs, _) => walk::check_fs_input(fs, iova).map_err(miss)?,
+            Mode::First(fs) => walk::check_fs_input(fs, iova).map_err(miss)?,
+            Mode::Nested(fs, _) => walk::check_fs_input(fs, iova).map_err(|f| miss(nested_fs_failure(f)))?,
             Mode::PassThrough => {}
         }
+        let nested = matches!(r.mode, Mode::Nested(..));
         if let Some(e) = st.caches.iotlb_lookup(r.did, r.tag, iova) {
-            permission(e.prot, req.access).map_err(miss)?;
+            entry_permission(&e, nested, req.access).map_err(miss)?;
             if e.dirty_done || !req.access.write() {
                 st.caches.count_hit();
                 return Ok(target(&e, iova));
@@ -515,7 +593,7 @@ impl VtdModel {
         if cacheable(&r.mode, &e) {
             st.caches.iotlb_insert(r.did, r.tag, iova, e);
         }
-        permission(e.prot, req.access).map_err(miss)?;
+        entry_permission(&e, nested, req.access).map_err(miss)?;
         Ok(target(&e, iova))
     }
 }

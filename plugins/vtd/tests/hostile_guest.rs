@@ -752,8 +752,15 @@ struct Rig {
     mem: GuestRam,
 }
 
-/// Every VT-d fault reason the model may report (Appendix A).
-const REASONS: &[u8] = &[0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0x9, 0xa, 0xb, 0xc, 0x50, 0x51, 0x58, 0x59, 0x5b];
+/// Every VT-d fault reason the model may report (Appendix A): the legacy ones, and the
+/// scalable-mode ones of nested translation (SFS 0x70-0x77, SSS 0x78-0x7b, SGN 0x80, 0x85, 0x86).
+const REASONS: &[u8] = &[
+    0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0x9, 0xa, 0xb, 0xc, 0x50, 0x51, 0x58, 0x59, 0x5b, 0x70, 0x71, 0x72, 0x73,
+    0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x7b, 0x80, 0x85, 0x86,
+];
+
+/// Reasons of a paging entry with a reserved field set (legacy, first stage, second stage).
+const RESERVED_ENTRY: &[u8] = &[0xc, 0x72, 0x7a];
 
 fn fail(msg: String) -> TestCaseError {
     TestCaseError::fail(msg)
@@ -979,7 +986,8 @@ impl Rig {
                 prop_assert_eq!(self.model.faults().len(), before, "a fault logged for a success");
             }
             Err(f) => {
-                prop_assert!((1..=6).contains(&f.reason), "reason {}", f.reason);
+                prop_assert!((1..=7).contains(&(f.reason & Fault::REASON_MASK)), "reason {}", f.reason);
+                prop_assert_eq!(f.reason & !(Fault::REASON_MASK | Fault::IN_PARENT), 0, "unknown flags");
                 prop_assert_eq!(f.dev, dev);
                 prop_assert_eq!(f.pasid, pasid.map(Pasid).into());
                 prop_assert_eq!(f.addr, Iova(iova));
@@ -1009,7 +1017,7 @@ impl Rig {
                     });
                     prop_assert!(found, "no fault record for {f:?} (reason {:#x})", last.vtd_reason);
                 }
-                if last.vtd_reason == 0xc {
+                if RESERVED_ENTRY.contains(&last.vtd_reason) {
                     // 9.7 / 9.8: an entry with a reserved field set is not a valid entry: the
                     // walk stops at it (the last word read) and does not set its A/D flags.
                     let at = log.iter().rposition(|a| matches!(a, Access::ReadU64 { .. }));

@@ -60,6 +60,23 @@ pub struct HwptInner {
     pub(super) users: Mutex<Vec<User>>,
     /// Nested HWPTs over this one, whose cached translations depend on this table.
     pub(super) children: Mutex<Vec<Weak<HwptInner>>>,
+    /// The DID is a vIOMMU's, shared with it and its other nested HWPTs (freed by the last
+    /// holder); `None`: the HWPT owns `did`.
+    pub(super) shared_did: Option<Arc<SharedDid>>,
+}
+
+/// A domain id shared by a vIOMMU and the nested HWPTs allocated in it (the VM's tag, 3.4.2),
+/// returned to the unit when the last of them is gone.
+pub struct SharedDid {
+    pub(super) core: Arc<UnitCore>,
+    /// The domain id.
+    pub did: u16,
+}
+
+impl Drop for SharedDid {
+    fn drop(&mut self) {
+        self.core.free_did(self.did);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,7 +157,7 @@ impl Drop for HwptInner {
             if let Table::Paging(t) = &self.table {
                 t.destroy(&self.core.io);
             }
-            if self.did != 0 {
+            if self.did != 0 && self.shared_did.is_none() {
                 self.core.free_did(self.did);
             }
         })
@@ -230,7 +247,11 @@ impl Hwpt for VtdHwpt {
         let c = &h.core;
         let (format, page_sizes) = match &h.table {
             Table::Paging(t) => (PtFormat::VTD_SECOND_LEVEL, t.geometry.sizes),
-            Table::Nested { .. } => (PtFormat::X86_64, PageSizes::SZ_4K_2M_1G),
+            // 9.7: 1 GiB first-stage leaves only where CAP.FS1GP (bit 56) is set.
+            Table::Nested { .. } if c.cap & crate::layout::regs::cap::FS1GP != 0 => {
+                (PtFormat::X86_64, PageSizes::SZ_4K_2M_1G)
+            }
+            Table::Nested { .. } => (PtFormat::X86_64, PageSizes((1 << 12) | (1 << 21))),
             Table::Fixed => (PtFormat::NONE, PageSizes(0)),
         };
         HwptInfo {

@@ -6,6 +6,7 @@
 //! - `pagetable`: second-stage tables (9.8).
 //! - `hwpt`: domains and their tables, dirty tracking, nested invalidation.
 //! - `unit`: probe, root/context/PASID tables, attach, faults and page requests.
+//! - `viommu`: vIOMMUs (a VM's DID, its vDEVICEs, the guest's invalidation descriptors).
 
 mod hwpt;
 mod inv;
@@ -14,6 +15,7 @@ mod pagetable;
 #[cfg(test)]
 mod tests;
 mod unit;
+mod viommu;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult};

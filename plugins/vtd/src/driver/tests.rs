@@ -533,3 +533,266 @@ fn scalable_attach_writes_pasid_entries() {
     unit.shutdown().unwrap();
     assert!(f.st().live.is_empty());
 }
+
+// ---- vIOMMUs (interface 0.3). ----
+
+use ioasis::abi::{
+    Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuBox, ViommuKind, ViommuRequest, VirtualCommand,
+};
+use ioasis::PtFormat;
+
+use crate::layout::qi::{p_dev_tlb, p_iotlb};
+
+fn viommu_req(parent: &ioasis::abi::HwptBox, kind: ViommuKind) -> ViommuRequest {
+    ViommuRequest { kind, flags: ioasis::abi::ViommuFlags(0), parent: parent.clone(), space: AddressSpace::host() }
+}
+
+fn stage1(root: u64) -> Stage1Config {
+    Stage1Config { format: PtFormat::X86_64, root: Iova(root), words: Default::default() }
+}
+
+fn alloc_viommu(unit: &VtdUnit, parent: &ioasis::abi::HwptBox) -> ViommuBox {
+    unit.alloc_viommu(&viommu_req(parent, ViommuKind::VTD)).into_result().expect("vIOMMU")
+}
+
+fn cmd(q0: u64, q1: u64) -> VirtualCommand {
+    VirtualCommand { words: [q0, q1, 0, 0] }
+}
+
+/// The PASID entry (its first three qwords) of `devfn`'s PASID `pasid` (0: RID_PASID).
+fn pasid_entry_of(f: &Fake, devfn: u8, pasid: u64) -> (u64, u64, u64) {
+    let rt = f.st().regs[&off::RTADDR] & !0xfff;
+    let ctx = f.rd(rt) & ADDR;
+    let pdir = f.rd(ctx + u64::from(devfn) * 32) & ADDR;
+    let pt = f.rd(pdir + (pasid >> 6) * 8) & ADDR;
+    let e = pt + (pasid & 63) * 64;
+    (f.rd(e), f.rd(e + 8), f.rd(e + 16))
+}
+
+#[test]
+fn viommu_nested_hwpts_share_its_did_which_goes_with_the_last_of_them() {
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let base = unit.core().dids_in_use();
+    let v = alloc_viommu(&unit, &s2);
+    let info = v.info();
+    assert_eq!(info.kind, ViommuKind::VTD);
+    assert_eq!(info.features.0, 0, "no hardware queue");
+    assert_eq!(unit.core().dids_in_use(), base + 1, "the vIOMMU holds one DID");
+    let n1 = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).into_result().unwrap();
+    let n2 = v.alloc_nested(HwptFlags::default(), &stage1(0x8000)).into_result().unwrap();
+    assert_eq!(unit.core().dids_in_use(), base + 1, "nested HWPTs allocate none");
+    unit.attach(&dev(4), ROption::RNone, &n1).unwrap();
+    // Another first stage of the same DID at the same PASID would share IOTLB entries: refused,
+    // nothing changed.
+    let e = unit.attach(&dev(5), ROption::RNone, &n2).into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::BUSY);
+    assert!(e.message.contains("PASID 0x0 of 00:04.0 uses another first stage"), "{}", e.message);
+    assert_eq!(pasid_entry_of(&f, 0x28, 0).0, 0, "nothing written for 00:05.0");
+    unit.attach(&dev(5), ROption::RNone, &n1).unwrap();
+    unit.attach(&dev(5), ROption::RSome(Pasid(3)), &n2).unwrap();
+    for (devfn, pasid, root) in [(0x20, 0, 0x1000), (0x28, 0, 0x1000), (0x28, 3, 0x8000)] {
+        let (e0, e1, e2) = pasid_entry_of(&f, devfn, pasid);
+        assert_eq!(e0 & pasid_entry::PGTT_MASK, pasid_entry::PGTT_NESTED);
+        assert_eq!(e1 & pasid_entry::DID_MASK, info.tag, "every entry tagged with the vIOMMU's DID");
+        assert_eq!(e2 & ADDR, root, "the guest's first stage");
+    }
+    // The vIOMMU goes first: its DID stays while nested HWPTs use it.
+    drop(v);
+    assert_eq!(unit.core().dids_in_use(), base + 1);
+    unit.detach(&dev(4), ROption::RNone).unwrap();
+    unit.detach(&dev(5), ROption::RSome(Pasid(3))).unwrap();
+    unit.detach(&dev(5), ROption::RNone).unwrap();
+    drop(n1);
+    assert_eq!(unit.core().dids_in_use(), base + 1);
+    drop(n2);
+    assert_eq!(unit.core().dids_in_use(), base, "the last user returned the DID");
+    drop(s2);
+    assert_eq!(unit.core().dids_in_use(), 0);
+    unit.shutdown().unwrap();
+    assert!(f.st().live.is_empty());
+}
+
+#[test]
+fn alloc_viommu_refusals_name_what_is_missing() {
+    // No ECAP.NEST.
+    let f = Fake::new(CAP, SM_ECAP & !ecap::NEST);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    assert_eq!(e.code, ErrorCode::UNSUPPORTED);
+    assert!(e.message.contains("ECAP.NEST (bit 26) is 0"), "{}", e.message);
+    assert_eq!(unit.core().dids_in_use(), 1, "nothing allocated");
+    // No first-stage translation.
+    let f = Fake::new(CAP, SM_ECAP & !ecap::FSTS);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    assert!(e.message.contains("ECAP.FSTS (bit 47) is 0"), "{}", e.message);
+    // A legacy unit.
+    let f = Fake::new(CAP, ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    assert!(e.message.contains("ECAP.SMTS (bit 43) is 0"), "{}", e.message);
+    // A scalable unit driven in legacy mode.
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc("mode = \"legacy\""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    assert!(e.message.contains("legacy mode"), "{}", e.message);
+    // A nesting unit: the wrong kind, a parent that is not a second-stage paging HWPT.
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::SMMUV3)).into_result().err().unwrap();
+    assert!(e.message.contains("not smmuv3"), "{}", e.message);
+    let blocking = HwptRequest { kind: HwptKind::BLOCKING, ..paging(HwptFlags::default()) };
+    let b = unit.alloc_hwpt(&blocking).unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&b, ViommuKind::VTD)).into_result().err().unwrap();
+    assert!(e.message.contains("second-stage paging HWPT"), "{}", e.message);
+    let other = Fake::new(CAP, SM_ECAP);
+    let unit2 = VtdUnit::probe(&desc(""), Io::new(other.host())).unwrap();
+    let foreign = unit2.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    assert!(unit.alloc_viommu(&viommu_req(&foreign, ViommuKind::VTD)).into_result().is_err());
+    assert_eq!(unit.core().dids_in_use(), 1, "only the paging HWPT's");
+    // No hardware queue, with a reason.
+    let v = alloc_viommu(&unit, &s2);
+    let q = HwQueueRequest { kind: HwQueueKind(1), index: 0, iova: Iova(0), pa: PhysAddr(0), len: 4096 };
+    let e = v.alloc_hw_queue(&q).into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::UNSUPPORTED);
+    assert!(e.message.contains("no hardware-accelerated guest invalidation queue"), "{}", e.message);
+    // A stage-1 root with reserved bits above MGAW, or unaligned.
+    assert!(v.alloc_nested(HwptFlags::default(), &stage1(1 << 50)).into_result().is_err());
+    assert!(v.alloc_nested(HwptFlags::default(), &stage1(0x1008)).into_result().is_err());
+}
+
+/// A vIOMMU with device 00:04.0 (ATS) as virtual 01:02.0 and device 00:05.0 as virtual 01:03.0,
+/// each on a nested HWPT (untagged: PASID 0), and device 00:06.0 attached but with no vDEVICE.
+fn viommu_rig() -> (Fake, VtdUnit, ViommuBox, Vec<ioasis::abi::HwptBox>) {
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let v = alloc_viommu(&unit, &s2);
+    let n = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).into_result().unwrap();
+    let ats = DeviceInfo { ats: true, ..dev(4) };
+    unit.attach(&ats, ROption::RNone, &n).unwrap();
+    unit.attach(&dev(5), ROption::RNone, &n).unwrap();
+    v.set_vdevice(&ats, 0x0110).into_result().unwrap();
+    v.set_vdevice(&dev(5), 0x0118).into_result().unwrap();
+    f.st().descs.clear();
+    (f, unit, v, vec![s2, n])
+}
+
+#[test]
+fn guest_invalidations_are_mapped_to_the_vms_ids_and_end_with_one_wait() {
+    let (f, _unit, v, _h) = viommu_rig();
+    let tag = v.info().tag as u16;
+    let cmds = [
+        // The guest's DID 7, all of PASID 0.
+        cmd(p_iotlb::q0(p_iotlb::PASID, 7, 0), 0),
+        // Page-selective, 2 pages at 0x4000_2000, IH.
+        cmd(p_iotlb::q0(p_iotlb::PAGE, 9, 0), 0x4000_2000 | p_iotlb::IH | 1),
+        // The device-TLB of virtual 01:02.0, every PASID, all addresses.
+        cmd(p_dev_tlb::q0(0x0110, 0, 0x0110), 0x7fff_ffff_ffff_f000 | p_dev_tlb::S | p_dev_tlb::G),
+        // Virtual 01:03.0 has no device-TLB: nothing to send.
+        cmd(p_dev_tlb::q0(0x0118, 0, 0), 0),
+    ];
+    let out = v.invalidate(cmds.as_slice().into());
+    assert_eq!((out.handled, out.error.into_option()), (4, None));
+    let s = f.st();
+    let expect = [
+        [p_iotlb::q0(p_iotlb::PASID, tag, 0), 0],
+        [p_iotlb::q0(p_iotlb::PAGE, tag, 0), 0x4000_2000 | p_iotlb::IH | 1],
+        [p_dev_tlb::q0(0x20, 0, 0x20), 0x7fff_ffff_ffff_f000 | p_dev_tlb::S | p_dev_tlb::G],
+    ];
+    assert_eq!(&s.descs[..3], &expect[..], "{:x?}", s.descs);
+    assert_eq!(s.descs.len(), 4);
+    assert_eq!(qi::type_of(s.descs[3][0]), qi::wait::TYPE, "one wait ends the batch");
+}
+
+#[test]
+fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
+    let (f, _unit, v, _h) = viommu_rig();
+    let tag = v.info().tag as u16;
+    let good = cmd(p_iotlb::q0(p_iotlb::PASID, 1, 0), 0);
+    let run = |bad: VirtualCommand| {
+        f.st().descs.clear();
+        let out = v.invalidate([good, bad, good].as_slice().into());
+        let e = out.error.into_option().expect("refused");
+        assert_eq!(out.handled, 1, "{}", e.message);
+        let s = f.st();
+        assert_eq!(s.descs.len(), 2, "the first command and a wait: {:x?}", s.descs);
+        assert_eq!(s.descs[0], [p_iotlb::q0(p_iotlb::PASID, tag, 0), 0]);
+        e.message.to_string()
+    };
+    let m = run(cmd(p_dev_tlb::q0(0x0300, 0, 0), 0));
+    assert!(m.contains("virtual requester id 03:00.0 is not one of the VM's devices"), "{m}");
+    let m = run(cmd(qi::cc::q0(qi::cc::GLOBAL, 0, 0), 0));
+    assert!(m.contains("type 0x1 (context-cache invalidate"), "{m}");
+    let m = run(cmd(qi::pc::q0(qi::pc::PASID, 1, 0), 0));
+    assert!(m.contains("PASID-cache invalidate"), "{m}");
+    let m = run(cmd(qi::iotlb::q0(qi::iotlb::GLOBAL, 0), 0));
+    assert!(m.contains("type 0x2 (IOTLB invalidate"), "{m}");
+    let m = run(cmd(qi::wait::q0(qi::wait::SW, 1), 0x1000));
+    assert!(m.contains("invalidation wait"), "{m}");
+    let m = run(cmd(0x4, 0));
+    assert!(m.contains("interrupt entry cache"), "{m}");
+    let m = run(cmd(0x3 | (0x20 << 32), 0));
+    assert!(m.contains("device-TLB invalidate (6.5.2.5)"), "{m}");
+    // Reserved bits, reserved granularities, PASIDs that are not the VM's, AM beyond MAMV.
+    let m = run(cmd(p_iotlb::q0(p_iotlb::PASID, 1, 0) | (1 << 12), 0));
+    assert!(m.contains("reserved bits 0x1000 set in qword 0"), "{m}");
+    let m = run(cmd(p_iotlb::q0(p_iotlb::PAGE, 1, 0), 0x4000_0000 | (1 << 8)));
+    assert!(m.contains("reserved bits 0x100 set in qword 1"), "{m}");
+    let m = run(VirtualCommand { words: [p_iotlb::q0(p_iotlb::PASID, 1, 0), 0, 0, 1] });
+    assert!(m.contains("bits 255:128"), "{m}");
+    let m = run(cmd(p_iotlb::q0(0, 1, 0), 0));
+    assert!(m.contains("granularity 0 is reserved"), "{m}");
+    let m = run(cmd(p_iotlb::q0(p_iotlb::PASID, 1, 9), 0));
+    assert!(m.contains("PASID 0x9 is not one the VM's devices use"), "{m}");
+    let m = run(cmd(p_iotlb::q0(p_iotlb::PAGE, 1, 0), 0x4000_0000 | 19));
+    assert!(m.contains("above CAP.MAMV 18"), "{m}");
+    let m = run(cmd(p_iotlb::q0(p_iotlb::PAGE, 1, 0), 0x4000_1000 | 1));
+    assert!(m.contains("not aligned"), "{m}");
+    let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0x2));
+    assert!(m.contains("reserved bits 0x2 set in qword 1"), "{m}");
+    // A cleared vDEVICE is unknown from then on.
+    v.clear_vdevice(&DeviceInfo { ats: true, ..dev(4) }).into_result().unwrap();
+    let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0));
+    assert!(m.contains("not one of the VM's devices"), "{m}");
+    // Virtual ids are 16-bit requester ids, each names one device.
+    assert!(v.set_vdevice(&dev(6), 0x1_0000).into_result().is_err());
+    assert!(v.set_vdevice(&dev(6), 0x0118).into_result().is_err());
+    assert!(v.set_vdevice(&dev(5), 0x0120).into_result().is_err());
+    v.set_vdevice(&dev(6), 0x0120).into_result().unwrap();
+}
+
+#[test]
+fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
+    let (f, unit, _v, _h) = viommu_rig();
+    let fro = cap::fro(CAP);
+    let decode = |fr: u8| {
+        {
+            let mut s = f.st();
+            s.regs.insert(off::FSTS, fsts::PPF as u64);
+            s.regs.insert(fro, 0x4000_0000);
+            s.regs.insert(fro + 8, crate::layout::fault::frcd::hi(0x20, fr, None, true));
+        }
+        let faults = unit.read_faults(8).unwrap();
+        assert_eq!(faults.len(), 1);
+        faults[0].reason
+    };
+    use crate::layout::fault::reason_sm as sm;
+    assert_eq!(decode(sm::FS_NOT_PRESENT), Fault::NOT_PRESENT);
+    assert_eq!(decode(sm::FS_RESERVED), Fault::BAD_ENTRY);
+    assert_eq!(decode(sm::NO_WRITE), Fault::PERMISSION);
+    assert_eq!(decode(sm::NOT_CANONICAL), Fault::ADDRESS_SIZE);
+    assert_eq!(decode(sm::FSPTPTR_INVALID), Fault::BAD_CONFIG);
+    assert_eq!(decode(crate::layout::fault::reason::PASID_ENTRY_INVALID), Fault::BAD_CONFIG);
+    for fr in [sm::SS_PERMISSION, sm::SS_NO_READ_FS_ROOT, sm::SS_NO_READ_FS_ENTRY, sm::SS_NO_WRITE_FS_ENTRY] {
+        assert_eq!(decode(fr), Fault::NOT_PRESENT | Fault::IN_PARENT, "{fr:#x}");
+    }
+    assert_eq!(decode(sm::SS_RESERVED), Fault::BAD_ENTRY | Fault::IN_PARENT);
+}

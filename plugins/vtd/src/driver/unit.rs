@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use abi_stable::sabi_trait::TD_CanDowncast;
+use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RString, RVec};
 use ioasis::abi::{
     guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
+    LogLevel, PageResponse, PluginError, Stage1Config, Unit, UnitDesc, ViommuBox, ViommuKind, ViommuRequest, Viommu_TO,
 };
 use ioasis::pt::Memory;
 use ioasis::{
@@ -17,11 +17,12 @@ use ioasis::{
 };
 use serde::Deserialize;
 
-use super::hwpt::{dev_tlb_all, HwptInner, Table, User, VtdHwpt};
+use super::hwpt::{dev_tlb_all, HwptInner, SharedDid, Table, User, VtdHwpt};
 use super::inv::{Desc, Invalidator};
 use super::io::Io;
 use super::pagetable::new_table;
-use crate::layout::fault::{frcd, frcd_lo, page_request, reason};
+use super::viommu::VtdViommu;
+use crate::layout::fault::{frcd, frcd_lo, page_request, reason, reason_sm};
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ecap, fsts, gcmd, off, prs, rtaddr};
 use crate::layout::tables::{context, pasid_dir, pasid_entry, root, sm_context, sm_root, ADDR, AGAWS};
@@ -74,7 +75,7 @@ pub struct UnitCore {
     /// Input address width of the tables (39 or 48, at most MGAW).
     pub(super) ias: u8,
     sizes: PageSizes,
-    segment: u16,
+    pub(super) segment: u16,
     dids: Mutex<DidAlloc>,
     next_handle: AtomicU64,
 }
@@ -87,7 +88,7 @@ struct DidAlloc {
 }
 
 impl UnitCore {
-    fn has(&self, bit: u64) -> bool {
+    pub(super) fn has(&self, bit: u64) -> bool {
         self.ecap & bit != 0
     }
 
@@ -100,7 +101,7 @@ impl UnitCore {
     }
 
     /// A free domain id (3.4.2, CAP.ND). DID 0 is never used (reserved when CAP.CM is set).
-    fn alloc_did(&self) -> Result<u16, PluginError> {
+    pub(super) fn alloc_did(&self) -> Result<u16, PluginError> {
         let mut d = self.dids.lock().unwrap_or_else(|p| p.into_inner());
         let count = d.count;
         for _ in 1..count {
@@ -112,6 +113,12 @@ impl UnitCore {
             }
         }
         Err(PluginError::new(ErrorCode::NO_MEMORY, format!("all {} domain ids are in use (CAP.ND)", count - 1)))
+    }
+
+    /// Domain ids in use now.
+    #[cfg(test)]
+    pub(super) fn dids_in_use(&self) -> usize {
+        self.dids.lock().unwrap_or_else(|p| p.into_inner()).used.len()
     }
 
     pub(super) fn free_did(&self, did: u16) {
@@ -127,7 +134,89 @@ impl UnitCore {
     }
 
     fn nesting(&self) -> bool {
-        self.scalable && self.has(ecap::NEST) && self.has(ecap::FSTS)
+        self.nesting_refusal().is_none()
+    }
+
+    /// Why the unit cannot nest a first stage over a second stage (3.8), naming the register
+    /// bit: scalable mode (ECAP.SMTS), ECAP.NEST and first-stage translation (ECAP.FSTS).
+    pub(super) fn nesting_refusal(&self) -> Option<String> {
+        if self.ecap & ecap::SMTS == 0 {
+            return Some("nesting needs scalable mode: ECAP.SMTS (bit 43) is 0".into());
+        }
+        if !self.scalable {
+            return Some("nesting needs scalable mode: the unit runs in legacy mode (RTADDR.TTM = 00)".into());
+        }
+        if !self.has(ecap::NEST) {
+            return Some("nested translation: ECAP.NEST (bit 26) is 0".into());
+        }
+        if !self.has(ecap::FSTS) {
+            return Some("nested first stage: ECAP.FSTS (bit 47) is 0".into());
+        }
+        None
+    }
+
+    /// Checks the options of a new HWPT against what the unit offers.
+    pub(super) fn check_flags(&self, f: HwptFlags) -> Result<(), PluginError> {
+        if f.contains(HwptFlags::DIRTY_TRACKING) && !self.dirty() {
+            return Err(PluginError::unsupported("dirty tracking needs scalable mode and ECAP.SSADS"));
+        }
+        if f.contains(HwptFlags::PAGE_FAULTS) && !self.page_requests() {
+            return Err(PluginError::unsupported("I/O page faults need ECAP.PRS (and scalable mode)"));
+        }
+        if f.contains(HwptFlags::COHERENCY) && !self.has(ecap::SC) {
+            return Err(PluginError::unsupported("enforced coherency needs ECAP.SC"));
+        }
+        Ok(())
+    }
+
+    /// The nested table of a guest x86-64 first stage over `parent` (9.6 PGTT 011).
+    pub(super) fn nested_table(&self, parent: Arc<HwptInner>, s1: &Stage1Config) -> Result<Table, PluginError> {
+        if let Some(why) = self.nesting_refusal() {
+            return Err(PluginError::unsupported(why));
+        }
+        if parent.kind != HwptKind::PAGING {
+            return Err(PluginError::invalid("the parent of a nested HWPT must be a paging HWPT"));
+        }
+        if s1.format != PtFormat::X86_64 {
+            return Err(PluginError::unsupported(format!("cannot nest a {} stage-1", s1.format)));
+        }
+        if s1.root.0 & !ADDR != 0 {
+            return Err(PluginError::invalid(format!("stage-1 root {} is not page aligned", s1.root)));
+        }
+        // 9.6: FSPTPTR bits above the host address width are reserved.
+        let mgaw = cap::mgaw(self.cap);
+        if mgaw < 64 && s1.root.0 >> mgaw != 0 {
+            return Err(PluginError::invalid(format!("stage-1 root {} is beyond the {mgaw}-bit MGAW", s1.root)));
+        }
+        Ok(Table::Nested { parent, s1_root: s1.root.0 })
+    }
+
+    /// A new HWPT with domain id `did` (owned, or shared through `shared`).
+    pub(super) fn new_hwpt(
+        self: &Arc<Self>,
+        kind: HwptKind,
+        flags: HwptFlags,
+        table: Table,
+        did: u16,
+        shared: Option<Arc<SharedDid>>,
+    ) -> Arc<HwptInner> {
+        let inner = Arc::new(HwptInner {
+            core: self.clone(),
+            handle: self.next_handle.fetch_add(1, Ordering::Relaxed),
+            did,
+            kind,
+            flags,
+            table,
+            lock: Mutex::new(()),
+            dirty_on: AtomicBool::new(false),
+            users: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
+            shared_did: shared,
+        });
+        if let Table::Nested { parent, .. } = &inner.table {
+            lock(&parent.children).push(Arc::downgrade(&inner));
+        }
+        inner
     }
 
     fn dirty(&self) -> bool {
@@ -326,6 +415,12 @@ impl VtdUnit {
         Ok((root_table, prq))
     }
 
+    /// What the unit and its HWPTs share.
+    #[cfg(test)]
+    pub(super) fn core(&self) -> &Arc<UnitCore> {
+        &self.core
+    }
+
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         lock(&self.tables)
     }
@@ -377,7 +472,7 @@ impl VtdUnit {
             IntentItem::Identity if !c.has(ecap::PT) => refusal(code, format!("unit {u}: identity needs ECAP.PT")),
             IntentItem::Identity => grant(code, "pass-through"),
             IntentItem::NestedStage1 { .. } if !c.nesting() => {
-                refusal(code, format!("unit {u}: nested stage-1 needs scalable mode, ECAP.NEST and ECAP.FSTS"))
+                refusal(code, format!("unit {u}: {}", c.nesting_refusal().unwrap_or_default()))
             }
             IntentItem::NestedStage1 { format } if format != PtFormat::X86_64 => {
                 refusal(code, format!("unit {u} nests x86-64 first-stage tables only, not {format}"))
@@ -392,15 +487,7 @@ impl VtdUnit {
             return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
         }
         let f = req.flags;
-        if f.contains(HwptFlags::DIRTY_TRACKING) && !c.dirty() {
-            return Err(PluginError::unsupported("dirty tracking needs scalable mode and ECAP.SSADS"));
-        }
-        if f.contains(HwptFlags::PAGE_FAULTS) && !c.page_requests() {
-            return Err(PluginError::unsupported("I/O page faults need ECAP.PRS (and scalable mode)"));
-        }
-        if f.contains(HwptFlags::COHERENCY) && !c.has(ecap::SC) {
-            return Err(PluginError::unsupported("enforced coherency needs ECAP.SC"));
-        }
+        c.check_flags(f)?;
         let table = match req.kind {
             HwptKind::PAGING => None,
             HwptKind::BLOCKING => Some(Table::Fixed),
@@ -409,25 +496,13 @@ impl VtdUnit {
             }
             HwptKind::IDENTITY => Some(Table::Fixed),
             HwptKind::NESTED => {
-                if !c.nesting() {
-                    return Err(PluginError::unsupported(
-                        "nested stage-1 needs scalable mode, ECAP.NEST and ECAP.FSTS",
-                    ));
+                if let Some(why) = c.nesting_refusal() {
+                    return Err(PluginError::unsupported(why));
                 }
                 let (ROption::RSome(parent), ROption::RSome(s1)) = (&req.parent, &req.stage1) else {
                     return Err(PluginError::invalid("a nested HWPT needs a parent and a stage-1"));
                 };
-                let parent = self.lookup(parent)?;
-                if parent.kind != HwptKind::PAGING {
-                    return Err(PluginError::invalid("the parent of a nested HWPT must be a paging HWPT"));
-                }
-                if s1.format != PtFormat::X86_64 {
-                    return Err(PluginError::unsupported(format!("cannot nest a {} stage-1", s1.format)));
-                }
-                if s1.root.0 & !ADDR != 0 {
-                    return Err(PluginError::invalid(format!("stage-1 root {} is not page aligned", s1.root)));
-                }
-                Some(Table::Nested { parent, s1_root: s1.root.0 })
+                Some(c.nested_table(self.lookup(parent)?, s1)?)
             }
             other => return Err(PluginError::invalid(format!("unknown HWPT kind {}", other.0))),
         };
@@ -445,22 +520,40 @@ impl VtdUnit {
                 }
             }
         };
-        let inner = Arc::new(HwptInner {
-            core: c.clone(),
-            handle: c.next_handle.fetch_add(1, Ordering::Relaxed),
-            did,
-            kind: req.kind,
-            flags: f,
-            table,
-            lock: Mutex::new(()),
-            dirty_on: AtomicBool::new(false),
-            users: Mutex::new(Vec::new()),
-            children: Mutex::new(Vec::new()),
-        });
-        if let Table::Nested { parent, .. } = &inner.table {
-            lock(&parent.children).push(Arc::downgrade(&inner));
-        }
+        let inner = c.new_hwpt(req.kind, f, table, did, None);
         Ok(Hwpt_TO::from_ptr(RArc::new(VtdHwpt(inner)), TD_CanDowncast))
+    }
+
+    /// A vIOMMU (one VM's slice of the unit) over `req.parent`, this unit's second-stage
+    /// paging HWPT, with a domain id of its own for the VM's nested HWPTs.
+    fn do_alloc_viommu(&self, req: &ViommuRequest) -> Result<ViommuBox, PluginError> {
+        let c = &self.core;
+        if self.tables().shut_down {
+            return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
+        }
+        if req.kind != ViommuKind::VTD {
+            return Err(PluginError::unsupported(format!(
+                "unit {}: VT-d makes vtd vIOMMUs, not {} ({})",
+                self.name,
+                req.kind.name(),
+                req.kind.0
+            )));
+        }
+        if let Some(why) = c.nesting_refusal() {
+            return Err(PluginError::unsupported(format!("unit {}: a vIOMMU needs {why}", self.name)));
+        }
+        let parent = self.lookup(&req.parent)?;
+        if parent.kind != HwptKind::PAGING || !matches!(parent.table, Table::Paging(_)) {
+            return Err(PluginError::invalid(format!(
+                "unit {}: a vIOMMU's parent must be a second-stage paging HWPT, not {}",
+                self.name,
+                parent.kind.name()
+            )));
+        }
+        let did = c.alloc_did()?;
+        let v = VtdViommu::new(c.clone(), self.name.clone(), parent, Arc::new(SharedDid { core: c.clone(), did }));
+        c.io.log(LogLevel::Debug, &format!("unit {}: vIOMMU with DID {did}", self.name));
+        Ok(Viommu_TO::from_ptr(RArc::new(v), TD_Opaque))
     }
 
     /// Finds our HWPT behind a host object.
@@ -696,6 +789,30 @@ impl VtdUnit {
                 p
             }
         };
+        if let Some(shared) = &h.shared_did {
+            // 6.2.1: first-stage (and nested) IOTLB entries are tagged by DID and PASID, not by
+            // source id. Two different first stages of one vIOMMU (one DID) at the same PASID
+            // would use each other's cached translations: refused.
+            let clash = t.devices.iter().find_map(|(other, st)| {
+                st.attached
+                    .iter()
+                    .filter(|(q, _)| (*other != sid || **q != pasid) && q.unwrap_or(0) == p)
+                    .find(|(_, x)| x.shared_did.as_ref().is_some_and(|d| Arc::ptr_eq(d, shared)) && !Arc::ptr_eq(x, &h))
+                    .map(|_| *other)
+            });
+            if let Some(other) = clash {
+                return Err(PluginError::new(
+                    ErrorCode::BUSY,
+                    format!(
+                        "PASID {p:#x} of {:02x}:{:02x}.{} uses another first stage of this vIOMMU (DID {}): the IOTLB tags first-stage translations by DID and PASID only (6.2.1)",
+                        other >> 8,
+                        (other >> 3) & 0x1f,
+                        other & 7,
+                        shared.did
+                    ),
+                ));
+            }
+        }
         let new = self.pasid_entry_for(&h)?;
         let (bus, devfn) = ((sid >> 8) as u8, sid as u8);
         let half = devfn >> 7;
@@ -870,9 +987,38 @@ impl VtdUnit {
                     Fault::BLOCKED
                 }
             }
+            // Scalable-mode codes of nested and first-stage translation (Appendix A, SFS / SSS /
+            // SGN): the guest's first stage, and the host's second stage (IN_PARENT).
+            reason_sm::FS_NOT_PRESENT => Fault::NOT_PRESENT,
+            reason_sm::FS_ENTRY_ERROR | reason_sm::FS_RESERVED => Fault::BAD_ENTRY,
+            reason_sm::FSPTPTR_INVALID => Fault::BAD_CONFIG,
+            reason_sm::FS_ADDRESS_BEYOND | reason_sm::NOT_CANONICAL => Fault::ADDRESS_SIZE,
+            reason_sm::NO_WRITE | reason_sm::NO_READ => Fault::PERMISSION,
+            // The record gives no guest-physical address to look up: a second-stage entry that
+            // denies the access is reported as not present (VT-d second-stage entries have no
+            // P bit: R = W = 0 is not-present, 9.8).
+            reason_sm::SS_NO_READ_FS_ROOT
+            | reason_sm::SS_NO_READ_FS_ENTRY
+            | reason_sm::SS_NO_WRITE_FS_ENTRY
+            | reason_sm::SS_PERMISSION => Fault::NOT_PRESENT | Fault::IN_PARENT,
+            reason_sm::SS_ENTRY_ERROR | reason_sm::SS_RESERVED | reason_sm::SSPTPTR_INVALID => {
+                Fault::BAD_ENTRY | Fault::IN_PARENT
+            }
+            // A PASID entry the unit finds invalid or with reserved bits set: in a nested entry the
+            // guest's first-stage fields are what the host did not choose (9.6 FSPTPTR, FSPM).
+            reason_sm::PASID_ENTRY_RESERVED | reason::PASID_ENTRY_INVALID if self.nested_at(t, sid, pasid) => {
+                Fault::BAD_CONFIG
+            }
+            reason_sm::PASID_ENTRY_RESERVED | reason::PASID_ENTRY_INVALID => Fault::BAD_ENTRY,
             0x50..=0x5f => Fault::BAD_PASID,
             _ => Fault::BAD_ENTRY,
         }
+    }
+
+    /// True when what `sid` (PASID `pasid`) is attached to is a nested HWPT.
+    fn nested_at(&self, t: &Tables, sid: u16, pasid: Option<u32>) -> bool {
+        let h = t.devices.get(&sid).and_then(|d| d.attached.get(&pasid.filter(|p| *p != 0)));
+        h.is_some_and(|h| matches!(h.table, Table::Nested { .. }))
     }
 
     fn rid(&self, sid: u16) -> DeviceRef {
@@ -1133,5 +1279,9 @@ impl Unit for VtdUnit {
 
     fn shutdown(&self) -> RResult<(), PluginError> {
         guard("shutdown", || self.do_shutdown())
+    }
+
+    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
+        guard("alloc_viommu", || self.do_alloc_viommu(req))
     }
 }

@@ -58,6 +58,46 @@ pub mod reason {
     pub const PASID_ENTRY_INVALID: u8 = 0x5b;
 }
 
+/// Scalable-mode fault reasons of nested and first-stage translation (VT-d spec Appendix A,
+/// the SFS, SSS and SGN conditions).
+pub mod reason_sm {
+    /// SFS.1: error reading a first-stage paging entry.
+    pub const FS_ENTRY_ERROR: u8 = 0x70;
+    /// SFS.2: present bit clear in a first-stage paging entry.
+    pub const FS_NOT_PRESENT: u8 = 0x71;
+    /// SFS.3: reserved field set in a present first-stage paging entry.
+    pub const FS_RESERVED: u8 = 0x72;
+    /// SFS.4: error accessing the first-stage root (FSPTPTR of the PASID entry invalid).
+    pub const FSPTPTR_INVALID: u8 = 0x73;
+    /// SFS.5: in nested translation, an address in a first-stage entry (or FSPTPTR) beyond
+    /// the second stage's address width.
+    pub const FS_ADDRESS_BEYOND: u8 = 0x74;
+    /// SFS.6: in nested translation, the second stage gives no read of the first-stage root.
+    pub const SS_NO_READ_FS_ROOT: u8 = 0x75;
+    /// SFS.7: in nested translation, the second stage gives no read of a first-stage entry.
+    pub const SS_NO_READ_FS_ENTRY: u8 = 0x76;
+    /// SFS.8: in nested translation, the second stage gives no write of a first-stage entry
+    /// whose accessed/dirty flag needs setting.
+    pub const SS_NO_WRITE_FS_ENTRY: u8 = 0x77;
+    /// SSS.1: error reading a second-stage paging entry.
+    pub const SS_ENTRY_ERROR: u8 = 0x78;
+    /// SSS.2: read/write permission error in a second-stage paging entry (R = W = 0 is
+    /// not-present).
+    pub const SS_PERMISSION: u8 = 0x79;
+    /// SSS.3: reserved field set in a second-stage paging entry.
+    pub const SS_RESERVED: u8 = 0x7a;
+    /// SSS.4: invalid second-stage table pointer.
+    pub const SSPTPTR_INVALID: u8 = 0x7b;
+    /// SGN.1: input address not canonical for first-stage translation.
+    pub const NOT_CANONICAL: u8 = 0x80;
+    /// SGN.5: write request to a page without write permission.
+    pub const NO_WRITE: u8 = 0x85;
+    /// SGN.6: read request to a page without read permission.
+    pub const NO_READ: u8 = 0x86;
+    /// SPT.3: reserved field set in a present PASID-table entry.
+    pub const PASID_ENTRY_RESERVED: u8 = 0x5a;
+}
+
 /// 7.5.1.1 Page request descriptor (256-bit).
 pub mod page_request {
     /// Size in bytes.

@@ -59,9 +59,59 @@ pub mod p_iotlb {
     pub const PASID: u64 = 2 << 4;
     /// G = 11: page-selective within a PASID.
     pub const PAGE: u64 = 3 << 4;
+    /// Qword 0 bits that may be set: type 3:0, G 5:4, DID 31:16, PASID 51:32 (15:6, 63:52 and
+    /// the type extension 11:9 are reserved).
+    pub const Q0_DEFINED: u64 = 0x3f | (0xffff << 16) | (0xf_ffff << 32);
+    /// Qword 1 IH bit 6: invalidation hint (leaf entries only).
+    pub const IH: u64 = 1 << 6;
+    /// Qword 1 bits that may be set: AM 5:0, IH 6, ADDR 63:12 (11:7 are reserved).
+    pub const Q1_DEFINED: u64 = !0xf80;
     /// Qword 0: granularity, DID bits 31:16, PASID bits 51:32.
     pub const fn q0(gran: u64, did: u16, pasid: u32) -> u64 {
         TYPE | gran | ((did as u64) << 16) | ((pasid as u64 & 0xf_ffff) << 32)
+    }
+    /// DID bits 31:16 of qword 0.
+    pub const fn did(q0: u64) -> u16 {
+        (q0 >> 16) as u16
+    }
+    /// PASID bits 51:32 of qword 0.
+    pub const fn pasid(q0: u64) -> u32 {
+        ((q0 >> 32) & 0xf_ffff) as u32
+    }
+    /// AM bits 5:0 of qword 1: 2^AM pages.
+    pub const fn am(q1: u64) -> u32 {
+        (q1 & 0x3f) as u32
+    }
+}
+
+/// 6.5.2.6 PASID-based device-TLB invalidate descriptor, type 0x8.
+pub mod p_dev_tlb {
+    /// Type.
+    pub const TYPE: u64 = 0x8;
+    /// Qword 0 bits that may be set: type 3:0, MIP 8:4 (invalidation queue depth), PFSID 15:12
+    /// and 63:52, SID 31:16, PASID 51:32 (bits 11:9, the type extension, are reserved).
+    pub const Q0_DEFINED: u64 = 0xf | (0x1f << 4) | (0xf << 12) | (0xffff << 16) | (0xf_ffff << 32) | (0xfff << 52);
+    /// Qword 1 G bit 0: every PASID of the device.
+    pub const G: u64 = 1 << 0;
+    /// Qword 1 S bit 11: the size is encoded in the address's low bits.
+    pub const S: u64 = 1 << 11;
+    /// Qword 1 bits that may be set: G 0, S 11, ADDR 63:12 (10:1 are reserved).
+    pub const Q1_DEFINED: u64 = !0x7fe;
+    /// SID bits 31:16 of qword 0.
+    pub const fn sid(q0: u64) -> u16 {
+        (q0 >> 16) as u16
+    }
+    /// PASID bits 51:32 of qword 0.
+    pub const fn pasid(q0: u64) -> u32 {
+        ((q0 >> 32) & 0xf_ffff) as u32
+    }
+    /// Qword 0: SID, PASID and PFSID (the physical function's source id, the device's own for
+    /// a PF), MIP 0 (queue depth 32).
+    pub const fn q0(sid: u16, pasid: u32, pfsid: u16) -> u64 {
+        TYPE | ((pfsid as u64 & 0xf) << 12)
+            | ((sid as u64) << 16)
+            | ((pasid as u64 & 0xf_ffff) << 32)
+            | ((pfsid as u64 >> 4) << 52)
     }
 }
 
@@ -118,6 +168,22 @@ pub mod page_response {
     /// Qword 1: LPIG bit 2, page request group index bits 11:3.
     pub const fn q1(group: u32, last: bool) -> u64 {
         ((last as u64) << 2) | ((group as u64 & 0x1ff) << 3)
+    }
+}
+
+/// What the descriptor of type `ty` (6.5.2) is called, for refusals.
+pub const fn type_name(ty: u64) -> &'static str {
+    match ty {
+        0x1 => "context-cache invalidate (6.5.2.1)",
+        0x2 => "IOTLB invalidate (6.5.2.3)",
+        0x3 => "device-TLB invalidate (6.5.2.5)",
+        0x4 => "interrupt entry cache invalidate (6.5.2.7)",
+        0x5 => "invalidation wait (6.5.2.8)",
+        0x6 => "PASID-based IOTLB invalidate (6.5.2.4)",
+        0x7 => "PASID-cache invalidate (6.5.2.2)",
+        0x8 => "PASID-based device-TLB invalidate (6.5.2.6)",
+        0x9 => "page group response (6.5.2.10)",
+        _ => "reserved type",
     }
 }
 

@@ -76,6 +76,9 @@ pub(super) struct IotlbEntry {
     pub dirty_done: bool,
     /// Which tables produced it.
     pub stage: Stage,
+    /// The first stage's permissions in a nested entry (`prot` otherwise): a nested
+    /// permission fault is the first stage's or the second stage's (Appendix A SGN.5/6, SSS.2).
+    pub s1_prot: Prot,
 }
 
 /// IOTLB tag: DID, PASID (scalable mode; `None` in legacy mode), page-aligned input address,

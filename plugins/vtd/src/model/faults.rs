@@ -36,9 +36,12 @@ impl VtdModel {
             group: 0,
         };
         let mut recorded = false;
-        let prq = m.pre && m.fail.kind == Fault::NOT_PRESENT && self.cfg.has_ecap(ecap::PRS);
+        let not_present = m.fail.kind & Fault::REASON_MASK == Fault::NOT_PRESENT;
+        let prq = m.pre && not_present && self.cfg.has_ecap(ecap::PRS);
         match prq.then(|| self.page_request(st, mem, sid, req)).flatten() {
             Some(group) => {
+                // 7.5.1.1: a page request carries no reason, nor which stage missed.
+                fault.reason = Fault::NOT_PRESENT;
                 fault.page_request = true;
                 fault.group = group;
             }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ioasis::{Iova, Pasid, RequesterId};
 
 use super::*;
-use crate::layout::fault::frcd;
+use crate::layout::fault::{frcd, reason_sm};
 use crate::layout::qi;
 use crate::layout::regs::{ccmd, fsts, iotlb, iqa, off, prs, ICS_IWC};
 use crate::layout::tables::{fl, sl};
@@ -675,9 +675,42 @@ fn nested_translation() {
     r.map_fs(fs, 0x1234_7000, 0x4020_0000 + 0x7000, 1, fl::P | fl::RW, |a| a);
     assert_eq!(r.pa(SDEV, None, 0x1234_7000, Prot::READ), 0x7020_7000);
     assert!(r.mem.r(l4) & sl::D != 0);
-    // A GPA the second stage lacks: not present.
+    // A GPA the second stage lacks: not present, in the parent (Appendix A SSS.2).
     r.map_fs(fs, 0x2000_0000, 0x9000_0000, 1, fl::P | fl::RW, |a| a);
-    assert_eq!(r.dma(SDEV, None, 0x2000_0000, Prot::READ).unwrap_err().reason, Fault::NOT_PRESENT);
+    let f = r.dma(SDEV, None, 0x2000_0000, Prot::READ).unwrap_err();
+    assert_eq!(f.reason, Fault::NOT_PRESENT | Fault::IN_PARENT);
+    assert_eq!(r.last_reason(), reason_sm::SS_PERMISSION);
+    // An input the first stage lacks: the guest's (SFS.2), no IN_PARENT.
+    let f = r.dma(SDEV, None, 0x3000_0000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::NOT_PRESENT, reason_sm::FS_NOT_PRESENT));
+    // A first-stage leaf without RW, written: the guest's permission fault (SGN.5), also
+    // from the IOTLB once the read cached it.
+    r.map_fs(fs, 0x1234_8000, 0x4020_0000 + 0x8000, 1, fl::P | fl::A | fl::D, |a| a);
+    assert_eq!(r.pa(SDEV, None, 0x1234_8000, Prot::READ), 0x7020_8000);
+    let f = r.dma(SDEV, None, 0x1234_8000, Prot::WRITE).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::PERMISSION, reason_sm::NO_WRITE));
+    // A second-stage leaf without W under a writable first-stage leaf: the host's (SSS.2).
+    r.map_ss(ss, 4, 0x4060_0000, 0x7060_0000, 1, sl::R);
+    r.map_fs(fs, 0x1234_9000, 0x4060_0000, 1, fl::P | fl::RW | fl::A | fl::D, |a| a);
+    let f = r.dma(SDEV, None, 0x1234_9000, Prot::WRITE).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::NOT_PRESENT | Fault::IN_PARENT, reason_sm::SS_PERMISSION));
+    // A non-canonical input: SGN.1, the guest's.
+    let f = r.dma(SDEV, None, 0x0000_8000_0000_0000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::ADDRESS_SIZE, reason_sm::NOT_CANONICAL));
+    // A first-stage root beyond the second stage's 48-bit width: a bad first-stage pointer
+    // (SFS.4), the guest's configuration.
+    pasid_entry(&r, dir, 5, [q0, 4, 1 << 50]);
+    let f = r.dma(SDEV, Some(5), 0x1234_5000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::BAD_CONFIG, reason_sm::FSPTPTR_INVALID));
+    // A first-stage paging mode the unit lacks (FSPM 5-level without CAP.FS5LP) in the
+    // guest's fields: an invalid PASID entry (SPT.4), the guest's configuration.
+    pasid_entry(&r, dir, 6, [q0, 4, fs | pasid_entry::FSPM_5LEVEL]);
+    let f = r.dma(SDEV, Some(6), 0x1234_5000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::BAD_CONFIG, reason::PASID_ENTRY_INVALID));
+    // An unusable second-stage field (AW 7) is the host's: a bad entry, not the guest's.
+    pasid_entry(&r, dir, 7, [ss | pasid_entry::aw(7) | pasid_entry::PGTT_SS | pasid_entry::P, 4, 0]);
+    let f = r.dma(SDEV, Some(7), 0x1000, Prot::READ).unwrap_err();
+    assert_eq!((f.reason, r.last_reason()), (Fault::BAD_ENTRY, reason::PASID_ENTRY_INVALID));
 }
 
 #[test]
@@ -692,9 +725,11 @@ fn nested_first_stage_ad_updates_need_second_stage_write_permission() {
     r.map_fs(fs, 0x1000, 0x4000_0000, 1, fl::P | fl::RW, |a| a);
     let q0 = ss | pasid_entry::aw(2) | pasid_entry::PGTT_NESTED | pasid_entry::SSADE | pasid_entry::P;
     pasid_entry(&r, dir, 0, [q0, 4, fs]);
-    // Setting A in the first-stage entries is a write the second stage does not permit.
-    assert_eq!(r.dma(SDEV, None, 0x1000, Prot::READ).unwrap_err().reason, Fault::PERMISSION);
-    assert_eq!(r.last_reason(), reason::NO_WRITE);
+    // Setting A in the first-stage entries is a write the second stage does not permit: the
+    // host's (SFS.8, IN_PARENT).
+    let f = r.dma(SDEV, None, 0x1000, Prot::READ).unwrap_err();
+    assert_eq!(f.reason, Fault::NOT_PRESENT | Fault::IN_PARENT);
+    assert_eq!(r.last_reason(), reason_sm::SS_NO_WRITE_FS_ENTRY);
     assert_eq!(r.mem.r(fs) & fl::A, 0, "nothing was written");
     // With A (and D on the leaf) already set by the guest, the walk only reads: it succeeds.
     let mut t = fs;
