@@ -1,7 +1,7 @@
 //! vIOMMU objects: vDEVICEs, nested HWPTs in a vIOMMU, virtual event queues, hardware queues.
 
 use ioasis::abi::{ErrorCode, Fault, HwQueueKind, HwptFlags, ViommuFeatures, ViommuFlags, ViommuKind};
-use ioasis::{Error, HwptSpec, IntentItem, Iova, PhysAddr, Prot, PtFormat, Target, ViommuId};
+use ioasis::{DeviceId, Error, HwptSpec, Intent, IntentItem, Iova, PhysAddr, Prot, PtFormat, Target, ViommuId};
 
 use super::nested::{stage1, G2H};
 use super::{done, e, skip};
@@ -81,9 +81,15 @@ pub(crate) fn nested_faults_reach_the_event_queue(r: &Rig, _: u64) -> Result<Pas
         Ok(x) => x,
         Err(why) => return skip(why),
     };
+    // Without PRI: every fault is a record (a page request cannot tell the stages apart).
     let item = IntentItem::NestedStage1 { format: PtFormat::X86_64 };
-    let a = r.device(1, &[item])?;
-    let b = r.device(4, &[item])?;
+    let plain = |dev: u8| -> Result<DeviceId, String> {
+        let id = r.bind(dev, |d| d.pasid_bits = 20)?;
+        r.ctx.negotiate(id, &Intent::new([item])).map_err(e)?;
+        Ok(id)
+    };
+    let a = plain(1)?;
+    let b = plain(4)?;
     // Virtual ids the other way round from the physical order, so a mix-up shows.
     r.ctx.alloc_vdevice(v, a, 0x41).map_err(e)?;
     r.ctx.alloc_vdevice(v, b, 0x40).map_err(e)?;

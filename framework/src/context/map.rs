@@ -83,30 +83,12 @@ impl Context {
     /// Unmaps `[iova, iova+len)`; see [`crate::ioas`] for what happens to areas it cuts.
     /// Returns the bytes unmapped. All or nothing across every HWPT of the IOAS.
     pub fn unmap(&self, ioas: IoasId, iova: Iova, len: u64, mode: UnmapMode) -> Result<u64> {
-        let range = user_range(iova, len)?;
-        self.refuse_hw_queue_unmap(ioas, &range)?;
         let ioas = self.ioas(ioas)?;
-        unmap_in(&ioas, range, mode)
-    }
-
-    /// A hardware queue's memory stays mapped while the queue exists (the hardware reads it).
-    fn refuse_hw_queue_unmap(&self, ioas: IoasId, range: &IovaRange) -> Result<()> {
-        let o = self.read();
-        let busy = o
-            .hw_queues
-            .values()
-            .find(|q| q.viommu.parent.ioas.as_ref().is_some_and(|i| i.id == ioas) && q.range.overlaps(range));
-        match busy {
-            Some(q) => {
-                Err(Error::Busy { what: "IOAS", id: ioas.0, by: format!("hardware queue {} at {}", q.id, q.range) })
-            }
-            None => Ok(()),
-        }
+        unmap_in(&ioas, user_range(iova, len)?, mode)
     }
 
     /// Unmaps everything; returns the bytes unmapped (0 when nothing was mapped).
     pub fn unmap_all(&self, ioas: IoasId) -> Result<u64> {
-        self.refuse_hw_queue_unmap(ioas, &IovaRange::FULL)?;
         let ioas = self.ioas(ioas)?;
         match unmap_in(&ioas, IovaRange::FULL, UnmapMode::Exact) {
             Err(Error::NotMapped { .. }) => Ok(0),

@@ -11,7 +11,8 @@ use abi_stable::sabi_extern_fn;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RString};
 use ioasis::abi::{
-    guard, BackendBox, Backend_TO, PluginError, PluginInfo, PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
+    guard, BackendBox, Backend_TO, PluginError, PluginExt03, PluginExt03_Ref, PluginInfo, PluginRoot, PluginRoot_Ref,
+    INTERFACE_VERSION,
 };
 
 pub use driver::{Mode, VtdBackend, VtdParams};
@@ -42,6 +43,13 @@ pub fn root_module() -> PluginRoot_Ref {
     PluginRoot_Ref(ROOT.static_as_prefix())
 }
 
+const EXT_0_3: &WithMetadata<PluginExt03> = &WithMetadata::new(PluginExt03 { alloc_viommu: driver::alloc_viommu });
+
+/// The plugin's interface 0.3 extension (vIOMMU objects over nested translation).
+pub fn ext_0_3() -> PluginExt03_Ref {
+    PluginExt03_Ref(EXT_0_3.static_as_prefix())
+}
+
 inventory::submit! {
-    ioasis::loader::Builtin { name: NAME, root: root_module, ext_0_3: None }
+    ioasis::loader::Builtin { name: NAME, root: root_module, ext_0_3: Some(ext_0_3) }
 }

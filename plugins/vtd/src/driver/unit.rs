@@ -526,7 +526,7 @@ impl VtdUnit {
 
     /// A vIOMMU (one VM's slice of the unit) over `req.parent`, this unit's second-stage
     /// paging HWPT, with a domain id of its own for the VM's nested HWPTs.
-    fn do_alloc_viommu(&self, req: &ViommuRequest) -> Result<ViommuBox, PluginError> {
+    pub(crate) fn do_alloc_viommu(&self, req: &ViommuRequest) -> Result<ViommuBox, PluginError> {
         let c = &self.core;
         if self.tables().shut_down {
             return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
@@ -1182,6 +1182,13 @@ impl VtdUnit {
     }
 }
 
+impl VtdUnit {
+    /// Interface 0.3's `alloc_viommu` (the plugin's `PluginExt03`), also what tests call.
+    pub(crate) fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
+        guard("alloc_viommu", || self.do_alloc_viommu(req))
+    }
+}
+
 impl Unit for VtdUnit {
     fn caps(&self) -> UnitCaps {
         guard_or(
@@ -1279,9 +1286,5 @@ impl Unit for VtdUnit {
 
     fn shutdown(&self) -> RResult<(), PluginError> {
         guard("shutdown", || self.do_shutdown())
-    }
-
-    fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
-        guard("alloc_viommu", || self.do_alloc_viommu(req))
     }
 }
