@@ -38,7 +38,7 @@ pub mod reg {
     pub const VMTAB: u64 = 0x090;
     /// §7 VCMDQ_BASE register: the guest queue's address (in the VM's stage-2) and log2 size.
     pub const VCMDQ_BASE: u64 = 0x0a0;
-    /// §7 VCMDQ_VM register: VMID [7:0], enable bit 63.
+    /// §7 VCMDQ_VM register: VMID in bits 7:0, enable bit 63.
     pub const VCMDQ_VM: u64 = 0x0a8;
     /// §7 VCMDQ_PROD register: the guest's producer index.
     pub const VCMDQ_PROD: u64 = 0x0b0;
