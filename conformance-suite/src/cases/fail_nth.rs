@@ -116,3 +116,43 @@ pub(crate) fn pasid_attach(r: &Rig, _: u64) -> Result<Pass, String> {
     r.lands(1, Some(top.0), 0x1008, 0x5008, b"tagged")?;
     done(format!("{n} allocation points in a PASID attach; each failure left no trace"))
 }
+
+/// Every allocation point of a vIOMMU over a stage-2 and of a nested HWPT in it.
+pub(crate) fn viommu_and_nested(r: &Rig, _: u64) -> Result<Pass, String> {
+    use ioasis::abi::{ErrorCode, HwptFlags, ViommuFlags, ViommuKind};
+    use ioasis::{HwptSpec, PtFormat};
+    let kind = match r.caps.paging_format {
+        PtFormat::MOCK => ViommuKind::MOCK,
+        PtFormat::VTD_SECOND_LEVEL => ViommuKind::VTD,
+        _ => return super::skip("the unit cannot make a vIOMMU: no kind for its paging format"),
+    };
+    let Some(format) = r.caps.nested_formats.first().copied() else {
+        return super::skip("the unit cannot nest a stage-1");
+    };
+    let (_, ioas, _) = r.attached(1)?;
+    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 4 << 20, Prot::RW).map_err(e)?;
+    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None };
+    let parent = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    // Probe once: a unit that refuses vIOMMUs is skipped, with its reason.
+    match r.ctx.alloc_viommu(parent, kind, ViommuFlags::default()) {
+        Ok(v) => r.ctx.destroy(v).map_err(e)?,
+        Err(Error::Plugin { error, .. }) if error.code == ErrorCode::UNSUPPORTED => {
+            return super::skip(format!("the unit cannot make a vIOMMU: {}", error.message))
+        }
+        Err(other) => return Err(other.to_string()),
+    }
+    let made = std::cell::Cell::new(None);
+    let alloc = || {
+        let v = r.ctx.alloc_viommu(parent, kind, ViommuFlags::default())?;
+        made.set(Some(v));
+        Ok(())
+    };
+    let n_viommu = every_point(&r.ctx, alloc, unchanged_from_now(r, ioas)?)?;
+    let v = made.get().ok_or("no vIOMMU after the last run")?;
+    let spec = HwptSpec::NestedIn { viommu: v, format, root: Iova(0x1000), words: vec![], fault_queue: None };
+    let nested = || r.ctx.alloc_hwpt(r.unit, spec.clone()).map(|_| ());
+    let n_nested = every_point(&r.ctx, nested, unchanged_from_now(r, ioas)?)?;
+    done(format!(
+        "{n_viommu} allocation points in a vIOMMU, {n_nested} in a nested HWPT in it; each failure left no trace"
+    ))
+}

@@ -62,6 +62,7 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("fail-nth", "map-and-cut", fail_nth::map_and_cut),
     Case::new("fail-nth", "attach-and-alloc", fail_nth::attach_and_alloc),
     Case::new("fail-nth", "pasid-attach", fail_nth::pasid_attach),
+    Case::new("fail-nth", "viommu-and-nested", fail_nth::viommu_and_nested),
     Case::new("concurrency", "threads-map-unmap-and-dma", concurrency::threads_map_unmap_and_dma),
     Case::new("concurrency", "parallel-devices", concurrency::parallel_devices),
 ];

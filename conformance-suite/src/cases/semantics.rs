@@ -1,9 +1,10 @@
 //! iommufd's semantics through the backend: a replace to the current target changes nothing,
 //! outstanding page requests are answered when their device goes, the IOAS's IOVA alignment is
-//! its HWPTs' smallest page, and unknown flag bits are refused before the backend is asked.
+//! its HWPTs' smallest page, unknown flag bits are refused before the backend is asked, and
+//! inverted or overlapping allowed ranges are refused.
 
 use ioasis::abi::{HwptFlags, PageResponse};
-use ioasis::{Error, Features, HwptSpec, IntentItem, Iova, PhysAddr, Prot, Target};
+use ioasis::{Error, Features, HwptSpec, IntentItem, Iova, IovaRange, PhysAddr, Prot, Target};
 
 use super::{done, e, skip};
 use crate::rig::{any_fault, Rig};
@@ -76,6 +77,17 @@ pub(crate) fn iova_alignment_and_unknown_bits(r: &Rig, _: u64) -> Result<Pass, S
     }
     if r.table_pages() != pages {
         return Err("a refused request allocated table pages".into());
+    }
+    let inverted = IovaRange { start: Iova(0x20_0000), last: Iova(0x1f_ffff) };
+    match r.ctx.set_allowed(ioas, Some(vec![inverted])) {
+        Err(Error::InvertedRange { .. }) => {}
+        other => return Err(format!("an inverted allowed range gave {other:?}")),
+    }
+    let (a, b) = (IovaRange::inclusive(0, 0x2f_ffff), IovaRange::inclusive(0x20_0000, 0x3f_ffff));
+    let (Some(a), Some(b)) = (a, b) else { return Err("ranges".into()) };
+    match r.ctx.set_allowed(ioas, Some(vec![a, b])) {
+        Err(Error::OverlappingRanges { .. }) => {}
+        other => return Err(format!("overlapping allowed ranges gave {other:?}")),
     }
     done(format!("IOVA alignment {:#x}; unknown bits refused before the backend", ranges.alignment))
 }
