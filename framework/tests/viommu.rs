@@ -5,7 +5,9 @@ mod common;
 use common::{mock_plugin, write_stage1, Rig, MB};
 use ioasis::abi::{ErrorCode, Fault, HwQueueKind, HwptFlags, ViommuFeatures, ViommuFlags, ViommuKind, VirtualCommand};
 use ioasis::platform::Platform;
-use ioasis::{DeviceId, Error, HwptId, HwptSpec, IntentItem, Iova, PhysAddr, Prot, PtFormat, Target, ViommuId};
+use ioasis::{
+    DeviceId, Error, HwptId, HwptSpec, IntentItem, IoasId, Iova, PhysAddr, Prot, PtFormat, Target, UnmapMode, ViommuId,
+};
 use ioasis_plugin_mock::format::{cap, pte, reg, vm};
 
 /// Guest-physical [0, 16 MiB) is host-physical [64 MiB, 80 MiB).
@@ -18,6 +20,7 @@ const VA: u64 = 0x4000_0000;
 struct Vm {
     rig: Rig,
     devs: [DeviceId; 2],
+    ioas: IoasId,
     parent: HwptId,
     viommu: ViommuId,
 }
@@ -46,7 +49,7 @@ fn vm_with(caps: u64) -> Vm {
     let viommu = rig.ctx.alloc_viommu(parent, ViommuKind::MOCK, ViommuFlags::default()).unwrap();
     rig.ctx.alloc_vdevice(viommu, devs[0], 0x10).unwrap();
     rig.ctx.alloc_vdevice(viommu, devs[1], 0x11).unwrap();
-    Vm { rig, devs, parent, viommu }
+    Vm { rig, devs, ioas, parent, viommu }
 }
 
 fn nested_in(vm: &Vm) -> HwptId {
@@ -238,8 +241,16 @@ fn the_virtual_command_queue_runs_guest_commands_in_hardware() {
     write_cmd(4, command(vm::OP_SYNC, 0, None, 0, 0));
     vm.rig.machine.mmio_write(base, reg::VCMDQ_PROD, 4, 5).unwrap();
     assert_eq!(vm.rig.machine.mmio_read(base, reg::VCMDQ_CONS, 4).unwrap(), 3 | reg::VCMDQ_CONS_ERR);
+    // The unit reads the queue from the VM's memory: it cannot be unmapped while the queue exists.
+    let e = ctx.unmap(vm.ioas, Iova(qgpa), 0x1000, UnmapMode::Cut).unwrap_err();
+    assert!(matches!(e, Error::Pinned { .. }), "{e}");
+    assert!(matches!(ctx.unmap_all(vm.ioas), Err(Error::Pinned { .. })));
     ctx.destroy(hq).unwrap();
     assert_eq!(vm.rig.machine.mmio_read(base, reg::VCMDQ_VM, 8).unwrap() & reg::VCMDQ_VM_EN, 0, "queue disabled");
+    ctx.unmap(vm.ioas, Iova(qgpa), 0x1000, UnmapMode::Cut).unwrap();
+    // A queue over memory that is not mapped is refused.
+    let e = ctx.alloc_hw_queue(vm.viommu, HwQueueKind::MOCK_VCMDQ, 0, Iova(qgpa), 0x1000).unwrap_err();
+    assert!(matches!(e, Error::NotMapped { .. }), "{e}");
 }
 
 #[test]
