@@ -119,12 +119,10 @@ pub(crate) fn pasid_attach(r: &Rig, _: u64) -> Result<Pass, String> {
 
 /// Every allocation point of a vIOMMU over a stage-2 and of a nested HWPT in it.
 pub(crate) fn viommu_and_nested(r: &Rig, _: u64) -> Result<Pass, String> {
-    use ioasis::abi::{ErrorCode, HwptFlags, ViommuFlags, ViommuKind};
-    use ioasis::{HwptSpec, PtFormat};
-    let kind = match r.caps.paging_format {
-        PtFormat::MOCK => ViommuKind::MOCK,
-        PtFormat::VTD_SECOND_LEVEL => ViommuKind::VTD,
-        _ => return super::skip("the unit cannot make a vIOMMU: no kind for its paging format"),
+    use ioasis::abi::{ErrorCode, HwptFlags, ViommuFlags};
+    use ioasis::HwptSpec;
+    let Some(kind) = super::viommu::kind_of(r) else {
+        return super::skip("the unit cannot make a vIOMMU: no kind for its paging format");
     };
     let Some(format) = r.caps.nested_formats.first().copied() else {
         return super::skip("the unit cannot nest a stage-1");

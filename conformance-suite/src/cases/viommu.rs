@@ -9,7 +9,7 @@ use crate::rig::{any_fault, rid, Rig};
 use crate::Pass;
 
 /// The vIOMMU kind a unit of this paging format speaks.
-fn kind_of(r: &Rig) -> Option<ViommuKind> {
+pub(crate) fn kind_of(r: &Rig) -> Option<ViommuKind> {
     match r.caps.paging_format {
         PtFormat::MOCK => Some(ViommuKind::MOCK),
         PtFormat::VTD_SECOND_LEVEL => Some(ViommuKind::VTD),
