@@ -15,6 +15,7 @@ mod bench;
 mod cases;
 mod report;
 mod rig;
+pub mod variants;
 
 use std::sync::Arc;
 

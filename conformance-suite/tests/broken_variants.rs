@@ -6,21 +6,23 @@ use std::collections::BTreeSet;
 use ioasis::loader::Registry;
 use ioasis_conformance::{run, Options, Outcome, Report};
 use ioasis_plugin_mock::MockModelFactory;
+use ioasis_plugin_vtd::factory::VtdModelFactory;
 
 fn suite(params: &str, model: &str) -> Report {
+    suite_of(None, params, model)
+}
+
+/// The suite on one built-in plugin (`Some(name)`) or on all of them.
+fn suite_of(plugin: Option<&str>, params: &str, model: &str) -> Report {
     let reg = Registry::with_builtins().unwrap();
-    let plugins: Vec<_> = reg.iter().cloned().collect();
+    let plugins: Vec<_> = reg.iter().filter(|p| plugin.is_none_or(|n| p.name == n)).cloned().collect();
     let opts = Options {
         seed: 11,
         unit_params: params.to_string(),
         unit_model: toml::from_str(model).unwrap(),
         ..Default::default()
     };
-    run(&plugins, &[&MockModelFactory], &opts, |_| {})
-}
-
-fn failed_categories(r: &Report) -> BTreeSet<String> {
-    r.results.iter().filter(|c| matches!(c.outcome, Outcome::Failed(_))).map(|c| c.category.clone()).collect()
+    run(&plugins, &[&MockModelFactory, &VtdModelFactory], &opts, |_| {})
 }
 
 #[test]
@@ -32,32 +34,31 @@ fn the_correct_mock_passes() {
 
 #[test]
 fn each_broken_variant_fails_in_its_category() {
-    let variants = [
-        ("skip-iotlb-invalidation", "invalidation"),
-        ("unmap-off-by-one", "map-unmap"),
-        ("leak-on-error", "fail-nth"),
-        ("ignore-read-only", "permissions"),
-        ("wrong-fault-source", "faults"),
-        ("misaligned-large-page", "page-sizes"),
-        ("stage2-faults-unflagged", "viommu"),
-    ];
-    for (defect, category) in variants {
-        let r = suite(&format!("defect = \"{defect}\""), "");
-        let failed = failed_categories(&r);
+    for v in ioasis_conformance::variants::all() {
+        let r = suite_of(Some(v.plugin), &format!("defect = \"{}\"", v.defect), "");
+        let failed: BTreeSet<String> = r
+            .results
+            .iter()
+            .filter(|c| c.plugin == v.plugin && matches!(c.outcome, Outcome::Failed(_)))
+            .map(|c| c.category.clone())
+            .collect();
         assert!(
-            failed.contains(category),
-            "{defect}: expected a failure in {category}, failed in {failed:?}\n{}",
+            failed.contains(v.category),
+            "{} {}: expected a failure in {}, failed in {failed:?}\n{}",
+            v.plugin,
+            v.defect,
+            v.category,
             r.summary()
         );
         assert!(!r.passed());
-        assert!(r.summary().contains(&format!("FAILED mock {category}/")), "{}", r.summary());
+        assert!(r.summary().contains(&format!("FAILED {} {}/", v.plugin, v.category)), "{}", r.summary());
         assert!(r.summary().contains("reproduce: ioasis conformance --filter"), "{}", r.summary());
     }
 }
 
 #[test]
 fn a_cut_down_unit_skips_what_it_lacks() {
-    let r = suite("", r#"without = ["pasid", "nesting", "dirty", "page-faults"]"#);
+    let r = suite_of(Some("mock"), "", r#"without = ["pasid", "nesting", "dirty", "page-faults"]"#);
     assert!(r.passed(), "{}", r.summary());
     let skipped: BTreeSet<String> = r
         .results
@@ -77,7 +78,8 @@ fn a_cut_down_unit_skips_what_it_lacks() {
 
 #[test]
 fn a_narrow_unit_with_small_pages_passes() {
-    let r = suite(
+    let r = suite_of(
+        Some("mock"),
         "",
         r#"ias = 39
 page_sizes = ["4K"]
