@@ -9,7 +9,7 @@ use ioasis::pt::Memory;
 
 use super::hwpt::{dev_tlb_all, HwptInner, Table, User};
 use super::inv::Desc;
-use super::unit::{DevState, Tables, VtdUnit};
+use super::unit::{Defect, DevState, Tables, VtdUnit};
 use crate::layout::qi;
 use crate::layout::regs::{cap, ecap};
 use crate::layout::tables::{context, pasid_entry, root, sm_root, ADDR};
@@ -24,7 +24,9 @@ impl VtdUnit {
     /// Descriptors that drop what the unit cached for an entry that used domain `did`.
     pub(super) fn drop_old(&self, sid: u16, pasid: Option<u32>, did: u16, ats: bool) -> Vec<Desc> {
         let mut b = match pasid {
+            None if self.core.bug(Defect::SkipContextCacheInvalidation) => vec![],
             None => vec![self.cc_device(did, sid)],
+            Some(_) if self.core.bug(Defect::SkipPasidCacheInvalidation) => vec![],
             Some(p) => vec![[qi::pc::q0(qi::pc::PASID, did, p), 0]],
         };
         b.push([qi::iotlb::q0(qi::iotlb::DOMAIN, did), 0]);
@@ -41,6 +43,7 @@ impl VtdUnit {
     pub(super) fn after_new(&self, sid: u16, pasid: Option<u32>, did: u16) -> Vec<Desc> {
         let cm = self.core.cap & cap::CM != 0;
         let mut b = match pasid {
+            None if self.core.bug(Defect::SkipContextCacheInvalidation) => vec![],
             None => vec![self.cc_device(if cm { 0 } else { did }, sid)],
             Some(p) => vec![[qi::pc::q0(qi::pc::PASID, did, p), 0]],
         };
@@ -78,6 +81,7 @@ impl VtdUnit {
     pub(super) fn hook_ctx_table(&self, t: &mut Tables, bus: u8, half: u8, table: u64) -> Result<(), PluginError> {
         let io = &self.core.io;
         let entry = t.root + root::offset(bus);
+        let half = if self.core.bug(Defect::UpperContextTableIgnored) { 0 } else { half };
         if self.core.scalable {
             // 9.2: lower context table pointer in qword 0, upper in qword 1.
             io.wr(entry + 8 * half as u64, (table & ADDR) | sm_root::P)?;

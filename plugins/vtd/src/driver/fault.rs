@@ -9,7 +9,7 @@ use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Iova, Pasid, Prot, RequesterId};
 
 use super::hwpt::Table;
-use super::unit::{Tables, VtdUnit};
+use super::unit::{Defect, Tables, VtdUnit};
 use crate::layout::fault::{frcd, frcd_lo, page_request, reason, reason_sm};
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, fsts, off, prs};
@@ -98,13 +98,15 @@ impl VtdUnit {
                 }
                 let lo = io.rd64(rec)?;
                 let sid = frcd::sid(hi);
+                let sid = if c.bug(Defect::FaultSourceSwapped) { sid.swap_bytes() } else { sid };
                 // PASID 0 is the RID_PASID of untagged DMA (9.4; attach refuses it as a PASID).
                 // QEMU 7.2 in scalable mode records untagged DMA with PP=1 and PASID 0: that
                 // is untagged DMA, not a PASID the host could have attached.
                 let pasid = (hi & frcd::PP != 0).then(|| frcd::pasid(hi)).filter(|p| !(c.scalable && *p == 0));
                 let addr = frcd_lo::fi(lo);
                 let access = if hi & frcd::T_READ != 0 { Prot::READ } else { Prot::WRITE };
-                let r = self.fault_reason(&t, sid, pasid, addr, frcd::reason(hi));
+                let fr = if c.bug(Defect::FaultReasonTruncated) { frcd::reason(hi) & 0xf } else { frcd::reason(hi) };
+                let r = self.fault_reason(&t, sid, pasid, addr, fr);
                 out.push(Fault {
                     dev: self.rid(sid),
                     pasid: pasid.map(Pasid).into(),
@@ -144,7 +146,9 @@ impl VtdUnit {
             if q0 & 0xff != page_request::TYPE {
                 continue;
             }
-            let pasid = (q0 & page_request::PASID_P != 0).then_some(((q0 >> 32) & 0xf_ffff) as u32);
+            // 7.5.1.1: PASID present is bit 8 (bit 9 is privilege-mode requested).
+            let pp = if self.core.bug(Defect::PageRequestPasidDropped) { 1 << 9 } else { page_request::PASID_P };
+            let pasid = (q0 & pp != 0).then_some(((q0 >> 32) & 0xf_ffff) as u32);
             let mut access = Prot::NONE;
             if q1 & page_request::RD != 0 {
                 access = access | Prot::READ;

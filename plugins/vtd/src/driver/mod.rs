@@ -28,7 +28,7 @@ use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{RArc, RResult};
 use ioasis::abi::{guard, Backend, HostServicesBox, PluginError, UnitBox, UnitDesc, Unit_TO, ViommuBox, ViommuRequest};
 
-pub use unit::{Mode, VtdParams};
+pub use unit::{Defect, Mode, VtdParams};
 
 /// The VT-d backend.
 pub struct VtdBackend;

@@ -7,7 +7,7 @@ use ioasis::abi::{DeviceInfo, ErrorCode, HwptKind, PluginError};
 use ioasis::pt::Memory;
 
 use super::hwpt::{HwptInner, Table};
-use super::unit::{DevState, Tables, VtdUnit};
+use super::unit::{Defect, DevState, Tables, VtdUnit};
 use crate::layout::regs::ecap;
 use crate::layout::tables::{pasid_dir, pasid_entry, sm_context, ADDR};
 
@@ -112,7 +112,7 @@ impl VtdUnit {
         }
         let new = self.pasid_entry_for(&h)?;
         let (bus, devfn) = ((sid >> 8) as u8, sid as u8);
-        let half = devfn >> 7;
+        let half = if c.bug(Defect::UpperContextTableIgnored) { 0 } else { devfn >> 7 };
         let ats = dev.ats && c.has(ecap::DT);
         // Allocate everything first, hook nothing until all allocations succeeded.
         let mut fresh: Vec<(u64, u32)> = Vec::new();
@@ -173,7 +173,9 @@ impl VtdUnit {
         let st = t.devices.get_mut(&sid).ok_or_else(|| PluginError::not_found("device state vanished"))?;
         let idx = (p >> 6) as u64;
         if let Some(pt) = ptab_new {
-            io.wr(st.pasid_dir + pasid_dir::offset(p), (pt & ADDR) | pasid_dir::P)?;
+            let dir_off =
+                if c.bug(Defect::PasidDirIndexOffByOne) { u64::from(p >> 7) * 8 } else { pasid_dir::offset(p) };
+            io.wr(st.pasid_dir + dir_off, (pt & ADDR) | pasid_dir::P)?;
             st.pasid_tables.insert(idx, pt);
         }
         let entry = st.pasid_tables[&idx] + pasid_entry::offset(p);
@@ -187,6 +189,9 @@ impl VtdUnit {
             }
         }
         if old0 & pasid_entry::P != 0 {
+            if let (true, Some(e)) = (c.bug(Defect::ReplaceInvalidatesNewDid), &new) {
+                io.wr(entry + 8, e[1])?;
+            }
             let old_did = (io.rd(entry + 8)? & pasid_entry::DID_MASK) as u16;
             io.wr(entry, old0 & !pasid_entry::P)?;
             c.write_buffer_flush()?;

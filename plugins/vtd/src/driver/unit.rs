@@ -33,6 +33,56 @@ use crate::layout::tables::{pasid_entry, ADDR, AGAWS};
 pub struct VtdParams {
     /// Translation mode: `legacy` or `scalable` (default: scalable when the unit offers it).
     pub mode: Option<Mode>,
+    /// A deliberate bug, for the conformance suite's self-test only (see [`Defect`]).
+    pub defect: Option<Defect>,
+}
+
+/// Deliberate bugs the driver can be told to have (`params = 'defect = "..."'`), each one of
+/// the kind that ships in real kernels. They exist so that the conformance suite can check
+/// that it catches them, each in the category where the bug belongs
+/// (`ioasis_conformance::variants::VTD`). Test-only: never set one outside such tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Defect {
+    /// Queued invalidation (6.5.2) without its invalidation-wait descriptor: the driver moves
+    /// IQT and returns, as if the unit finished at once.
+    MissingWaitDescriptor,
+    /// The wait descriptor's status dword is never cleared and always gets the same data: the
+    /// poll sees the previous batch's completion and returns before this batch is done.
+    StaleWaitStatus,
+    /// Page-selective invalidation with AM one too small (6.5.2.3): each descriptor covers
+    /// half the pages it should.
+    AddressMaskOffByOne,
+    /// The fault reason of a fault record (11.4.9.3, FR bits 103:96) decoded as 4 bits: the
+    /// scalable-mode reasons (Appendix A, 0x30 and up) turn into legacy ones.
+    FaultReasonTruncated,
+    /// PASID present of a page request (7.5.1.1, bit 8) tested at bit 9 (privilege mode
+    /// requested): page requests lose their PASID, and their responses name none.
+    PageRequestPasidDropped,
+    /// The source id of a fault record with bus and devfn swapped.
+    FaultSourceSwapped,
+    /// Splitting a large leaf (9.8) gives the smaller leaves R|W, not the leaf's permissions.
+    SplitLosesPermissions,
+    /// Read-and-clear of the dirty bits does not invalidate the IOTLB afterwards: cached
+    /// translations do not set D again.
+    DirtyClearWithoutFlush,
+    /// No context-cache invalidation (6.5.2.1) after a context entry changes (legacy mode).
+    SkipContextCacheInvalidation,
+    /// No PASID-cache invalidation (6.5.2.2) after a PASID entry is replaced or cleared.
+    SkipPasidCacheInvalidation,
+    /// A replace writes the new PASID entry before reading the old one's DID: the invalidation
+    /// names the new domain, the old domain's cached entries survive.
+    ReplaceInvalidatesNewDid,
+    /// The PASID-directory index (9.5) taken from PASID bits 19:7, one bit off.
+    PasidDirIndexOffByOne,
+    /// A guest's stage-1 invalidation of a nested HWPT sent with its parent's DID.
+    NestedInvalidationParentDid,
+    /// The address-width check of map is off by one page: the last page of the aperture is
+    /// refused.
+    ApertureLastPageRefused,
+    /// Scalable mode: the root entry's upper context-table pointer (9.2, devfn 128-255) is
+    /// never set; those devices' entries go into the lower table.
+    UpperContextTableIgnored,
 }
 
 /// Translation table mode (11.4.6 RTADDR_REG.TTM).
@@ -61,6 +111,8 @@ pub struct UnitCore {
     pub(super) ias: u8,
     pub(super) sizes: PageSizes,
     pub(super) segment: u16,
+    /// The deliberate bug the unit was told to have (conformance self-test only).
+    pub(super) defect: Option<Defect>,
     dids: Mutex<DidAlloc>,
     next_handle: AtomicU64,
 }
@@ -73,6 +125,11 @@ struct DidAlloc {
 }
 
 impl UnitCore {
+    /// True when the unit was told to have `d`.
+    pub(super) fn bug(&self, d: Defect) -> bool {
+        self.defect == Some(d)
+    }
+
     pub(super) fn has(&self, bit: u64) -> bool {
         self.ecap & bit != 0
     }
@@ -303,7 +360,7 @@ impl VtdUnit {
         let nd = cap::nd(cap_r).min(6);
         let core = UnitCore {
             io,
-            inv: Invalidator::new(cap_r, ecap_r),
+            inv: Invalidator::new(cap_r, ecap_r, params.defect),
             cap: cap_r,
             ecap: ecap_r,
             ver,
@@ -314,6 +371,7 @@ impl VtdUnit {
             ias,
             sizes: PageSizes(sizes),
             segment: desc.segment,
+            defect: params.defect,
             dids: Mutex::new(DidAlloc { count: 1 << (4 + 2 * nd), used: HashSet::new(), next: 1 }),
             next_handle: AtomicU64::new(1),
         };
@@ -496,7 +554,7 @@ impl VtdUnit {
             Some(t) => t,
             None => {
                 let snp = if f.contains(HwptFlags::COHERENCY) { crate::layout::tables::sl::SNP } else { 0 };
-                match new_table(&c.io, c.levels, c.sizes, c.ias, snp) {
+                match new_table(&c.io, c.levels, c.sizes, c.ias, snp, c.bug(Defect::SplitLosesPermissions)) {
                     Ok(t) => Table::Paging(t),
                     Err(e) => {
                         c.free_did(did);
