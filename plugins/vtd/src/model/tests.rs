@@ -1137,3 +1137,28 @@ fn latency_runs_the_queue_a_batch_at_a_time_out_of_order() {
     assert_eq!(r.rd(off::IQH), t, "IQH at the bad descriptor");
     assert_eq!((pa(2), pa(3), r.mem.r(0x5000)), (0x100_2000, 0x200_3000, 2), "no status write past the error");
 }
+
+#[test]
+fn hostile_registers_with_latency_never_panic() {
+    for cfg in [VtdModelConfig::scalable(), VtdModelConfig::legacy(), VtdModelConfig::legacy_no_qi()] {
+        let mut r = Rig::new(cfg.with_latency(2));
+        r.mem.chaos = true;
+        r.wr(off::RTADDR, ROOT);
+        // (No IQA without ECAP.QI.)
+        let _ = r.m.mmio_write(&r.mem, off::IQA, 8, 0x1234_5000 | iqa::DW);
+        r.wr32(off::GCMD, u64::from(gcmd::SRTP));
+        r.wr32(off::GCMD, u64::from(gcmd::TE | gcmd::QIE));
+        for i in 0..600u64 {
+            let h = splitmix(i.wrapping_mul(31));
+            let offset = (h >> 52) & 0xff8;
+            let _ = r.m.mmio_write(&r.mem, offset, if h & 1 != 0 { 8 } else { 4 }, splitmix(h));
+            if h & 2 != 0 {
+                let _ = r.m.mmio_write(&r.mem, off::IQT, 8, (h >> 20) & 0xfe0);
+            }
+            for _ in 0..(h >> 8) % 4 {
+                let _ = r.m.mmio_read(&r.mem, (h >> 40) & 0xff8, 8);
+            }
+            let _ = r.dma((h >> 32) as u8, None, splitmix(h), Prot::READ);
+        }
+    }
+}
