@@ -1,6 +1,7 @@
 //! Deliberately broken backends: each variant is a bundled plugin with a `defect` parameter
 //! (`--unit-params 'defect = "..."'`), and the category of the suite that must catch it. The
-//! suite's self-test runs every variant; none may pass.
+//! suite's self-test runs every variant; none may pass. A variant may also need a setting of the
+//! unit model (`--unit-model`), e.g. completion latency for a driver that does not wait.
 
 /// One broken variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub struct Variant {
     pub category: &'static str,
     /// The bug, as a kernel changelog would name it.
     pub bug: &'static str,
+    /// The unit model's configuration for the run (TOML text, `--unit-model`), "" for the
+    /// default model.
+    pub model: &'static str,
 }
 
 /// The mock's broken variants (plugins/mock/src/driver/unit.rs, `Defect`).
@@ -22,32 +26,161 @@ pub const MOCK: &[Variant] = &[
         defect: "skip-iotlb-invalidation",
         category: "invalidation",
         bug: "unmap forgets the IOTLB invalidation",
+        model: "",
     },
-    Variant { plugin: "mock", defect: "unmap-off-by-one", category: "map-unmap", bug: "unmap stops a page short" },
-    Variant { plugin: "mock", defect: "leak-on-error", category: "fail-nth", bug: "a failed map leaks a table page" },
+    Variant {
+        plugin: "mock",
+        defect: "unmap-off-by-one",
+        category: "map-unmap",
+        bug: "unmap stops a page short",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "leak-on-error",
+        category: "fail-nth",
+        bug: "a failed map leaks a table page",
+        model: "",
+    },
     Variant {
         plugin: "mock",
         defect: "ignore-read-only",
         category: "permissions",
         bug: "read-only mappings are writable",
+        model: "",
     },
-    Variant { plugin: "mock", defect: "wrong-fault-source", category: "faults", bug: "faults name the next device" },
+    Variant {
+        plugin: "mock",
+        defect: "wrong-fault-source",
+        category: "faults",
+        bug: "faults name the next device",
+        model: "",
+    },
     Variant {
         plugin: "mock",
         defect: "misaligned-large-page",
         category: "page-sizes",
         bug: "a large page where only the IOVA is aligned",
+        model: "",
     },
     Variant {
         plugin: "mock",
         defect: "stage2-faults-unflagged",
         category: "viommu",
         bug: "stage-2 faults of nested translation reach the guest",
+        model: "",
     },
 ];
 
-/// The VT-d driver's broken variants (plugins/vtd, `defect` in its unit parameters).
-pub const VTD: &[Variant] = &[];
+/// The VT-d driver's broken variants (plugins/vtd, `Defect` in its unit parameters), on the
+/// scalable-mode model unless `model` says otherwise.
+pub const VTD: &[Variant] = &[
+    Variant {
+        plugin: "vtd",
+        defect: "missing-wait-descriptor",
+        category: "invalidation",
+        bug: "queued invalidation returns without a wait descriptor",
+        model: "latency = 3",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "stale-wait-status",
+        category: "invalidation",
+        bug: "the wait poll sees the previous batch's status",
+        model: "latency = 3",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "address-mask-off-by-one",
+        category: "map-unmap",
+        bug: "page-selective invalidation with AM one too small",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "fault-reason-truncated",
+        category: "viommu",
+        bug: "fault reason decoded as 4 bits loses scalable-mode reasons",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "page-request-pasid-dropped",
+        category: "pasid",
+        bug: "page request PASID-present tested at the wrong bit",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "fault-source-swapped",
+        category: "faults",
+        bug: "fault record source id with bus and devfn swapped",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "split-loses-permissions",
+        category: "permissions",
+        bug: "a split large page's leaves are read-write",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "dirty-clear-without-flush",
+        category: "dirty",
+        bug: "dirty bits cleared without an IOTLB flush",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "skip-context-cache-invalidation",
+        category: "invalidation",
+        bug: "no context-cache invalidation after a context entry change",
+        model: "generation = \"legacy\"",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "skip-pasid-cache-invalidation",
+        category: "invalidation",
+        bug: "no PASID-cache invalidation after a PASID entry change",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "replace-invalidates-new-did",
+        category: "invalidation",
+        bug: "replace reads the DID to flush after writing the new entry",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "pasid-dir-index-off-by-one",
+        category: "pasid",
+        bug: "PASID directory indexed by PASID bits 19:7",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "nested-invalidation-parent-did",
+        category: "nested",
+        bug: "a guest's stage-1 invalidation names the parent's DID",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "aperture-last-page-refused",
+        category: "map-unmap",
+        bug: "the address-width check refuses the last page",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "upper-context-table-ignored",
+        category: "map-unmap",
+        bug: "devfn 128-255 share the lower scalable context table",
+        model: "",
+    },
+];
 
 /// Every broken variant, the mock's first.
 pub fn all() -> impl Iterator<Item = &'static Variant> {

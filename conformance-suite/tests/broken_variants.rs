@@ -35,7 +35,7 @@ fn the_correct_mock_passes() {
 #[test]
 fn each_broken_variant_fails_in_its_category() {
     for v in ioasis_conformance::variants::all() {
-        let r = suite_of(Some(v.plugin), &format!("defect = \"{}\"", v.defect), "");
+        let r = suite_of(Some(v.plugin), &format!("defect = \"{}\"", v.defect), v.model);
         let failed: BTreeSet<String> = r
             .results
             .iter()

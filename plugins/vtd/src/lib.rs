@@ -15,7 +15,7 @@ use ioasis::abi::{
     PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
 };
 
-pub use driver::{Mode, VtdBackend, VtdParams};
+pub use driver::{Defect, Mode, VtdBackend, VtdParams};
 
 /// The plugin's name.
 pub const NAME: &str = "vtd";
