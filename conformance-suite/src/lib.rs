@@ -23,7 +23,7 @@ use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
-pub use report::{CaseResult, Outcome, Report};
+pub use report::{CaseResult, Outcome, Report, Verdict};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]
