@@ -15,14 +15,19 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn mock_so() -> PathBuf {
-    // The cdylib is built beside this test binary's `deps` folder.
+/// A cdylib of the workspace (a dev-dependency), built beside this test binary's `deps` folder.
+fn cdylib(stem: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    [deps.join("libioasis_mock.so"), deps.parent().unwrap().join("libioasis_mock.so")]
+    let file = format!("lib{stem}.so");
+    [deps.join(&file), deps.parent().unwrap().join(&file)]
         .into_iter()
         .find(|p| p.exists())
-        .expect("libioasis_mock.so is built (dev-dependency ioasis-plugin-mock-so)")
+        .unwrap_or_else(|| panic!("{file} is built (a dev-dependency)"))
+}
+
+fn mock_so() -> PathBuf {
+    cdylib("ioasis_mock")
 }
 
 #[test]
@@ -159,6 +164,27 @@ fn conformance_in_which_no_case_was_selected_fails_with_exit_3() {
     // The results are still printed: an empty JSON report.
     let o = ioasis(&["conformance", "--filter", "no-such-case", "--format", "json"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"results\": []"), "{}", text(&o));
+}
+
+#[test]
+fn conformance_on_a_plugin_without_a_hardware_model_fails_with_exit_3_saying_so() {
+    let so = cdylib("ioasis_fixture_vendor_acme");
+    for format in ["human", "junit"] {
+        let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap", "--format", format]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{t}");
+        assert!(
+            t.contains(
+                "error: nothing could run, every case was skipped: plugin `acme-iommu`: no hardware model for plugin \
+                 `acme-iommu` in this binary"
+            ),
+            "{t}"
+        );
+    }
+    // The JUnit report is still written, every case skipped.
+    let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap", "--format", "junit"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("<skipped message=\"no hardware model"), "{}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("skipped=\"0\""), "{}", text(&o));
 }
 
 #[test]

@@ -55,6 +55,15 @@ fn a_plugin_with_a_reserved_name_is_refused_unless_renamed() {
 }
 
 #[test]
+fn a_vendor_plugin_loads_under_its_own_name() {
+    let path = cdylib("ioasis_fixture_vendor_acme");
+    let mut reg = Registry::with_builtins().unwrap();
+    let acme = reg.load(&path).unwrap();
+    assert_eq!((acme.name.as_str(), acme.info.name.as_str()), ("acme-iommu", "acme-iommu"));
+    assert_eq!(acme.origin, Origin::Path(path));
+}
+
+#[test]
 fn a_name_clash_is_an_error_naming_both_origins() {
     let path = cdylib("ioasis_mock");
     let mut reg = Registry::new();
