@@ -275,7 +275,9 @@ mod tests {
         let Verdict::NothingRan(why) = r.verdict() else { panic!("{:?}", r.verdict()) };
         assert_eq!(
             why,
-            format!("nothing could run, every case was skipped: plugin `x`: {no_model} | plugin `y`: no PASID; no nesting")
+            format!(
+                "nothing could run, every case was skipped: plugin `x`: {no_model} | plugin `y`: no PASID; no nesting"
+            )
         );
     }
 
