@@ -4,8 +4,13 @@
 # (an old unit without queued invalidation, a 39-bit unit without superpages, QEMU 7.2's
 # legacy unit); then the VT-d backend on QEMU itself (--platform qemu), legacy and scalable
 # mode. Extra arguments go to every `ioasis conformance` run (--filter, --seed, --format
-# json); `--plugin PATH` runs the suite on a vendor's cdylib instead.
+# json); `--plugin PATH` runs the suite on a vendor's cdylib instead. Relative --plugin and
+# --plugin-dir paths are relative to the directory the script is run from.
 set -euo pipefail
+# shellcheck source=scripts/lib/abs-args.sh
+source "$(dirname "$0")/lib/abs-args.sh"
+abs_plugin_args "$@"
+set -- ${ABS_ARGS[@]+"${ABS_ARGS[@]}"}
 cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
 export PATH="$HOME/.cargo/bin:$PATH"
