@@ -234,6 +234,12 @@ pub trait Viommu: Send + Sync + Clone {
 /// A shareable vIOMMU object.
 pub type ViommuBox = Viommu_TO<'static, RArc<()>>;
 
+/// The refusal of a unit whose plugin has no vIOMMU objects (no 0.3 extension: built against
+/// an interface before 0.3, which had none, or without them).
+pub fn no_viommu(what: &str) -> PluginError {
+    PluginError::unsupported(format!("{what}: this backend offers no vIOMMU objects"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,10 +258,4 @@ mod tests {
         assert_eq!(ViommuKind::VTD.to_string(), "vtd");
         assert_eq!(ViommuKind(5).to_string(), "viommu-kind#5");
     }
-}
-
-/// The refusal of a unit whose plugin has no vIOMMU objects (no 0.3 extension: built against
-/// an interface before 0.3, which had none, or without them).
-pub fn no_viommu(what: &str) -> PluginError {
-    PluginError::unsupported(format!("{what}: this backend offers no vIOMMU objects"))
 }
