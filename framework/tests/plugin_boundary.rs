@@ -130,17 +130,24 @@ fn a_file_that_is_not_a_plugin_is_refused() {
 
 /// A shared object that the dynamic loader refuses: its own words (dlerror()) are in the error,
 /// not just "dlopen failed".
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 #[test]
 fn a_library_the_dynamic_loader_refuses_is_refused_in_its_words() {
     let real = std::fs::read(cdylib("ioasis_mock")).unwrap();
     // A 32-bit ELF (another architecture): the same bytes with EI_CLASS = ELFCLASS32.
     let mut class32 = real.clone();
     class32[4] = 1;
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    // A library with a dependency that is not there: libgcc_s.so.1, which every Rust cdylib
+    // needs, renamed in its dynamic string table (same length, so nothing else moves).
+    let needed = b"libgcc_s.so.1\0";
+    let at = real.windows(needed.len()).position(|w| w == needed).expect("the cdylib needs libgcc_s.so.1");
+    let mut missing_dep = real.clone();
+    missing_dep[at..at + needed.len()].copy_from_slice(b"libnothere.so\0");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("libgarbage.so", b"this is not an ELF file, just text long enough to be read".repeat(8), "invalid ELF header"),
         ("libtruncated.so", real[..32].to_vec(), "file too short"),
         ("libclass32.so", class32, "wrong ELF class: ELFCLASS32"),
+        ("libmissingdep.so", missing_dep, "libnothere.so: cannot open shared object file: No such file or directory"),
     ];
     let dir = std::env::temp_dir().join(format!("ioasis-dlopen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
