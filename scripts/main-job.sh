@@ -6,8 +6,13 @@
 # complete only after a few register reads); then the VT-d backend on QEMU itself (--platform
 # qemu), legacy and scalable mode. Extra arguments go to every `ioasis conformance` run
 # (--filter, --seed, --format json); `--plugin PATH` runs the suite on a vendor's cdylib
-# instead.
+# instead. Relative --plugin and --plugin-dir paths are relative to the directory the script
+# is run from.
 set -euo pipefail
+# shellcheck source=scripts/lib/abs-args.sh
+source "$(dirname "$0")/lib/abs-args.sh"
+abs_plugin_args "$@"
+set -- ${ABS_ARGS[@]+"${ABS_ARGS[@]}"}
 cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -10,7 +10,7 @@ use ioasis::loader::{Plugin, Registry};
 use ioasis::platform::ModelFactory;
 use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
 use ioasis_baremetal::{Machine, MachineConfig};
-use ioasis_conformance::{PlatformChoice, QemuProfile};
+use ioasis_conformance::{PlatformChoice, QemuProfile, Verdict};
 use serde::Deserialize;
 // The bundled backends, linked in: each registers itself (and its model) with `inventory`.
 use {ioasis_plugin_mock as _, ioasis_plugin_vtd as _};
@@ -19,13 +19,45 @@ use {ioasis_plugin_mock as _, ioasis_plugin_vtd as _};
 const FAILED: u8 = 1;
 /// Exit status of bad usage or a bad file.
 const USAGE: u8 = 2;
+/// Exit status of a conformance run in which no case ran (all skipped, or none selected).
+const NOTHING_RAN: u8 = 3;
+
+/// The exit statuses, as `ioasis --help` prints them.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success: plugins listed; contract granted; every step passed; conformance: every case
+     that ran passed (skips are allowed when at least one case ran)
+  1  a check failed: intent refused (negotiate), a step failed (run), a case failed
+     (conformance)
+  2  usage or load error: bad arguments, a plugin that does not load or whose name is
+     refused, a bad TOML file
+  3  conformance only: nothing could run: every selected case was skipped (the reasons are
+     printed), or --filter selected no case";
+
+/// The exit statuses of `ioasis conformance`.
+const CONFORMANCE_EXIT_STATUS: &str = "\
+Exit status:
+  0  every case that ran passed (skips are allowed when at least one case ran)
+  1  some case failed
+  2  usage or load error (bad arguments, a plugin that does not load, bad TOML)
+  3  nothing could run: every selected case was skipped, for every plugin (the reasons are
+     printed), or --filter selected no case
+The results (human, --format json or junit, --junit FILE) are printed in every case but 2.";
 
 #[derive(Parser)]
-#[command(name = "ioasis", version, about = "ioasis: a device-centric, plugin-based IOMMU framework")]
+#[command(
+    name = "ioasis",
+    version,
+    about = "ioasis: a device-centric, plugin-based IOMMU framework",
+    after_help = EXIT_STATUS
+)]
 struct Cli {
-    /// Load a backend plugin from a shared library (repeatable).
-    #[arg(long = "plugin", value_name = "PATH", global = true)]
-    plugins: Vec<PathBuf>,
+    /// Load a backend plugin from a shared library (repeatable). NAME=PATH loads it under NAME
+    /// instead of its own name: needed for a build of a bundled plugin (`mock`, `vtd`, ...,
+    /// whose names are reserved) or for two plugins with one name. A PATH with `=` in its
+    /// file name is written with a `/` before the `=` (./a=b.so).
+    #[arg(long = "plugin", value_name = "[NAME=]PATH", value_parser = plugin_arg, global = true)]
+    plugins: Vec<PluginArg>,
     /// Load every plugin in a directory (repeatable).
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     plugin_dirs: Vec<PathBuf>,
@@ -53,6 +85,7 @@ enum Command {
     },
     /// Run the conformance suite against every built-in plugin, or only against the plugins
     /// given with --plugin / --plugin-dir.
+    #[command(after_help = CONFORMANCE_EXIT_STATUS)]
     Conformance {
         /// Only cases whose `category/name` contains this text.
         #[arg(long)]
@@ -86,6 +119,30 @@ enum Command {
     },
     /// List the conformance suite's cases.
     Cases,
+}
+
+/// A `--plugin` argument: `PATH` or `NAME=PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PluginArg {
+    /// The name to load it under, if not its own.
+    name: Option<String>,
+    /// The shared library.
+    path: PathBuf,
+}
+
+/// Parses `PATH` or `NAME=PATH`: a `=` with no `/` before it separates a name.
+fn plugin_arg(s: &str) -> Result<PluginArg, String> {
+    let arg = match s.split_once('=') {
+        Some((name, path)) if !name.contains('/') => {
+            if name.is_empty() || path.is_empty() {
+                return Err(format!("`{s}`: expected PATH or NAME=PATH"));
+            }
+            PluginArg { name: Some(name.to_string()), path: PathBuf::from(path) }
+        }
+        _ if s.is_empty() => return Err("expected PATH or NAME=PATH".to_string()),
+        _ => PluginArg { name: None, path: PathBuf::from(s) },
+    };
+    Ok(arg)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,7 +184,11 @@ fn factories(reg: &Registry) -> Vec<Arc<dyn ModelFactory>> {
 fn registry(cli: &Cli) -> Result<Registry, String> {
     let mut reg = Registry::with_builtins().map_err(|e| e.to_string())?;
     for p in &cli.plugins {
-        reg.load(p).map_err(|e| e.to_string())?;
+        match &p.name {
+            Some(name) => reg.load_as(&p.path, name),
+            None => reg.load(&p.path),
+        }
+        .map_err(|e| e.to_string())?;
     }
     for d in &cli.plugin_dirs {
         let (_, failed) = reg.load_dir(d).map_err(|e| e.to_string())?;
@@ -293,9 +354,6 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
             println!("{mark} {} {}/{}: {detail}", r.plugin, r.category, r.case);
         }
     });
-    if report.results.is_empty() {
-        return Err("no case matched (see `ioasis cases`)".into());
-    }
     match a.format {
         Format::Human => println!("\n{}", report.summary()),
         Format::Json => println!("{}", report.to_json()),
@@ -304,7 +362,14 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     if let Some(path) = a.junit {
         std::fs::write(path, report.to_junit()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
+    Ok(match report.verdict() {
+        Verdict::Passed => ExitCode::SUCCESS,
+        Verdict::Failed => ExitCode::from(FAILED),
+        Verdict::NothingRan(why) => {
+            eprintln!("error: {why}");
+            ExitCode::from(NOTHING_RAN)
+        }
+    })
 }
 
 /// Dies quietly on a closed pipe (`ioasis plugins | head`), as command-line tools do, instead
@@ -376,4 +441,26 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::from(USAGE)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_args_are_a_path_or_a_name_and_a_path() {
+        let arg = |name: Option<&str>, path: &str| PluginArg { name: name.map(str::to_string), path: path.into() };
+        assert_eq!(plugin_arg("../x.so"), Ok(arg(None, "../x.so")));
+        assert_eq!(plugin_arg("libx.so"), Ok(arg(None, "libx.so")));
+        assert_eq!(
+            plugin_arg("mock-old=../old/libioasis_mock.so"),
+            Ok(arg(Some("mock-old"), "../old/libioasis_mock.so"))
+        );
+        assert_eq!(plugin_arg("acme-a=x=y.so"), Ok(arg(Some("acme-a"), "x=y.so")));
+        assert_eq!(plugin_arg("./a=b.so"), Ok(arg(None, "./a=b.so")), "a `/` before the `=`: a path");
+        assert_eq!(plugin_arg("/opt/a=b/x.so"), Ok(arg(None, "/opt/a=b/x.so")));
+        for bad in ["", "=x.so", "acme-a="] {
+            assert!(plugin_arg(bad).is_err(), "{bad}");
+        }
+    }
 }

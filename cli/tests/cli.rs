@@ -15,24 +15,29 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn mock_so() -> PathBuf {
-    // The cdylib is built beside this test binary's `deps` folder.
+/// A cdylib of the workspace (a dev-dependency), built beside this test binary's `deps` folder.
+fn cdylib(stem: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    [deps.join("libioasis_mock.so"), deps.parent().unwrap().join("libioasis_mock.so")]
+    let file = format!("lib{stem}.so");
+    [deps.join(&file), deps.parent().unwrap().join(&file)]
         .into_iter()
         .find(|p| p.exists())
-        .expect("libioasis_mock.so is built (dev-dependency ioasis-plugin-mock-so)")
+        .unwrap_or_else(|| panic!("{file} is built (a dev-dependency)"))
+}
+
+fn mock_so() -> PathBuf {
+    cdylib("ioasis_mock")
 }
 
 #[test]
 fn plugins_lists_builtins_and_loaded_with_origin_and_capabilities() {
     let so = mock_so();
-    let o = ioasis(&["plugins", "--plugin", so.to_str().unwrap()]);
+    let o = ioasis(&["plugins", "--plugin", &format!("mock-so={}", so.display())]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("mock  0.1.0  [built-in]"), "{t}");
-    assert!(t.contains(&format!("mock@libioasis_mock  0.1.0  [{}]", so.display())), "{t}");
+    assert!(t.contains(&format!("mock-so  0.1.0  [{}]", so.display())), "{t}");
     assert!(t.contains("features: pasid,nesting,dirty,page-faults,ats,coherency,enqcmd,identity"), "{t}");
 }
 
@@ -88,6 +93,25 @@ fn refusing_an_incompatible_plugin_is_a_usage_error() {
     let o = ioasis(&["plugins", "--plugin", "/nonexistent/libx.so"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("cannot open plugin /nonexistent/libx.so"), "{}", text(&o));
+    assert!(text(&o).contains("No such file or directory"), "the dynamic loader's words: {}", text(&o));
+}
+
+#[test]
+fn a_plugin_with_a_reserved_or_taken_name_is_refused_unless_renamed() {
+    let so = mock_so();
+    let so = so.to_str().unwrap();
+    let o = ioasis(&["plugins", "--plugin", so]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("the name `mock` is reserved") && t.contains("--plugin NAME=PATH"), "{t}");
+    let twice = format!("acme-mock={so}");
+    let o = ioasis(&["plugins", "--plugin", &twice, "--plugin", &twice]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains(&format!("two plugins named `acme-mock`: {so} and {so}")), "{t}");
+    let o = ioasis(&["plugins", "--plugin", &format!("Acme={so}")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("`Acme` is not a plugin name"), "{}", text(&o));
 }
 
 #[test]
@@ -115,8 +139,6 @@ fn conformance_fails_a_broken_backend_and_writes_junit() {
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testsuite name=\"mock\"") && xml.contains("<failure message="), "{xml}");
     std::fs::remove_dir_all(&dir).unwrap();
-    let o = ioasis(&["conformance", "--filter", "no-such-case"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = ioasis(&["cases"]);
     assert!(text(&o).contains("fail-nth/map-and-cut"), "{}", text(&o));
 }
@@ -124,11 +146,63 @@ fn conformance_fails_a_broken_backend_and_writes_junit() {
 #[test]
 fn conformance_runs_on_a_vendor_cdylib_alone() {
     let so = mock_so();
-    let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap"]);
+    let o = ioasis(&["conformance", "--plugin", &format!("mock-so={}", so.display()), "--filter", "map-unmap"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("pass mock@libioasis_mock map-unmap/"), "{t}");
+    assert!(t.contains("pass mock-so map-unmap/"), "{t}");
     assert!(!t.contains("pass mock map-unmap/"), "built-ins must not run when a plugin is given: {t}");
+}
+
+#[test]
+fn conformance_in_which_no_case_was_selected_fails_with_exit_3() {
+    for format in ["human", "json"] {
+        let o = ioasis(&["conformance", "--filter", "no-such-case", "--format", format]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{t}");
+        assert!(t.contains("error: no case was selected (see `ioasis cases`)"), "{t}");
+    }
+    // The results are still printed: an empty JSON report.
+    let o = ioasis(&["conformance", "--filter", "no-such-case", "--format", "json"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"results\": []"), "{}", text(&o));
+}
+
+#[test]
+fn conformance_on_a_plugin_without_a_hardware_model_fails_with_exit_3_saying_so() {
+    let so = cdylib("ioasis_fixture_vendor_acme");
+    for format in ["human", "junit"] {
+        let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap", "--format", format]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{t}");
+        assert!(
+            t.contains(
+                "error: nothing could run, every case was skipped: plugin `acme-iommu`: plugin `acme-iommu` \
+                 exports no hardware model: it runs only"
+            ),
+            "{t}"
+        );
+    }
+    // The JUnit report is still written, every case skipped.
+    let o = ioasis(&["conformance", "--plugin", so.to_str().unwrap(), "--filter", "map-unmap", "--format", "junit"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("<skipped message=\"plugin `acme-iommu` exports no hardware model"),
+        "{}",
+        text(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("skipped=\"0\""), "{}", text(&o));
+}
+
+#[test]
+fn conformance_documents_its_exit_statuses() {
+    let o = ioasis(&["conformance", "--help"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for line in
+        ["0  every case that ran passed", "1  some case failed", "2  usage or load error", "3  nothing could run"]
+    {
+        assert!(t.contains(line), "{line}: {t}");
+    }
+    let t = text(&ioasis(&["--help"]));
+    assert!(t.contains("Exit status:") && t.contains("3  conformance only: nothing could run"), "{t}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
-pub use report::{CaseResult, Outcome, Report};
+pub use report::{CaseResult, Outcome, Report, Verdict};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]
@@ -100,10 +100,15 @@ pub fn run(
         let factory = own.as_deref().or_else(|| factories.iter().find(|f| f.plugin() == plugin.info.name).copied());
         let bed = match opts.platform {
             PlatformChoice::Simulated => factory.map(Bed::Simulated).ok_or_else(|| {
+                let old = if plugin.interface.minor < 4 {
+                    format!(" (built against interface {}; models came in 0.4)", plugin.interface)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "plugin `{}` (interface {}) exports no hardware model (interface 0.4 added them): it runs only \
-                     on a platform with real or emulated hardware, such as --platform qemu",
-                    plugin.info.name, plugin.interface
+                    "plugin `{}` exports no hardware model{old}: it runs only on a platform with real or emulated \
+                     hardware, such as --platform qemu",
+                    plugin.info.name
                 )
             }),
             PlatformChoice::Qemu(p) if p.plugin() == plugin.info.name => Ok(Bed::Qemu(p)),

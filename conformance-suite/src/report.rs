@@ -52,6 +52,17 @@ impl CaseResult {
     }
 }
 
+/// What a run amounts to, as a CI job reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Some case ran and none failed (skips are allowed).
+    Passed,
+    /// At least one case failed.
+    Failed,
+    /// No case ran: every selected case was skipped, or none was selected. Says why.
+    NothingRan(String),
+}
+
 /// Every result.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -63,6 +74,39 @@ impl Report {
     /// True when no case failed.
     pub fn passed(&self) -> bool {
         !self.results.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)))
+    }
+
+    /// What the run amounts to: [`Verdict::Failed`] when a case failed, otherwise
+    /// [`Verdict::NothingRan`] when no case ran at all (every result a skip, or no result),
+    /// with the skip reasons grouped by plugin; otherwise [`Verdict::Passed`].
+    pub fn verdict(&self) -> Verdict {
+        if !self.passed() {
+            return Verdict::Failed;
+        }
+        if self.results.iter().any(|r| matches!(r.outcome, Outcome::Passed(_))) {
+            return Verdict::Passed;
+        }
+        if self.results.is_empty() {
+            return Verdict::NothingRan("no case was selected (see `ioasis cases`)".into());
+        }
+        // Every result is a skip: each plugin's distinct reasons, in run order.
+        let mut why: Vec<(&str, Vec<&str>)> = Vec::new();
+        for r in &self.results {
+            let Outcome::Skipped(reason) = &r.outcome else { continue };
+            let i = match why.iter().position(|(p, _)| *p == r.plugin) {
+                Some(i) => i,
+                None => {
+                    why.push((&r.plugin, Vec::new()));
+                    why.len() - 1
+                }
+            };
+            if !why[i].1.contains(&reason.as_str()) {
+                why[i].1.push(reason);
+            }
+        }
+        let parts: Vec<String> =
+            why.iter().map(|(p, reasons)| format!("plugin `{p}`: {}", reasons.join("; "))).collect();
+        Verdict::NothingRan(format!("nothing could run, every case was skipped: {}", parts.join(" | ")))
     }
 
     /// A table per plugin and category: passed, failed, skipped; then every failure with
@@ -198,5 +242,48 @@ mod tests {
         assert!(x.contains("reproduce: ioasis conformance --filter c/n --seed 3"), "{x}");
         assert!(!r.passed());
         assert!(r.summary().contains("FAILED p<1> c/n"));
+    }
+
+    fn skipped(plugin: &str, why: &str) -> CaseResult {
+        CaseResult { plugin: plugin.into(), ..result(Outcome::Skipped(why.into())) }
+    }
+
+    #[test]
+    fn verdict_passes_when_something_ran_even_with_skips() {
+        let r = Report { results: vec![result(Outcome::Passed("ok".into())), skipped("p", "no PASID")] };
+        assert_eq!(r.verdict(), Verdict::Passed);
+    }
+
+    #[test]
+    fn verdict_fails_on_any_failure_even_among_skips() {
+        let r = Report { results: vec![skipped("p", "no PASID"), result(Outcome::Failed("bad".into()))] };
+        assert_eq!(r.verdict(), Verdict::Failed);
+    }
+
+    #[test]
+    fn verdict_says_nothing_ran_with_the_reasons_grouped_by_plugin() {
+        let no_model = "no hardware model for plugin `x` in this binary";
+        let r = Report {
+            results: vec![
+                skipped("x", no_model),
+                skipped("x", no_model),
+                skipped("y", "no PASID"),
+                skipped("y", "no nesting"),
+                skipped("y", "no PASID"),
+            ],
+        };
+        let Verdict::NothingRan(why) = r.verdict() else { panic!("{:?}", r.verdict()) };
+        assert_eq!(
+            why,
+            format!(
+                "nothing could run, every case was skipped: plugin `x`: {no_model} | plugin `y`: no PASID; no nesting"
+            )
+        );
+    }
+
+    #[test]
+    fn verdict_says_nothing_ran_when_no_case_was_selected() {
+        let Verdict::NothingRan(why) = Report::default().verdict() else { panic!() };
+        assert!(why.contains("no case was selected"), "{why}");
     }
 }

@@ -51,7 +51,7 @@ fn a_loaded_plugin_brings_its_model_and_matches_the_built_in_case_by_case() {
         ("vtd", "ioasis_vtd", ""),
         ("vtd", "ioasis_vtd", r#"generation = "legacy-no-qi""#),
     ] {
-        let loaded = Arc::new(Plugin::load(&cdylib(stem)).unwrap());
+        let loaded = Arc::new(Plugin::load_as(&cdylib(stem), &format!("{name}-so")).unwrap());
         assert!(loaded.model_factory().is_some(), "{stem} exports its model");
         let from_so = suite(loaded, model);
         let built_in = suite(builtins.get(name).unwrap(), model);
@@ -65,7 +65,7 @@ fn a_loaded_plugin_brings_its_model_and_matches_the_built_in_case_by_case() {
 fn a_plugin_without_a_model_is_told_where_it_can_run() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../framework/fixtures/interface-0.2/libioasis_mock_0_2.so");
-    let old = Arc::new(Plugin::load(&path).unwrap());
+    let old = Arc::new(Plugin::load_as(&path, "mock-0-2").unwrap());
     assert!(old.model_factory().is_none());
     let r = suite(old, "");
     for c in &r.results {

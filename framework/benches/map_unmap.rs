@@ -90,7 +90,7 @@ impl Bench {
 
 fn plugins() -> [(&'static str, Arc<Plugin>); 2] {
     let builtin = Registry::with_builtins().expect("built-ins load").get("mock").expect("mock is built in");
-    let dynamic = Arc::new(Plugin::load(&cdylib("ioasis_mock")).expect("load libioasis_mock.so"));
+    let dynamic = Arc::new(Plugin::load_as(&cdylib("ioasis_mock"), "mock-so").expect("load libioasis_mock.so"));
     assert!(matches!(dynamic.origin, ioasis::loader::Origin::Path(_)), "loaded from the cdylib");
     [("builtin", builtin), ("dynamic", dynamic)]
 }

@@ -1,14 +1,17 @@
 //! Page-table formats: which hardware layout a HWPT is built in.
 //!
 //! A format is an open set of numbered ids (not a Rust enum) so that a plugin built against an
-//! older interface can still receive a newer id and refuse it by name.
+//! older interface can still receive a newer id and refuse it by name. Ids below `0x1_0000`
+//! are ioasis's; a vendor numbers its own formats [`PtFormat::vendor`] (see [`crate::ids`]).
 
 use std::fmt;
 
 use abi_stable::StableAbi;
 use serde::{Deserialize, Serialize};
 
-/// A page-table format id.
+/// A page-table format id: ioasis's constants below `0x1_0000`, a vendor's from
+/// [`PtFormat::vendor`] above (see [`crate::ids`]). Printed and parsed by name (`x86-64`);
+/// a vendor's format as `vendor-<vendor>:<n>` (`vendor-8086:1`).
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PtFormat(pub u32);
@@ -46,7 +49,28 @@ impl PtFormat {
         (Self::HYPERVISOR_P2M, "hypervisor-p2m"),
     ];
 
-    /// Short name, as used in TOML files and printed contracts.
+    /// Format `n` of the vendor whose PCI-SIG vendor id is `pci_vendor` (see [`crate::ids`]),
+    /// e.g. `const ACME_S1: PtFormat = PtFormat::vendor(0x1234, 1);`.
+    ///
+    /// # Panics
+    ///
+    /// When `pci_vendor` is `0x0000` or `0xffff` (no vendor's id); in a `const`, a build error.
+    pub const fn vendor(pci_vendor: u16, n: u16) -> PtFormat {
+        PtFormat(crate::ids::vendor(pci_vendor, n))
+    }
+
+    /// True when the format is a vendor's, not ioasis's.
+    pub const fn is_vendor(self) -> bool {
+        crate::ids::is_vendor(self.0)
+    }
+
+    /// A vendor format's PCI-SIG vendor id and number; `None` for one of ioasis's.
+    pub const fn vendor_parts(self) -> Option<(u16, u16)> {
+        crate::ids::vendor_parts(self.0)
+    }
+
+    /// Short name, as used in TOML files and printed contracts (`None` for a vendor's format
+    /// or one this version does not know: those print as `vendor-<vendor>:<n>` or `format#<id>`).
     pub fn name(self) -> Option<&'static str> {
         Self::NAMES.iter().find(|(f, _)| *f == self).map(|(_, n)| *n)
     }
@@ -67,17 +91,22 @@ impl fmt::Display for PtFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
             Some(n) => f.write_str(n),
-            None => write!(f, "format#{}", self.0),
+            None => crate::ids::fmt_unnamed(f, "format", self.0),
         }
     }
 }
 
 impl std::str::FromStr for PtFormat {
     type Err = String;
+    /// A name, or a vendor's format as `vendor-<vendor>:<n>` (`vendor-8086:1`).
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES.iter().find(|(_, n)| *n == s).map(|(f, _)| *f).ok_or_else(|| {
+        let named = Self::NAMES.iter().find(|(_, n)| *n == s).map(|(f, _)| *f);
+        named.or_else(|| crate::ids::parse_vendor(s).map(PtFormat)).ok_or_else(|| {
             let known: Vec<_> = Self::known_names().collect();
-            format!("unknown page-table format `{s}` (known: {})", known.join(", "))
+            format!(
+                "unknown page-table format `{s}` (known: {}; a vendor's: vendor-<PCI vendor id, 4 hex digits>:<n>)",
+                known.join(", ")
+            )
         })
     }
 }
@@ -91,5 +120,24 @@ impl Serialize for PtFormat {
 impl<'de> Deserialize<'de> for PtFormat {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_formats_are_numbered_by_pci_vendor_and_print_and_parse_as_such() {
+        const ACME_S1: PtFormat = PtFormat::vendor(0x1234, 1);
+        assert_eq!(ACME_S1, PtFormat(0x1234_0001));
+        assert!(ACME_S1.is_vendor() && !PtFormat::X86_64.is_vendor() && !PtFormat(0xffff).is_vendor());
+        assert_eq!(ACME_S1.vendor_parts(), Some((0x1234, 1)));
+        assert_eq!(ACME_S1.to_string(), "vendor-1234:1");
+        assert_eq!("vendor-1234:1".parse::<PtFormat>(), Ok(ACME_S1));
+        assert_eq!(PtFormat(99).to_string(), "format#99", "an ioasis id this version does not know");
+        assert!("vendor-0000:1".parse::<PtFormat>().is_err());
+        // Every ioasis format is below the vendor range.
+        assert!(PtFormat::NAMES.iter().all(|(f, _)| !f.is_vendor()));
     }
 }

@@ -67,6 +67,8 @@ impl fmt::Display for IntentItem {
 
 /// An intent item as it crosses the plugin boundary: an open numbered kind and one argument,
 /// so that a plugin built against an older interface can refuse an item it does not know.
+/// Kinds below `0x1_0000` are ioasis's; a vendor numbers its own [`IntentCode::vendor`] (see
+/// [`crate::ids`]).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntentCode {
@@ -99,6 +101,36 @@ impl IntentCode {
     pub const ATS: u32 = 10;
     /// [`IntentItem::Identity`].
     pub const IDENTITY: u32 = 11;
+
+    /// Kind `n` of the vendor whose PCI-SIG vendor id is `pci_vendor` (see [`crate::ids`]).
+    ///
+    /// # Panics
+    ///
+    /// When `pci_vendor` is `0x0000` or `0xffff` (no vendor's id); in a `const`, a build error.
+    pub const fn vendor(pci_vendor: u16, n: u16) -> u32 {
+        crate::ids::vendor(pci_vendor, n)
+    }
+
+    /// True when the item's kind is a vendor's, not ioasis's.
+    pub const fn is_vendor(self) -> bool {
+        crate::ids::is_vendor(self.kind)
+    }
+}
+
+impl fmt::Display for IntentCode {
+    /// The item it decodes to, or its kind (`vendor-<vendor>:<n>`, `intent#<kind>`) and argument.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match IntentItem::try_from(*self) {
+            Ok(item) => write!(f, "{item}"),
+            Err(_) => {
+                crate::ids::fmt_unnamed(f, "intent", self.kind)?;
+                if self.arg != 0 {
+                    write!(f, "({})", self.arg)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl From<IntentItem> for IntentCode {
@@ -186,6 +218,17 @@ mod tests {
         }
         let future = IntentCode { kind: 999, arg: 7 };
         assert_eq!(IntentItem::try_from(future), Err(future));
+        assert_eq!(future.to_string(), "intent#999(7)");
+    }
+
+    #[test]
+    fn vendor_intent_kinds_print_with_their_vendor() {
+        const ACME_TURBO: u32 = IntentCode::vendor(0x1234, 5);
+        let code = IntentCode { kind: ACME_TURBO, arg: 0 };
+        assert!(code.is_vendor() && !IntentCode::from(IntentItem::Ats).is_vendor());
+        assert_eq!(IntentItem::try_from(code), Err(code));
+        assert_eq!(code.to_string(), "vendor-1234:5");
+        assert_eq!(IntentCode::from(IntentItem::Ats).to_string(), "ATS");
     }
 
     #[test]

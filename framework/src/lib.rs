@@ -12,6 +12,7 @@ pub mod abi;
 pub mod addr;
 pub mod caps;
 pub mod format;
+pub mod ids;
 pub mod intent;
 pub mod prot;
 

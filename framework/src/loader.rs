@@ -5,6 +5,16 @@
 //! abi_stable checks layouts, the loader reads the plain `IOASIS_PLUGIN_INTERFACE` symbol with
 //! libloading, so that a plugin built against another interface is refused with both versions
 //! named. Libraries are never unloaded.
+//!
+//! # Plugin names
+//!
+//! A plugin is known by a name unique in its [`Registry`]. The names of the plugins bundled
+//! with ioasis ([`RESERVED_NAMES`]) are reserved; a vendor's plugin is named
+//! `<vendor>-<what>` (e.g. `acme-smmu`): lowercase letters, digits and dashes, at most
+//! [`MAX_NAME_LEN`] characters ([`check_name`]). The loader refuses a plugin whose name is
+//! malformed or reserved ([`LoadError::Name`]) and a plugin whose name another plugin of the
+//! registry already has ([`LoadError::NameClash`]); [`Registry::load_as`] loads a plugin
+//! under another name, e.g. an old build of a bundled plugin beside the built-in one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -55,6 +65,58 @@ impl fmt::Display for Origin {
     }
 }
 
+/// The names of the plugins bundled with ioasis, built in or provided by a host adapter: a
+/// loaded plugin cannot take them.
+pub const RESERVED_NAMES: &[&str] = &["mock", "vtd", "smmuv3", "amdvi", "xen", "iommufd"];
+
+/// The longest plugin name, in characters.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Why a name cannot be a loaded plugin's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// One of [`RESERVED_NAMES`].
+    #[error("the name `{0}` is reserved for the plugin bundled with ioasis")]
+    Reserved(String),
+    /// Not of the form `<vendor>-<what>`.
+    #[error("`{name}` is not a plugin name: {why} (a vendor plugin is named `<vendor>-<what>`: lowercase letters, digits and dashes, at most 32 characters, e.g. `acme-smmu`)")]
+    Malformed {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Checks that `name` can be a loaded plugin's: `<vendor>-<what>` (lowercase ASCII letters,
+/// digits and dashes; starting with a letter; no empty part; at most [`MAX_NAME_LEN`]
+/// characters) and not one of [`RESERVED_NAMES`]. Built-in plugins are exempt.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    let bad = |why| Err(NameError::Malformed { name: name.to_string(), why });
+    if RESERVED_NAMES.contains(&name) {
+        return Err(NameError::Reserved(name.to_string()));
+    }
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("it is longer than 32 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return bad("it has a character other than a-z, 0-9 and -");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return bad("it does not start with a letter");
+    }
+    if !name.contains('-') {
+        return bad("it has no `-` between the vendor and the rest");
+    }
+    if name.ends_with('-') || name.contains("--") {
+        return bad("it has an empty part between dashes");
+    }
+    Ok(())
+}
+
 /// Why a plugin was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -98,6 +160,27 @@ pub enum LoadError {
         /// Its error.
         error: PluginError,
     },
+    /// The plugin's name (or the name it was to be loaded under) cannot be a loaded plugin's.
+    #[error(
+        "plugin {origin} refused: {error}; load it under another name (`--plugin NAME=PATH`, `Registry::load_as`)"
+    )]
+    Name {
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong with the name.
+        #[source]
+        error: NameError,
+    },
+    /// Another plugin of the registry has the name already.
+    #[error("two plugins named `{name}`: {first} and {second}; load one under another name (`--plugin NAME=PATH`, `Registry::load_as`)")]
+    NameClash {
+        /// The name.
+        name: String,
+        /// Where the plugin that has it came from.
+        first: Origin,
+        /// Where the plugin that asked for it came from.
+        second: Origin,
+    },
     /// A plugin directory could not be read.
     #[error("cannot read plugin directory {path}: {source}")]
     Dir {
@@ -110,7 +193,8 @@ pub enum LoadError {
 
 /// A loaded backend plugin.
 pub struct Plugin {
-    /// Unique name in its registry (the plugin's own name, made unique if two share it).
+    /// Unique name in its registry: the plugin's own name ([`PluginInfoOwned::name`]), or the
+    /// name it was loaded under ([`Plugin::load_as`]).
     pub name: String,
     /// What the plugin says about itself.
     pub info: PluginInfoOwned,
@@ -150,6 +234,7 @@ impl Plugin {
         ext_0_3: Option<PluginExt03_Ref>,
         ext_0_4: Option<PluginExt04_Ref>,
         origin: Origin,
+        rename: Option<&str>,
     ) -> Result<Self, LoadError> {
         let interface = root.interface();
         if !INTERFACE_VERSION.accepts(interface) {
@@ -162,16 +247,34 @@ impl Plugin {
             vendor: raw.vendor.into_string(),
             description: raw.description.into_string(),
         };
+        let name = rename.unwrap_or(&info.name).to_string();
+        if let Origin::Path(_) = origin {
+            check_name(&name).map_err(|error| LoadError::Name { origin: origin.clone(), error })?;
+        }
         let backend = (root.new_backend())()
             .into_result()
             .map_err(|error| LoadError::Backend { name: info.name.clone(), error })?;
-        tracing::debug!(plugin = %info.name, %origin, "plugin ready");
+        tracing::debug!(plugin = %name, own_name = %info.name, %origin, "plugin ready");
         let model = ext_0_4.map(|e| Arc::new(HostModelFactory::new(&info.name, (e.model_factory())())));
-        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend, ext_0_3, model })
+        Ok(Plugin { name, info, origin, interface, backend, ext_0_3, model })
     }
 
-    /// Loads a plugin from a shared library.
+    /// Loads a plugin from a shared library, under its own name, which must be a vendor
+    /// plugin's ([`check_name`]).
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        Self::load_inner(path, None)
+    }
+
+    /// Loads a plugin from a shared library under `name` instead of its own (which may then be
+    /// anything, a bundled plugin's included): e.g. an old build of the mock as `mock-0-2`.
+    /// `name` must be a vendor plugin's ([`check_name`]). [`PluginInfoOwned::name`] keeps the
+    /// plugin's own name.
+    pub fn load_as(path: &Path, name: &str) -> Result<Self, LoadError> {
+        check_name(name).map_err(|error| LoadError::Name { origin: Origin::Path(path.to_path_buf()), error })?;
+        Self::load_inner(path, Some(name))
+    }
+
+    fn load_inner(path: &Path, rename: Option<&str>) -> Result<Self, LoadError> {
         let interface = read_interface_symbol(path)?;
         if !INTERFACE_VERSION.accepts(interface) {
             return Err(LoadError::InterfaceMismatch {
@@ -184,7 +287,7 @@ impl Plugin {
         let root = header.init_root_module::<PluginRoot_Ref>().map_err(|e| abi_error(path, e))?;
         let ext_0_3 = read_ext(path, EXT_0_3_SYMBOL, |e: Ext03Export| check_ext_0_3(&e).map(|()| e.module))?;
         let ext_0_4 = read_ext(path, EXT_0_4_SYMBOL, |e: Ext04Export| check_ext_0_4(&e).map(|()| e.module))?;
-        Self::from_root(root, ext_0_3, ext_0_4, Origin::Path(path.to_path_buf()))
+        Self::from_root(root, ext_0_3, ext_0_4, Origin::Path(path.to_path_buf()), rename)
     }
 
     /// The plugin's own hardware model (interface 0.4), for hosts that simulate its units (the
@@ -220,16 +323,36 @@ impl Plugin {
 
 fn abi_error(path: &Path, e: LibraryError) -> LoadError {
     match e {
-        LibraryError::OpenError { err, .. } => LoadError::Open { path: path.into(), message: err.to_string() },
+        LibraryError::OpenError { err, .. } => LoadError::Open { path: path.into(), message: full_message(&*err) },
         other => LoadError::Abi { path: path.into(), message: other.to_string() },
     }
 }
 
-fn read_interface_symbol(path: &Path) -> Result<InterfaceVersion, LoadError> {
+/// An error's message with every cause's: libloading's `Error` says only "dlopen failed" and
+/// keeps the dynamic loader's own words (dlerror()) in its source.
+fn full_message(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    message
+}
+
+/// Opens a library with libloading, keeping the dynamic loader's message on failure.
+fn open(path: &Path) -> Result<libloading::Library, LoadError> {
     // SAFETY: loading a library runs its initialisers; plugins are trusted code that the user
     // chose to load, as with any dynamic plugin system.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| LoadError::Open { path: path.into(), message: e.to_string() })?;
+    unsafe { libloading::Library::new(path) }
+        .map_err(|e| LoadError::Open { path: path.into(), message: full_message(&e) })
+}
+
+fn read_interface_symbol(path: &Path) -> Result<InterfaceVersion, LoadError> {
+    let lib = open(path)?;
     // SAFETY: the symbol, when present, is a `[u16; 2]` static written by `export_plugin!`;
     // we copy it out before anything else happens.
     let version = unsafe { lib.get::<*const [u16; 2]>(INTERFACE_SYMBOL) }
@@ -249,10 +372,9 @@ fn read_ext<E, M>(
     symbol: &[u8],
     check: impl FnOnce(E) -> Result<M, String>,
 ) -> Result<Option<M>, LoadError> {
-    // SAFETY: the library is loaded already (by the interface check and abi_stable); this only
-    // takes another reference to it, which is leaked below like every plugin library.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| LoadError::Open { path: path.into(), message: e.to_string() })?;
+    // The library is loaded already (by the interface check and abi_stable): this only takes
+    // another reference to it, which is leaked below like every plugin library.
+    let lib = open(path)?;
     // SAFETY: the symbol, when present, is the `extern "C" fn() -> E` that `export_plugin!`
     // writes for this extension; the library stays loaded, so the function and what it
     // returns (statics of the library) stay valid.
@@ -280,40 +402,48 @@ impl Registry {
         let mut builtins: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
         builtins.sort_by_key(|b| b.name);
         for b in builtins {
-            r.add(Plugin::from_root((b.root)(), b.ext_0_3.map(|f| f()), b.ext_0_4.map(|f| f()), Origin::Builtin)?);
+            r.add(Plugin::from_root(
+                (b.root)(),
+                b.ext_0_3.map(|f| f()),
+                b.ext_0_4.map(|f| f()),
+                Origin::Builtin,
+                None,
+            )?)?;
         }
         Ok(r)
     }
 
-    /// Adds a plugin; if its name is taken, it is registered as `name@file-stem` (or `name#n`).
-    pub fn add(&mut self, mut plugin: Plugin) -> Arc<Plugin> {
-        if self.get(&plugin.name).is_some() {
-            let base = match &plugin.origin {
-                Origin::Path(p) => {
-                    format!("{}@{}", plugin.name, p.file_stem().and_then(|s| s.to_str()).unwrap_or("lib"))
-                }
-                Origin::Builtin | Origin::Host => plugin.name.clone(),
-            };
-            let mut name = base.clone();
-            let mut n = 2;
-            while self.get(&name).is_some() {
-                name = format!("{base}#{n}");
-                n += 1;
-            }
-            plugin.name = name;
+    /// Adds a plugin; refused with [`LoadError::NameClash`] when another has its name.
+    pub fn add(&mut self, plugin: Plugin) -> Result<Arc<Plugin>, LoadError> {
+        if let Some(first) = self.get(&plugin.name) {
+            return Err(LoadError::NameClash { name: plugin.name, first: first.origin.clone(), second: plugin.origin });
         }
         let p = Arc::new(plugin);
         self.plugins.push(p.clone());
-        p
+        Ok(p)
     }
 
-    /// Loads a plugin from a file and adds it.
+    /// Loads a plugin from a file ([`Plugin::load`]) and adds it.
     pub fn load(&mut self, path: &Path) -> Result<Arc<Plugin>, LoadError> {
-        Ok(self.add(Plugin::load(path)?))
+        self.add(Plugin::load(path)?)
+    }
+
+    /// Loads a plugin from a file under `name` ([`Plugin::load_as`]) and adds it.
+    pub fn load_as(&mut self, path: &Path, name: &str) -> Result<Arc<Plugin>, LoadError> {
+        if let Some(first) = self.get(name) {
+            // Refused before the library is opened.
+            return Err(LoadError::NameClash {
+                name: name.to_string(),
+                first: first.origin.clone(),
+                second: Origin::Path(path.to_path_buf()),
+            });
+        }
+        self.add(Plugin::load_as(path, name)?)
     }
 
     /// Loads every shared library (`*.so`, `*.dylib`, `*.dll`) in a directory. Returns what
-    /// loaded and, separately, each file that did not with its error.
+    /// loaded and, separately, each file that did not with its error (a malformed, reserved or
+    /// clashing name included).
     pub fn load_dir(&mut self, dir: &Path) -> Result<(Vec<Arc<Plugin>>, Vec<LoadError>), LoadError> {
         let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Dir { path: dir.into(), source })?;
         let mut paths: Vec<PathBuf> = entries
@@ -339,5 +469,56 @@ impl Registry {
     /// Every plugin, in the order added.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_plugin_names_are_accepted() {
+        for name in ["acme-smmu", "intel-vtd5", "mock-0-2", "a-b", "nvidia-tegra241-cmdqv"] {
+            assert_eq!(check_name(name), Ok(()), "{name}");
+        }
+        assert_eq!(check_name(&format!("acme-{}", "x".repeat(27))), Ok(()), "32 characters");
+    }
+
+    #[test]
+    fn reserved_and_malformed_names_are_refused_with_why() {
+        for name in RESERVED_NAMES {
+            assert_eq!(check_name(name), Err(NameError::Reserved(name.to_string())));
+        }
+        let cases = [
+            ("", "empty"),
+            ("acme", "no `-`"),
+            ("Acme-smmu", "a-z, 0-9"),
+            ("acme_smmu", "a-z, 0-9"),
+            ("acme-smmü", "a-z, 0-9"),
+            ("acme smmu", "a-z, 0-9"),
+            ("0acme-smmu", "start with a letter"),
+            ("-acme-smmu", "start with a letter"),
+            ("acme-", "empty part"),
+            ("acme--smmu", "empty part"),
+        ];
+        for (name, why) in cases {
+            let e = check_name(name).unwrap_err();
+            assert!(matches!(e, NameError::Malformed { .. }) && e.to_string().contains(why), "{name}: {e}");
+        }
+        let long = format!("acme-{}", "x".repeat(28));
+        assert!(check_name(&long).unwrap_err().to_string().contains("longer than 32"), "33 characters");
+    }
+
+    #[test]
+    fn a_dlopen_failure_keeps_the_dynamic_loaders_words() {
+        let dir = std::env::temp_dir().join(format!("ioasis-loader-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("libgarbage.so");
+        std::fs::write(&garbage, vec![0x5a; 4096]).unwrap();
+        let e = Plugin::load(&garbage).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let msg = e.to_string();
+        assert!(matches!(e, LoadError::Open { .. }), "{msg}");
+        assert!(msg.contains("invalid ELF header"), "dlerror()'s text is kept: {msg}");
     }
 }

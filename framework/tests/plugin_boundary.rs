@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::{cdylib, Rig, MB};
 use ioasis::abi::ErrorCode;
-use ioasis::loader::{LoadError, Origin, Plugin, Registry};
+use ioasis::loader::{LoadError, NameError, Origin, Plugin, Registry};
 use ioasis::{Iova, PhysAddr, Prot, Target};
 use ioasis_plugin_mock::format::cap;
 
@@ -23,10 +23,11 @@ fn builtins_are_registered_with_their_origin() {
 fn the_mock_loaded_from_its_so_drives_a_unit() {
     let path = cdylib("ioasis_mock");
     let mut reg = Registry::with_builtins().unwrap();
-    let loaded = reg.load(&path).unwrap();
+    let loaded = reg.load_as(&path, "mock-so").unwrap();
     assert_eq!(loaded.origin, Origin::Path(path.clone()));
-    assert_eq!(loaded.info.name, "mock");
-    assert_eq!(loaded.name, "mock@libioasis_mock", "a second `mock` gets a unique name");
+    assert_eq!(loaded.info.name, "mock", "the plugin's own name is kept");
+    assert_eq!(loaded.name, "mock-so");
+    assert!(reg.get("mock").is_some_and(|m| m.origin == Origin::Builtin));
     let rig = Rig::with_units(&[cap::FULL], &loaded);
     let dev = rig.paging_device(1, 0, &[]);
     let ioas = rig.ctx.alloc_ioas();
@@ -39,6 +40,55 @@ fn the_mock_loaded_from_its_so_drives_a_unit() {
 }
 
 #[test]
+fn a_plugin_with_a_reserved_name_is_refused_unless_renamed() {
+    let path = cdylib("ioasis_mock");
+    // Without built-ins too: the name is reserved, not merely taken.
+    let e = Registry::new().load(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(&e, LoadError::Name { error: NameError::Reserved(n), .. } if n == "mock"), "{msg}");
+    assert!(msg.contains("reserved") && msg.contains("--plugin NAME=PATH"), "{msg}");
+    // Renaming to a reserved or malformed name does not get round it.
+    let e = Registry::new().load_as(&path, "vtd").unwrap_err();
+    assert!(matches!(e, LoadError::Name { error: NameError::Reserved(_), .. }), "{e}");
+    let e = Registry::new().load_as(&path, "Mock_2").unwrap_err();
+    assert!(matches!(e, LoadError::Name { error: NameError::Malformed { .. }, .. }), "{e}");
+}
+
+#[test]
+fn a_vendor_plugin_loads_under_its_own_name() {
+    let path = cdylib("ioasis_fixture_vendor_acme");
+    let mut reg = Registry::with_builtins().unwrap();
+    let acme = reg.load(&path).unwrap();
+    assert_eq!((acme.name.as_str(), acme.info.name.as_str()), ("acme-iommu", "acme-iommu"));
+    assert_eq!(acme.origin, Origin::Path(path));
+}
+
+#[test]
+fn a_name_clash_is_an_error_naming_both_origins() {
+    let path = cdylib("ioasis_mock");
+    let mut reg = Registry::new();
+    reg.load_as(&path, "acme-one").unwrap();
+    let e = reg.load_as(&path, "acme-one").unwrap_err();
+    let msg = e.to_string();
+    match &e {
+        LoadError::NameClash { name, first, second } => {
+            assert_eq!(name, "acme-one");
+            assert_eq!(*first, Origin::Path(path.clone()));
+            assert_eq!(*second, Origin::Path(path.clone()));
+        }
+        other => panic!("not a clash: {other}"),
+    }
+    assert!(msg.contains("two plugins named `acme-one`") && msg.contains(&path.display().to_string()), "{msg}");
+    assert_eq!(reg.iter().count(), 1, "nothing was renamed behind the user's back");
+    // A plugin added directly, built-in names included, clashes the same way.
+    let mut reg = Registry::with_builtins().unwrap();
+    let e = reg.add(Plugin::load_as(&path, "acme-two").unwrap()).map(|_| ());
+    assert!(e.is_ok());
+    let e = reg.load_as(&path, "acme-two").unwrap_err();
+    assert!(matches!(e, LoadError::NameClash { .. }), "{e}");
+}
+
+#[test]
 fn load_dir_loads_plugins_and_reports_the_rest() {
     let dir = std::env::temp_dir().join(format!("ioasis-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -47,9 +97,10 @@ fn load_dir_loads_plugins_and_reports_the_rest() {
     std::fs::write(dir.join("notes.txt"), "not a plugin").unwrap();
     let mut reg = Registry::new();
     let (ok, failed) = reg.load_dir(&dir).unwrap();
-    assert_eq!(ok.len(), 1);
-    assert_eq!(failed.len(), 1);
-    assert!(matches!(failed[0], LoadError::InterfaceMismatch { .. }));
+    assert_eq!(ok.len(), 0);
+    assert_eq!(failed.len(), 2);
+    assert!(matches!(failed[0], LoadError::Name { error: NameError::Reserved(_), .. }), "{}", failed[0]);
+    assert!(matches!(failed[1], LoadError::InterfaceMismatch { .. }), "{}", failed[1]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -74,11 +125,46 @@ fn a_plugin_lying_about_its_interface_is_caught_by_the_abi_check() {
 fn a_file_that_is_not_a_plugin_is_refused() {
     let e = Plugin::load(std::path::Path::new("/nonexistent/libnothing.so")).unwrap_err();
     assert!(matches!(e, LoadError::Open { .. }), "{e}");
+    assert!(e.to_string().contains("No such file or directory"), "the dynamic loader's words: {e}");
+}
+
+/// A shared object that the dynamic loader refuses: its own words (dlerror()) are in the error,
+/// not just "dlopen failed".
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_library_the_dynamic_loader_refuses_is_refused_in_its_words() {
+    let real = std::fs::read(cdylib("ioasis_mock")).unwrap();
+    // A 32-bit ELF (another architecture): the same bytes with EI_CLASS = ELFCLASS32.
+    let mut class32 = real.clone();
+    class32[4] = 1;
+    // A library with a dependency that is not there: libgcc_s.so.1, which every Rust cdylib
+    // needs, renamed in its dynamic string table (same length, so nothing else moves).
+    let needed = b"libgcc_s.so.1\0";
+    let at = real.windows(needed.len()).position(|w| w == needed).expect("the cdylib needs libgcc_s.so.1");
+    let mut missing_dep = real.clone();
+    missing_dep[at..at + needed.len()].copy_from_slice(b"libnothere.so\0");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("libgarbage.so", b"this is not an ELF file, just text long enough to be read".repeat(8), "invalid ELF header"),
+        ("libtruncated.so", real[..32].to_vec(), "file too short"),
+        ("libclass32.so", class32, "wrong ELF class: ELFCLASS32"),
+        ("libmissingdep.so", missing_dep, "libnothere.so: cannot open shared object file: No such file or directory"),
+    ];
+    let dir = std::env::temp_dir().join(format!("ioasis-dlopen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, bytes, words) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let e = Plugin::load(&path).unwrap_err();
+        assert!(matches!(e, LoadError::Open { .. }), "{file}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains(words) && msg.contains(&path.display().to_string()), "{file}: {msg}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_panic_inside_the_loaded_plugin_becomes_an_error() {
-    let loaded = Arc::new(Plugin::load(&cdylib("ioasis_mock")).unwrap());
+    let loaded = Arc::new(Plugin::load_as(&cdylib("ioasis_mock"), "mock-so").unwrap());
     let rig = Rig::with_params(&[cap::FULL], &loaded, "panic_on = \"map\"");
     let dev = rig.paging_device(1, 0, &[]);
     let ioas = rig.ctx.alloc_ioas();
@@ -108,13 +194,17 @@ fn bad_unit_params_are_refused_at_probe() {
 }
 
 /// The mock's cdylib as built against interface 0.2 (framework/fixtures/interface-0.2): it
-/// loads into this host, drives a unit, and its units refuse the 0.3 vIOMMU with the default.
+/// loads into this host (under another name: `mock` is the built-in's), drives a unit, and its
+/// units refuse the 0.3 vIOMMU with the default.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[test]
 fn a_plugin_built_against_interface_0_2_still_loads_and_refuses_what_it_lacks() {
     use ioasis::abi::{ViommuFlags, ViommuKind};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/interface-0.2/libioasis_mock_0_2.so");
-    let old = Arc::new(Plugin::load(&path).unwrap());
+    let e = Plugin::load(&path).unwrap_err();
+    assert!(matches!(e, LoadError::Name { error: NameError::Reserved(_), .. }), "{e}");
+    let old = Arc::new(Plugin::load_as(&path, "mock-0-2").unwrap());
+    assert_eq!((old.name.as_str(), old.info.name.as_str()), ("mock-0-2", "mock"));
     assert_eq!(old.interface, ioasis::abi::InterfaceVersion { major: 0, minor: 2 });
     const { assert!(ioasis::abi::INTERFACE_VERSION.minor > 2, "the host is newer than the plugin") };
     let rig = Rig::with_units(&[cap::FULL], &old);
@@ -132,7 +222,7 @@ fn a_plugin_built_against_interface_0_2_still_loads_and_refuses_what_it_lacks() 
     assert_eq!(rig.ctx.table_pages(), 0);
     // The same request to today's build of the same plugin, loaded from its .so, is granted:
     // its 0.3 extension was found and checked.
-    let new = Arc::new(Plugin::load(&cdylib("ioasis_mock")).unwrap());
+    let new = Arc::new(Plugin::load_as(&cdylib("ioasis_mock"), "mock-0-3").unwrap());
     assert!(new.ext_0_3().is_some());
     let rig = Rig::with_units(&[cap::FULL], &new);
     let dev = rig.paging_device(1, 0, &[]);

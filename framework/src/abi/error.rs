@@ -5,7 +5,9 @@ use std::fmt;
 use abi_stable::std_types::RString;
 use abi_stable::StableAbi;
 
-/// What kind of failure a plugin reports. An open set of numbered codes.
+/// What kind of failure a plugin reports. An open set of numbered codes: ioasis's below
+/// `0x1_0000`, a vendor's from [`ErrorCode::vendor`] (see [`crate::ids`]); an unknown vendor
+/// code prints as `vendor-<vendor>:<n>`.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ErrorCode(pub u32);
@@ -34,7 +36,22 @@ impl ErrorCode {
     /// A host service (memory, MMIO) failed for a reason other than allocation.
     pub const HOST: ErrorCode = ErrorCode(11);
 
-    /// Short name of the code.
+    /// Code `n` of the vendor whose PCI-SIG vendor id is `pci_vendor` (see [`crate::ids`]).
+    ///
+    /// # Panics
+    ///
+    /// When `pci_vendor` is `0x0000` or `0xffff` (no vendor's id); in a `const`, a build error.
+    pub const fn vendor(pci_vendor: u16, n: u16) -> ErrorCode {
+        ErrorCode(crate::ids::vendor(pci_vendor, n))
+    }
+
+    /// True when the code is a vendor's, not ioasis's.
+    pub const fn is_vendor(self) -> bool {
+        crate::ids::is_vendor(self.0)
+    }
+
+    /// Short name of the code (`unknown` for a code this version does not know; its
+    /// [`Display`](fmt::Display) says whose it is).
     pub fn name(self) -> &'static str {
         match self {
             Self::NO_MEMORY => "no-memory",
@@ -61,7 +78,10 @@ impl fmt::Debug for ErrorCode {
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self.name() {
+            "unknown" => crate::ids::fmt_unnamed(f, "code", self.0),
+            name => f.write_str(name),
+        }
     }
 }
 
@@ -111,3 +131,18 @@ impl fmt::Display for PluginError {
 }
 
 impl std::error::Error for PluginError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_codes_print_with_their_vendor() {
+        let acme = ErrorCode::vendor(0x1234, 3);
+        assert!(acme.is_vendor() && !ErrorCode::HOST.is_vendor());
+        assert_eq!(acme.to_string(), "vendor-1234:3");
+        assert_eq!(ErrorCode(77).to_string(), "code#77");
+        assert_eq!(ErrorCode::BUSY.to_string(), "busy");
+        assert_eq!(PluginError::new(acme, "queue stalled").to_string(), "queue stalled (vendor-1234:3)");
+    }
+}

@@ -59,7 +59,8 @@ pub const INTERFACE_SYMBOL: &[u8] = b"IOASIS_PLUGIN_INTERFACE\0";
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// Short name (`mock`, `vtd`, ...), unique among loaded plugins.
+    /// Short name: a bundled plugin's (`mock`, `vtd`, ...) or, for a vendor's plugin,
+    /// `<vendor>-<what>` ([`crate::loader::check_name`]).
     pub name: RString,
     /// The plugin's own version.
     pub version: RString,

@@ -15,7 +15,9 @@ use super::error::PluginError;
 use super::objects::{DeviceInfo, HwptBox, HwptFlags, Stage1Config};
 use crate::addr::{AddressSpace, Iova, PhysAddr};
 
-/// What kind of vIOMMU: the format of the guest's commands it takes. An open set of ids.
+/// What kind of vIOMMU: the format of the guest's commands it takes. An open set of ids:
+/// ioasis's below `0x1_0000`, a vendor's from [`ViommuKind::vendor`] (see [`crate::ids`]);
+/// an unknown vendor kind prints as `vendor-<vendor>:<n>`.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ViommuKind(pub u32);
@@ -30,7 +32,22 @@ impl ViommuKind {
     /// AMD-Vi: command-buffer entries (AMD IOMMU spec 2.4).
     pub const AMDVI: ViommuKind = ViommuKind(4);
 
-    /// Short name.
+    /// Kind `n` of the vendor whose PCI-SIG vendor id is `pci_vendor` (see [`crate::ids`]).
+    ///
+    /// # Panics
+    ///
+    /// When `pci_vendor` is `0x0000` or `0xffff` (no vendor's id); in a `const`, a build error.
+    pub const fn vendor(pci_vendor: u16, n: u16) -> ViommuKind {
+        ViommuKind(crate::ids::vendor(pci_vendor, n))
+    }
+
+    /// True when the kind is a vendor's, not ioasis's.
+    pub const fn is_vendor(self) -> bool {
+        crate::ids::is_vendor(self.0)
+    }
+
+    /// Short name (`unknown` for a kind this version does not know; its
+    /// [`Display`](std::fmt::Display) says whose it is).
     pub fn name(self) -> &'static str {
         match self {
             Self::MOCK => "mock",
@@ -38,6 +55,15 @@ impl ViommuKind {
             Self::SMMUV3 => "smmuv3",
             Self::AMDVI => "amdvi",
             _ => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ViommuKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            "unknown" => crate::ids::fmt_unnamed(f, "viommu-kind", self.0),
+            name => f.write_str(name),
         }
     }
 }
@@ -115,7 +141,9 @@ pub struct InvalidateOutcome {
     pub error: ROption<PluginError>,
 }
 
-/// Kinds of hardware-accelerated guest queue (iommufd's HW_QUEUE types). An open set.
+/// Kinds of hardware-accelerated guest queue (iommufd's HW_QUEUE types). An open set of ids:
+/// ioasis's below `0x1_0000`, a vendor's from [`HwQueueKind::vendor`] (see [`crate::ids`]);
+/// an unknown vendor kind prints as `vendor-<vendor>:<n>`.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HwQueueKind(pub u32);
@@ -127,6 +155,40 @@ impl HwQueueKind {
     pub const TEGRA241_VCMDQ: HwQueueKind = HwQueueKind(2);
     /// AMD-Vi hardware-accelerated vIOMMU command buffer.
     pub const AMD_VIOMMU_CMDBUF: HwQueueKind = HwQueueKind(3);
+
+    /// Kind `n` of the vendor whose PCI-SIG vendor id is `pci_vendor` (see [`crate::ids`]).
+    ///
+    /// # Panics
+    ///
+    /// When `pci_vendor` is `0x0000` or `0xffff` (no vendor's id); in a `const`, a build error.
+    pub const fn vendor(pci_vendor: u16, n: u16) -> HwQueueKind {
+        HwQueueKind(crate::ids::vendor(pci_vendor, n))
+    }
+
+    /// True when the kind is a vendor's, not ioasis's.
+    pub const fn is_vendor(self) -> bool {
+        crate::ids::is_vendor(self.0)
+    }
+
+    /// Short name (`unknown` for a kind this version does not know; its
+    /// [`Display`](std::fmt::Display) says whose it is).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MOCK_VCMDQ => "mock-vcmdq",
+            Self::TEGRA241_VCMDQ => "tegra241-vcmdq",
+            Self::AMD_VIOMMU_CMDBUF => "amd-viommu-cmdbuf",
+            _ => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for HwQueueKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            "unknown" => crate::ids::fmt_unnamed(f, "hw-queue-kind", self.0),
+            name => f.write_str(name),
+        }
+    }
 }
 
 /// A guest queue to hand to the hardware: memory the guest owns, at `iova` in the parent's
@@ -176,4 +238,24 @@ pub type ViommuBox = Viommu_TO<'static, RArc<()>>;
 /// an interface before 0.3, which had none, or without them).
 pub fn no_viommu(what: &str) -> PluginError {
     PluginError::unsupported(format!("{what}: this backend offers no vIOMMU objects"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_kinds_print_with_their_vendor() {
+        const TEGRA_NEXT: HwQueueKind = HwQueueKind::vendor(crate::ids::pci::NVIDIA, 2);
+        assert_eq!(TEGRA_NEXT, HwQueueKind(0x10de_0002));
+        assert!(TEGRA_NEXT.is_vendor() && !HwQueueKind::TEGRA241_VCMDQ.is_vendor());
+        assert_eq!(TEGRA_NEXT.to_string(), "vendor-10de:2");
+        assert_eq!(HwQueueKind::TEGRA241_VCMDQ.to_string(), "tegra241-vcmdq");
+        assert_eq!(HwQueueKind(9).to_string(), "hw-queue-kind#9");
+        let arm = ViommuKind::vendor(crate::ids::pci::ARM, 1);
+        assert!(arm.is_vendor() && !ViommuKind::SMMUV3.is_vendor());
+        assert_eq!(arm.to_string(), "vendor-13b5:1");
+        assert_eq!(ViommuKind::VTD.to_string(), "vtd");
+        assert_eq!(ViommuKind(5).to_string(), "viommu-kind#5");
+    }
 }

@@ -175,11 +175,11 @@ impl Context {
                 plugin: unit.plugin.name.clone(),
                 unit: unit.name.clone(),
                 op: "alloc_viommu",
-                what: format!("asked for a {} vIOMMU, got {:?}", kind.name(), info),
+                what: format!("asked for a {kind} vIOMMU, got {info:?}"),
             });
         }
         let id = ViommuId(self.new_id());
-        tracing::debug!(viommu = %id, unit = %unit.name, kind = kind.name(), "vIOMMU allocated");
+        tracing::debug!(viommu = %id, unit = %unit.name, %kind, "vIOMMU allocated");
         self.write().viommus.insert(id.0, Arc::new(ViommuObj { id, unit, parent, hw, info }));
         Ok(id)
     }
