@@ -23,7 +23,7 @@ use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
-pub use report::{CaseResult, Outcome, Report};
+pub use report::{variant_table, CaseResult, Outcome, Report, VariantResult};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]
@@ -167,4 +167,54 @@ fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> 
         (Outcome::Passed(_), Err(e)) => Outcome::Failed(format!("teardown failed: {e}")),
         (other, _) => other,
     }
+}
+
+/// The suite's self-test: runs the whole suite on every broken variant
+/// ([`variants::all`]) whose plugin is among `plugins`, each with its `defect` parameter and
+/// unit model, and records the categories that failed. `progress` sees each result as it
+/// comes. Every variant should be caught in its expected category
+/// ([`VariantResult::caught`]).
+pub fn self_test(
+    plugins: &[Arc<Plugin>],
+    factories: &[&dyn ModelFactory],
+    seed: u64,
+    mut progress: impl FnMut(&VariantResult),
+) -> Vec<VariantResult> {
+    let mut out = Vec::new();
+    for v in variants::all() {
+        let Some(plugin) = plugins.iter().find(|p| p.name == v.plugin || p.info.name == v.plugin) else {
+            continue;
+        };
+        let mut result = VariantResult {
+            plugin: v.plugin.to_string(),
+            variant: v.defect.to_string(),
+            expected_category: v.category.to_string(),
+            caught_in: Vec::new(),
+            error: None,
+        };
+        match toml::from_str::<toml::Table>(v.model) {
+            Err(e) => result.error = Some(format!("its unit model `{}`: {}", v.model, e.message().trim())),
+            Ok(unit_model) => {
+                let opts = Options {
+                    seed,
+                    unit_params: format!("defect = \"{}\"", v.defect),
+                    unit_model,
+                    ..Default::default()
+                };
+                let report = run(std::slice::from_ref(plugin), factories, &opts, |_| {});
+                let mut caught: Vec<String> = report
+                    .results
+                    .iter()
+                    .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+                    .map(|r| r.category.clone())
+                    .collect();
+                caught.sort();
+                caught.dedup();
+                result.caught_in = caught;
+            }
+        }
+        progress(&result);
+        out.push(result);
+    }
+    out
 }

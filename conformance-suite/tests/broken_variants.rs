@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ioasis::loader::Registry;
-use ioasis_conformance::{run, Options, Outcome, Report};
+use ioasis_conformance::{run, self_test, variants, Options, Outcome, Report};
 use ioasis_plugin_mock::MockModelFactory;
 use ioasis_plugin_vtd::factory::VtdModelFactory;
 
@@ -35,7 +35,7 @@ fn the_correct_mock_passes() {
 #[test]
 fn each_broken_variant_fails_in_its_category() {
     for v in ioasis_conformance::variants::all() {
-        let r = suite_of(Some(v.plugin), &format!("defect = \"{}\"", v.defect), "");
+        let r = suite_of(Some(v.plugin), &format!("defect = \"{}\"", v.defect), v.model);
         let failed: BTreeSet<String> = r
             .results
             .iter()
@@ -54,6 +54,43 @@ fn each_broken_variant_fails_in_its_category() {
         assert!(r.summary().contains(&format!("FAILED {} {}/", v.plugin, v.category)), "{}", r.summary());
         assert!(r.summary().contains("reproduce: ioasis conformance --filter"), "{}", r.summary());
     }
+}
+
+#[test]
+fn the_correct_mock_passes_on_a_unit_with_latency() {
+    let r = suite_of(Some("mock"), "", "latency = 4");
+    assert!(r.passed(), "{}", r.summary());
+    assert!(r.results.iter().all(|c| matches!(c.outcome, Outcome::Passed(_))), "{}", r.summary());
+}
+
+#[test]
+fn a_driver_that_does_not_wait_is_caught_only_on_a_late_unit() {
+    let v = variants::MOCK.iter().find(|v| v.defect == "no-invalidation-wait").unwrap();
+    assert_eq!(v.model, "latency = 4");
+    let params = format!("defect = \"{}\"", v.defect);
+    let prompt = suite_of(Some("mock"), &params, "");
+    assert!(prompt.passed(), "without latency the bug does not show:\n{}", prompt.summary());
+    let late = suite_of(Some("mock"), &params, v.model);
+    assert!(late.summary().contains("FAILED mock invalidation/"), "{}", late.summary());
+}
+
+#[test]
+fn the_self_test_catches_every_variant() {
+    assert!(variants::MOCK.len() >= 14, "{} mock variants", variants::MOCK.len());
+    let reg = Registry::with_builtins().unwrap();
+    let plugins: Vec<_> = reg.iter().cloned().collect();
+    let mut seen = 0;
+    let results = self_test(&plugins, &[&MockModelFactory, &VtdModelFactory], 5, |_| seen += 1);
+    assert_eq!(results.len(), variants::all().count());
+    assert_eq!(seen, results.len());
+    for r in &results {
+        assert!(r.caught(), "{} {} not caught in {}: {:?}", r.plugin, r.variant, r.expected_category, r.caught_in);
+    }
+    // Only the plugins given are tested.
+    let mock: Vec<_> = reg.iter().filter(|p| p.name == "mock").cloned().collect();
+    let only = self_test(&mock, &[&MockModelFactory], 5, |_| {});
+    assert_eq!(only.len(), variants::MOCK.len());
+    assert!(only.iter().all(|r| r.plugin == "mock"));
 }
 
 #[test]

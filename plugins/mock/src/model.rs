@@ -15,6 +15,14 @@
 //! - INV_CMD range invalidation for a tag also drops every nested entry whose stage-2 parent
 //!   is that tag (their IOVAs are stage-1 addresses the range cannot be compared with).
 //! - INV_CMD with an unknown command does nothing and does not count in INV_DONE.
+//! - Latency ([`MockModel::with_latency`], `latency = N` in the unit's TOML): with N > 0 an
+//!   INV_CMD write only queues the command (with INV_ADDR, INV_SIZE and INV_TAG as they are at
+//!   the write). Every register read counts down every queued command; a command completes
+//!   (drops its cache entries, then counts in INV_DONE) at the N-th register read after its
+//!   write, in the order written, before that read returns, so the N-th read of INV_DONE
+//!   already shows it. Until then the caches stay stale: a driver that does not wait for
+//!   INV_DONE translates through entries it meant to drop. DMA does not count. Page responses
+//!   are not delayed: §1 gives them no completion register to wait for.
 //! - A/D: the unit sets A on the leaf of every successful walk, and D on a write when the
 //!   descriptor has DIRTY_EN (and CAP.DIRTY). An IOTLB entry made by a read walk of a
 //!   dirty-tracking table does not answer writes: a write re-walks the tables (from memory,
@@ -46,6 +54,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -91,6 +100,19 @@ struct Regs {
     vcmdq_vm: u64,
     vcmdq_prod: u64,
     vcmdq_cons: u64,
+    /// INV_CMD commands written but not completed yet (only with latency).
+    pending: VecDeque<PendingInvalidation>,
+}
+
+/// An INV_CMD command waiting for its completion (see the latency note in the module doc).
+#[derive(Clone, Copy, Debug)]
+struct PendingInvalidation {
+    cmd: u64,
+    addr: u64,
+    size: u64,
+    tag: u64,
+    /// Register reads until it completes.
+    reads_left: u32,
 }
 
 const U32: u64 = 0xffff_ffff;
@@ -103,6 +125,8 @@ pub struct MockModel {
     caches: Mutex<Caches>,
     responses: Mutex<Vec<PageResponseRecord>>,
     next_group: AtomicU32,
+    /// Register reads an invalidation takes to complete (0: at once).
+    latency: u32,
 }
 
 impl Default for MockModel {
@@ -140,7 +164,43 @@ impl MockModel {
             caches: Mutex::new(Caches::default()),
             responses: Mutex::new(Vec::new()),
             next_group: AtomicU32::new(1),
+            latency: 0,
         }
+    }
+
+    /// The same unit, completing each INV_CMD only at the `latency`-th register read after its
+    /// write (0: at once; see the module doc).
+    pub fn with_latency(self, latency: u32) -> Self {
+        Self { latency, ..self }
+    }
+
+    /// Register reads an invalidation takes to complete.
+    pub fn latency(&self) -> u32 {
+        self.latency
+    }
+
+    /// Counts one register read down for every queued invalidation, and completes those that
+    /// are due (in order). Takes the register lock held by the caller and gives it back.
+    fn tick<'a>(&'a self, mut r: MutexGuard<'a, Regs>) -> MutexGuard<'a, Regs> {
+        if r.pending.is_empty() {
+            return r;
+        }
+        for p in r.pending.iter_mut() {
+            p.reads_left = p.reads_left.saturating_sub(1);
+        }
+        let mut due = Vec::new();
+        while r.pending.front().is_some_and(|p| p.reads_left == 0) {
+            due.extend(r.pending.pop_front());
+        }
+        if due.is_empty() {
+            return r;
+        }
+        // Never hold the register lock while taking the cache lock.
+        drop(r);
+        let done = due.iter().filter(|p| self.invalidate(p.cmd, p.addr, p.size, p.tag)).count() as u64;
+        let mut r = lock(&self.regs);
+        r.inv_done = r.inv_done.wrapping_add(done);
+        r
     }
 
     /// The CAP register.
@@ -549,7 +609,7 @@ impl UnitModel for MockModel {
         if width != 4 && width != 8 {
             return Err(HostError::new(HostError::BAD_REGISTER, offset));
         }
-        let r = lock(&self.regs);
+        let r = self.tick(lock(&self.regs));
         let v = match offset {
             reg::ID => reg::ID_VALUE,
             reg::VERSION => 1,
@@ -609,6 +669,14 @@ impl UnitModel for MockModel {
                 r.vcmdq_prod = value & U32;
                 drop(r);
                 self.run_vcmdq(mem);
+            }
+            reg::INV_CMD if self.latency > 0 => {
+                let cmd = value & U32;
+                // An unknown command does nothing and never completes.
+                if (reg::INV_IOTLB_RANGE..=reg::INV_ALL).contains(&cmd) {
+                    let (addr, size, tag) = (r.inv_addr, r.inv_size, r.inv_tag);
+                    r.pending.push_back(PendingInvalidation { cmd, addr, size, tag, reads_left: self.latency });
+                }
             }
             reg::INV_CMD => {
                 let (addr, size, tag) = (r.inv_addr, r.inv_size, r.inv_tag);

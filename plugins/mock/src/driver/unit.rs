@@ -49,6 +49,9 @@ pub enum Defect {
     /// Fault records lose their S2 bit (§6): stage-2 faults of a nested translation look like
     /// the guest's.
     Stage2FaultsUnflagged,
+    /// Invalidations write INV_CMD and return without waiting for INV_DONE to count them (a
+    /// unit with latency still translates through the stale entries).
+    NoInvalidationWait,
 }
 
 /// What the unit and its HWPTs share.
@@ -124,6 +127,7 @@ impl MockUnit {
     pub fn probe(desc: &UnitDesc, io: Io) -> Result<Self, PluginError> {
         let params: MockParams = toml::from_str(desc.params.as_str())
             .map_err(|e| PluginError::invalid(format!("unit {}: bad mock params: {e}", desc.name)))?;
+        let io = io.with_defect(params.defect);
         let id = io.reg_rd(reg::ID)?;
         if id != reg::ID_VALUE {
             return Err(PluginError::new(
