@@ -23,7 +23,7 @@ use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
-pub use report::{variant_table, CaseResult, Outcome, Report, VariantResult};
+pub use report::{variant_table, variants_json, CaseResult, Outcome, Report, VariantResult};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]

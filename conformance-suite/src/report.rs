@@ -196,6 +196,12 @@ pub fn variant_table(results: &[VariantResult]) -> String {
     out
 }
 
+/// Self-test results as a JSON array, one object per variant: `plugin`, `variant`,
+/// `expected_category`, `caught_in` (and `error` when it could not run).
+pub fn variants_json(results: &[VariantResult]) -> String {
+    serde_json::to_string_pretty(results).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
 /// Escapes text for an XML attribute or element.
 fn xml(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
