@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::{Fault, HostError};
-use ioasis::platform::{DmaRequest, DmaTarget, PhysMemory, UnitModel};
+use ioasis::platform::{DmaRequest, DmaTarget, PageResponseSeen, PhysMemory, UnitModel};
 use ioasis::{Pasid, PhysAddr, Prot};
 
 use crate::format::{cap, desc, devtab, fault, pasidtab, pte, reg, vm, ADDR_MASK, VALID};
@@ -703,6 +703,16 @@ impl UnitModel for MockModel {
             _ => return Err(HostError::new(HostError::BAD_REGISTER, offset)),
         }
         Ok(())
+    }
+
+    fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        let seen = |r: &PageResponseRecord| PageResponseSeen {
+            source: r.dev_id,
+            pasid: r.pasid,
+            group: r.group,
+            code: r.code,
+        };
+        Some(lock(&self.responses).iter().map(seen).collect())
     }
 
     fn translate(&self, mem: &dyn PhysMemory, req: &DmaRequest) -> Result<DmaTarget, Fault> {
