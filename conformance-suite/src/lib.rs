@@ -133,6 +133,9 @@ pub fn run(
     report
 }
 
+/// How a case that could not get its machine fails.
+const SETUP_FAILED: &str = "setting up the machine";
+
 fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> Outcome {
     let bench: Result<Box<dyn bench::Bench>, String> = match bed {
         Bed::Simulated(f) => bench::Simulated::new(f, opts).map(|b| Box::new(b) as _),
@@ -140,7 +143,7 @@ fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> 
     };
     let rig = match bench.and_then(|b| rig::Rig::new(plugin, b, opts)) {
         Ok(r) => r,
-        Err(e) => return Outcome::Failed(format!("setting up the machine: {e}")),
+        Err(e) => return Outcome::Failed(format!("{SETUP_FAILED}: {e}")),
     };
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&rig, opts.seed)));
     let outcome = match body {
@@ -178,10 +181,21 @@ pub fn self_test(
     plugins: &[Arc<Plugin>],
     factories: &[&dyn ModelFactory],
     seed: u64,
+    progress: impl FnMut(&VariantResult),
+) -> Vec<VariantResult> {
+    self_test_of(variants::all(), plugins, factories, seed, progress)
+}
+
+/// [`self_test`] on the variants given.
+pub fn self_test_of<'v>(
+    variants: impl IntoIterator<Item = &'v variants::Variant>,
+    plugins: &[Arc<Plugin>],
+    factories: &[&dyn ModelFactory],
+    seed: u64,
     mut progress: impl FnMut(&VariantResult),
 ) -> Vec<VariantResult> {
     let mut out = Vec::new();
-    for v in variants::all() {
+    for v in variants {
         let Some(plugin) = plugins.iter().find(|p| p.name == v.plugin || p.info.name == v.plugin) else {
             continue;
         };
@@ -202,6 +216,13 @@ pub fn self_test(
                     ..Default::default()
                 };
                 let report = run(std::slice::from_ref(plugin), factories, &opts, |_| {});
+                // A variant the plugin cannot even be set up with (a misspelt defect) fails
+                // every case: that is no catch.
+                let setup = report.results.iter().find_map(|r| match &r.outcome {
+                    Outcome::Failed(why) if why.starts_with(SETUP_FAILED) => Some(why.clone()),
+                    _ => None,
+                });
+                result.error = setup.map(|why| format!("{}/{}: {why}", v.plugin, v.defect));
                 let mut caught: Vec<String> = report
                     .results
                     .iter()

@@ -176,7 +176,7 @@ impl VariantResult {
 /// A table of self-test results: each variant, the categories that caught it, and a verdict.
 pub fn variant_table(results: &[VariantResult]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<8} {:<28} {:<14} {:<8} caught in", "plugin", "variant", "expected", "verdict");
+    let _ = writeln!(out, "{:<8} {:<34} {:<14} {:<8} caught in", "plugin", "variant", "expected", "verdict");
     for r in results {
         let verdict = if r.caught() { "caught" } else { "MISSED" };
         let caught = match &r.error {
@@ -184,7 +184,7 @@ pub fn variant_table(results: &[VariantResult]) -> String {
             None if r.caught_in.is_empty() => "(nothing: the variant passed)".to_string(),
             None => r.caught_in.join(", "),
         };
-        let _ = writeln!(out, "{:<8} {:<28} {:<14} {verdict:<8} {caught}", r.plugin, r.variant, r.expected_category);
+        let _ = writeln!(out, "{:<8} {:<34} {:<14} {verdict:<8} {caught}", r.plugin, r.variant, r.expected_category);
     }
     let missed = results.iter().filter(|r| !r.caught()).count();
     let _ = writeln!(

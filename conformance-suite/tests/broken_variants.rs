@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ioasis::loader::Registry;
-use ioasis_conformance::{run, self_test, variants, Options, Outcome, Report};
+use ioasis_conformance::{run, self_test, self_test_of, variants, Options, Outcome, Report};
 use ioasis_plugin_mock::MockModelFactory;
 use ioasis_plugin_vtd::factory::VtdModelFactory;
 
@@ -91,6 +91,29 @@ fn the_self_test_catches_every_variant() {
     let only = self_test(&mock, &[&MockModelFactory], 5, |_| {});
     assert_eq!(only.len(), variants::MOCK.len());
     assert!(only.iter().all(|r| r.plugin == "mock"));
+}
+
+#[test]
+fn the_self_test_counts_no_catch_for_a_variant_that_cannot_run() {
+    let reg = Registry::with_builtins().unwrap();
+    let mock: Vec<_> = reg.iter().filter(|p| p.name == "mock").cloned().collect();
+    let base = variants::Variant { plugin: "mock", defect: "", category: "map-unmap", bug: "", model: "" };
+    let bad = [
+        variants::Variant { defect: "no-such-defect", ..base },
+        variants::Variant { defect: "unmap-off-by-one", model: "latency = [", ..base },
+        variants::Variant { defect: "unmap-off-by-one", model: "teleport = true", ..base },
+        variants::Variant { plugin: "nosuch", ..base },
+    ];
+    let results = self_test_of(&bad, &mock, &[&MockModelFactory], 1, |_| {});
+    assert_eq!(results.len(), 3, "{results:?}");
+    for r in &results {
+        assert!(!r.caught(), "{r:?}");
+        assert!(r.error.is_some(), "{r:?}");
+    }
+    // And a sound variant in the wrong category is missed, with where it was caught.
+    let wrong = [variants::Variant { defect: "unmap-off-by-one", category: "dirty", ..base }];
+    let r = &self_test_of(&wrong, &mock, &[&MockModelFactory], 1, |_| {})[0];
+    assert!(!r.caught() && r.error.is_none() && r.caught_in == ["map-unmap"], "{r:?}");
 }
 
 #[test]
