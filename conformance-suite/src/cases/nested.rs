@@ -91,9 +91,11 @@ pub(crate) fn needs_its_grant_and_faults(r: &Rig, _: u64) -> Result<Pass, String
 /// PASID, nesting and dirty tracking at once: the widest PASID attached to a nested HWPT whose
 /// parent tracks dirty pages.
 pub(crate) fn pasid_nested_with_dirty_parent(r: &Rig, _: u64) -> Result<Pass, String> {
-    let f = r.caps.features;
-    if !f.contains(Features::PASID) || !f.contains(Features::DIRTY_TRACKING) {
-        return skip("the unit lacks PASIDs or dirty tracking");
+    if !r.caps.features.contains(Features::PASID) {
+        return skip("the unit has no PASID support");
+    }
+    if !r.caps.features.contains(Features::DIRTY_TRACKING) {
+        return skip("the unit has no dirty tracking");
     }
     if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
         return skip("the unit cannot nest an x86-64 stage-1");
