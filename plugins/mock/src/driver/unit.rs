@@ -54,7 +54,7 @@ pub enum Defect {
     NoInvalidationWait,
     /// Each PASID table level is indexed with the bits of the level above it (§3).
     PasidTableOffByOne,
-    /// Level-2 device-table entries are indexed by devfn[6:0]: functions at and above devfn
+    /// Level-2 device-table entries are indexed by devfn bits 6:0: functions at and above devfn
     /// 0x80 share the entries of those below (§2).
     DevtabDevfnHighBitDropped,
     /// Page responses carry the response code in the group field and the group in the code
