@@ -11,9 +11,9 @@ use ioasis::platform::ModelFactory;
 use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
 use ioasis_baremetal::{Machine, MachineConfig};
 use ioasis_conformance::{PlatformChoice, QemuProfile};
-use ioasis_plugin_mock::MockModelFactory;
-use ioasis_plugin_vtd::factory::VtdModelFactory;
 use serde::Deserialize;
+// The bundled backends, linked in: each registers itself (and its model) with `inventory`.
+use {ioasis_plugin_mock as _, ioasis_plugin_vtd as _};
 
 /// Exit status of a failed check (refused intent, failed step or case).
 const FAILED: u8 = 1;
@@ -123,8 +123,9 @@ enum Format {
 }
 
 /// The hardware models this binary can simulate units with.
-fn factories() -> Vec<&'static dyn ModelFactory> {
-    vec![&MockModelFactory, &VtdModelFactory]
+/// The hardware models the plugins export (interface 0.4): none is compiled into the binary.
+fn factories(reg: &Registry) -> Vec<Arc<dyn ModelFactory>> {
+    reg.iter().filter_map(|p| p.model_factory()).collect()
 }
 
 fn registry(cli: &Cli) -> Result<Registry, String> {
@@ -143,10 +144,9 @@ fn registry(cli: &Cli) -> Result<Registry, String> {
 
 /// A machine with one simulated unit of `plugin`, built from `model` config.
 fn simulated_unit(plugin: &Arc<Plugin>, model: &toml::Table) -> Result<(Context, ioasis::UnitId), String> {
-    let factory = factories()
-        .into_iter()
-        .find(|f| f.plugin() == plugin.info.name)
-        .ok_or_else(|| format!("no hardware model for plugin `{}` in this binary", plugin.info.name))?;
+    let factory = plugin.model_factory().ok_or_else(|| {
+        format!("plugin `{}` exports no hardware model (interface 0.4): no unit to simulate", plugin.info.name)
+    })?;
     let machine = Arc::new(Machine::new(MachineConfig::default()).map_err(|e| e.to_string())?);
     let base = PhysAddr(0xfed0_0000);
     machine.add_unit(base, factory.window(), factory.build(model)?).map_err(|e| e.to_string())?;
@@ -227,7 +227,9 @@ fn negotiate(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
 }
 
 fn run(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
-    let report = ioasis_baremetal::scenario::run_file(file, reg, &factories()).map_err(|e| e.to_string())?;
+    let models = factories(reg);
+    let models: Vec<&dyn ModelFactory> = models.iter().map(|m| m.as_ref()).collect();
+    let report = ioasis_baremetal::scenario::run_file(file, reg, &models).map_err(|e| e.to_string())?;
     for s in &report.steps {
         let mark = if s.passed { "ok  " } else { "FAIL" };
         let detail = if s.detail.is_empty() { String::new() } else { format!(": {}", s.detail) };
@@ -289,7 +291,7 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     if human && opts.platform != PlatformChoice::Simulated {
         println!("platform: {}", opts.platform);
     }
-    let report = ioasis_conformance::run(&plugins, &factories(), &opts, |r| {
+    let report = ioasis_conformance::run(&plugins, &[], &opts, |r| {
         if human {
             let (mark, detail) = match &r.outcome {
                 ioasis_conformance::Outcome::Passed(d) => ("pass", d),
@@ -316,7 +318,7 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
 /// `ioasis conformance --self-test`: every broken variant of `plugins`, and where it was caught.
 fn self_test(plugins: &[Arc<Plugin>], format: Format, seed: u64) -> Result<ExitCode, String> {
     let human = matches!(format, Format::Human);
-    let results = ioasis_conformance::self_test(plugins, &factories(), seed, |r| {
+    let results = ioasis_conformance::self_test(plugins, &[], seed, |r| {
         if human {
             let mark = if r.caught() { "caught" } else { "MISSED" };
             println!("{mark} {} {}: caught in [{}]", r.plugin, r.variant, r.caught_in.join(", "));

@@ -1,7 +1,7 @@
 //! The ioasis conformance suite: what a vendor runs against its plugin.
 //!
 //! Each case runs on a fresh simulated machine whose unit is the plugin's own hardware model
-//! (a [`ModelFactory`] wired in by the binary), so the suite checks that the plugin programs the
+//! (the [`ModelFactory`] it exports, interface 0.4), so the suite checks that the plugin programs the
 //! unit the way the hardware reads it: real DMA, real faults, stale IOTLB entries kept until the
 //! plugin invalidates them. Random cases are seeded; every failure prints the command that
 //! reproduces it. A case that needs a capability the unit lacks is skipped, never passed.
@@ -94,11 +94,18 @@ pub fn run(
 ) -> Report {
     let mut report = Report::default();
     for plugin in plugins {
-        let factory = factories.iter().find(|f| f.plugin() == plugin.info.name).copied();
+        // The plugin's own model (interface 0.4) first; a host may supply one for plugins
+        // that export none.
+        let own = plugin.model_factory();
+        let factory = own.as_deref().or_else(|| factories.iter().find(|f| f.plugin() == plugin.info.name).copied());
         let bed = match opts.platform {
-            PlatformChoice::Simulated => factory
-                .map(Bed::Simulated)
-                .ok_or_else(|| format!("no hardware model for plugin `{}` in this binary", plugin.info.name)),
+            PlatformChoice::Simulated => factory.map(Bed::Simulated).ok_or_else(|| {
+                format!(
+                    "plugin `{}` (interface {}) exports no hardware model (interface 0.4 added them): it runs only \
+                     on a platform with real or emulated hardware, such as --platform qemu",
+                    plugin.info.name, plugin.interface
+                )
+            }),
             PlatformChoice::Qemu(p) if p.plugin() == plugin.info.name => Ok(Bed::Qemu(p)),
             PlatformChoice::Qemu(p) => Err(format!(
                 "QEMU profile {} is for plugin `{}`; QEMU emulates no unit for `{}`",

@@ -149,8 +149,115 @@ pub const MOCK: &[Variant] = &[
     },
 ];
 
-/// The VT-d driver's broken variants (plugins/vtd, `defect` in its unit parameters).
-pub const VTD: &[Variant] = &[];
+/// The VT-d driver's broken variants (plugins/vtd, `Defect` in its unit parameters), on the
+/// scalable-mode model unless `model` says otherwise.
+pub const VTD: &[Variant] = &[
+    Variant {
+        plugin: "vtd",
+        defect: "missing-wait-descriptor",
+        category: "invalidation",
+        bug: "queued invalidation returns without a wait descriptor",
+        model: "latency = 3",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "stale-wait-status",
+        category: "invalidation",
+        bug: "the wait poll sees the previous batch's status",
+        model: "latency = 3",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "address-mask-off-by-one",
+        category: "map-unmap",
+        bug: "page-selective invalidation with AM one too small",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "fault-reason-truncated",
+        category: "viommu",
+        bug: "fault reason decoded as 4 bits loses scalable-mode reasons",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "page-request-pasid-dropped",
+        category: "pasid",
+        bug: "page request PASID-present tested at the wrong bit",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "fault-source-swapped",
+        category: "faults",
+        bug: "fault record source id with bus and devfn swapped",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "split-loses-permissions",
+        category: "permissions",
+        bug: "a split large page's leaves are read-write",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "dirty-clear-without-flush",
+        category: "dirty",
+        bug: "dirty bits cleared without an IOTLB flush",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "skip-context-cache-invalidation",
+        category: "invalidation",
+        bug: "no context-cache invalidation after a context entry change",
+        model: "generation = \"legacy\"",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "skip-pasid-cache-invalidation",
+        category: "invalidation",
+        bug: "no PASID-cache invalidation after a PASID entry change",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "replace-invalidates-new-did",
+        category: "invalidation",
+        bug: "replace reads the DID to flush after writing the new entry",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "pasid-dir-index-off-by-one",
+        category: "pasid",
+        bug: "PASID directory indexed by PASID bits 19:7",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "nested-invalidation-parent-did",
+        category: "nested",
+        bug: "a guest's stage-1 invalidation names the parent's DID",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "aperture-last-page-refused",
+        category: "map-unmap",
+        bug: "the address-width check refuses the last page",
+        model: "",
+    },
+    Variant {
+        plugin: "vtd",
+        defect: "upper-context-table-ignored",
+        category: "map-unmap",
+        bug: "devfn 128-255 share the lower scalable context table",
+        model: "",
+    },
+];
 
 /// Every broken variant, the mock's first.
 pub fn all() -> impl Iterator<Item = &'static Variant> {

@@ -17,11 +17,14 @@ fn the_mock_passes_every_case() {
 }
 
 #[test]
-fn a_plugin_without_a_model_is_skipped_not_passed() {
+fn the_built_ins_bring_their_own_models() {
+    // No model from the host: each built-in exports its own (interface 0.4).
     let reg = Registry::with_builtins().unwrap();
     let plugins: Vec<_> = reg.iter().cloned().collect();
     let report = run(&plugins, &[], &Options::default(), |_| {});
-    assert!(report.results.iter().all(|r| matches!(r.outcome, Outcome::Skipped(_))));
+    assert!(report.passed(), "{}", report.summary());
+    assert!(report.results.iter().any(|r| matches!(r.outcome, Outcome::Passed(_))));
+    // A plugin without a model is skipped, never passed: tests/plugin_models.rs.
 }
 
 #[test]

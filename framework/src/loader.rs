@@ -13,9 +13,11 @@ use std::sync::Arc;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 
 use crate::abi::{
-    check_ext_0_3, BackendBox, Ext03Export, InterfaceVersion, PluginError, PluginExt03_Ref, PluginRoot_Ref,
-    EXT_0_3_SYMBOL, INTERFACE_SYMBOL, INTERFACE_VERSION,
+    check_ext_0_3, check_ext_0_4, BackendBox, Ext03Export, Ext04Export, HostModelFactory, InterfaceVersion,
+    PluginError, PluginExt03_Ref, PluginExt04_Ref, PluginRoot_Ref, EXT_0_3_SYMBOL, EXT_0_4_SYMBOL, INTERFACE_SYMBOL,
+    INTERFACE_VERSION,
 };
+use crate::platform::ModelFactory;
 
 /// A backend linked into the binary. Plugins register one with `inventory::submit!`.
 pub struct Builtin {
@@ -25,6 +27,8 @@ pub struct Builtin {
     pub root: fn() -> PluginRoot_Ref,
     /// Its interface 0.3 extension (vIOMMU objects), if it has one.
     pub ext_0_3: Option<fn() -> PluginExt03_Ref>,
+    /// Its interface 0.4 extension (its hardware model), if it has one.
+    pub ext_0_4: Option<fn() -> PluginExt04_Ref>,
 }
 
 inventory::collect!(Builtin);
@@ -117,6 +121,8 @@ pub struct Plugin {
     pub(crate) backend: BackendBox,
     /// Its interface 0.3 extension: `None` for a plugin built against 0.2 or one without vIOMMUs.
     pub(crate) ext_0_3: Option<PluginExt03_Ref>,
+    /// Its hardware model (interface 0.4): `None` for an older plugin or one without a model.
+    pub(crate) model: Option<Arc<HostModelFactory>>,
 }
 
 impl fmt::Debug for Plugin {
@@ -139,7 +145,12 @@ pub struct PluginInfoOwned {
 }
 
 impl Plugin {
-    fn from_root(root: PluginRoot_Ref, ext_0_3: Option<PluginExt03_Ref>, origin: Origin) -> Result<Self, LoadError> {
+    fn from_root(
+        root: PluginRoot_Ref,
+        ext_0_3: Option<PluginExt03_Ref>,
+        ext_0_4: Option<PluginExt04_Ref>,
+        origin: Origin,
+    ) -> Result<Self, LoadError> {
         let interface = root.interface();
         if !INTERFACE_VERSION.accepts(interface) {
             return Err(LoadError::InterfaceMismatch { origin, plugin: interface, host: INTERFACE_VERSION });
@@ -155,7 +166,8 @@ impl Plugin {
             .into_result()
             .map_err(|error| LoadError::Backend { name: info.name.clone(), error })?;
         tracing::debug!(plugin = %info.name, %origin, "plugin ready");
-        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend, ext_0_3 })
+        let model = ext_0_4.map(|e| Arc::new(HostModelFactory::new(&info.name, (e.model_factory())())));
+        Ok(Plugin { name: info.name.clone(), info, origin, interface, backend, ext_0_3, model })
     }
 
     /// Loads a plugin from a shared library.
@@ -170,8 +182,15 @@ impl Plugin {
         }
         let header = lib_header_from_path(path).map_err(|e| abi_error(path, e))?;
         let root = header.init_root_module::<PluginRoot_Ref>().map_err(|e| abi_error(path, e))?;
-        let ext = read_ext_0_3(path)?;
-        Self::from_root(root, ext, Origin::Path(path.to_path_buf()))
+        let ext_0_3 = read_ext(path, EXT_0_3_SYMBOL, |e: Ext03Export| check_ext_0_3(&e).map(|()| e.module))?;
+        let ext_0_4 = read_ext(path, EXT_0_4_SYMBOL, |e: Ext04Export| check_ext_0_4(&e).map(|()| e.module))?;
+        Self::from_root(root, ext_0_3, ext_0_4, Origin::Path(path.to_path_buf()))
+    }
+
+    /// The plugin's own hardware model (interface 0.4), for hosts that simulate its units (the
+    /// conformance suite, the bare-metal harness); `None` for a plugin that exports none.
+    pub fn model_factory(&self) -> Option<Arc<dyn ModelFactory>> {
+        self.model.clone().map(|m| m as Arc<dyn ModelFactory>)
     }
 
     /// The plugin's interface 0.3 extension, if it has one.
@@ -189,6 +208,7 @@ impl Plugin {
             interface: INTERFACE_VERSION,
             backend,
             ext_0_3: None,
+            model: None,
         }
     }
 
@@ -222,20 +242,24 @@ fn read_interface_symbol(path: &Path) -> Result<InterfaceVersion, LoadError> {
     Ok(InterfaceVersion { major, minor })
 }
 
-/// The plugin's 0.3 extension module, layout-checked; `None` when it exports none.
-fn read_ext_0_3(path: &Path) -> Result<Option<PluginExt03_Ref>, LoadError> {
+/// An extension module the plugin exports under `symbol` (an `extern "C" fn() -> E`),
+/// layout-checked by `check`; `None` when the plugin exports none.
+fn read_ext<E, M>(
+    path: &Path,
+    symbol: &[u8],
+    check: impl FnOnce(E) -> Result<M, String>,
+) -> Result<Option<M>, LoadError> {
     // SAFETY: the library is loaded already (by the interface check and abi_stable); this only
     // takes another reference to it, which is leaked below like every plugin library.
     let lib = unsafe { libloading::Library::new(path) }
         .map_err(|e| LoadError::Open { path: path.into(), message: e.to_string() })?;
-    // SAFETY: the symbol, when present, is the `extern "C" fn() -> Ext03Export` that
-    // `export_plugin!` writes; the library stays loaded, so the function and what it returns
-    // (statics of the library) stay valid.
-    let export = unsafe { lib.get::<extern "C" fn() -> Ext03Export>(EXT_0_3_SYMBOL) }.ok().map(|f| f());
+    // SAFETY: the symbol, when present, is the `extern "C" fn() -> E` that `export_plugin!`
+    // writes for this extension; the library stays loaded, so the function and what it
+    // returns (statics of the library) stay valid.
+    let export = unsafe { lib.get::<extern "C" fn() -> E>(symbol) }.ok().map(|f| f());
     std::mem::forget(lib);
     let Some(export) = export else { return Ok(None) };
-    check_ext_0_3(&export).map_err(|message| LoadError::Abi { path: path.into(), message })?;
-    Ok(Some(export.module))
+    check(export).map(Some).map_err(|message| LoadError::Abi { path: path.into(), message })
 }
 
 /// The plugins a host uses, by unique name.
@@ -256,7 +280,7 @@ impl Registry {
         let mut builtins: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
         builtins.sort_by_key(|b| b.name);
         for b in builtins {
-            r.add(Plugin::from_root((b.root)(), b.ext_0_3.map(|f| f()), Origin::Builtin)?);
+            r.add(Plugin::from_root((b.root)(), b.ext_0_3.map(|f| f()), b.ext_0_4.map(|f| f()), Origin::Builtin)?);
         }
         Ok(r)
     }

@@ -206,3 +206,25 @@ pub(crate) fn aperture_and_level_ends(r: &Rig, _: u64) -> Result<Pass, String> {
     }
     done(format!("pages at {checked:#x?} translate, up to the aperture's last byte {last:#x}"))
 }
+
+pub(crate) fn aperture_ends(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, h) = r.attached(1)?;
+    let aperture = r.ctx.hwpt_info(h).map_err(e)?.aperture;
+    let (first, last) = (aperture.start.0.next_multiple_of(0x1000), aperture.last.0 & !0xfff);
+    for (iova, pa) in [(first, 0x30_0000u64), (last, 0x30_1000)] {
+        r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), 0x1000, Prot::RW).map_err(|x| format!("map {iova:#x}: {x}"))?;
+        r.lands(1, None, iova + 0xff8, pa + 0xff8, b"the end!")?;
+    }
+    done(format!("the first and the last page of the aperture ({first:#x}, {last:#x}) map and translate"))
+}
+
+/// Device 00:11.0 is devfn 0x88: in VT-d scalable mode it is in the upper context table
+/// (devfn 128-255) of its bus, device 00:01.0 (devfn 0x08) in the lower one at the same slot.
+pub(crate) fn high_devfn_translates(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, low, _) = r.attached(0x01)?;
+    let (_, high, _) = r.attached(0x11)?;
+    r.ctx.map(low, Some(Iova(0x10_0000)), PhysAddr(0x50_0000), 0x1000, Prot::RW).map_err(e)?;
+    r.ctx.map(high, Some(Iova(0x10_0000)), PhysAddr(0x58_0000), 0x1000, Prot::RW).map_err(e)?;
+    r.lands(0x11, None, 0x10_0010, 0x58_0010, b"devfn 0x88")?;
+    done("devfn 0x88 translates through its own IOAS next to devfn 0x08")
+}

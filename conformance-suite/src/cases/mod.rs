@@ -34,6 +34,8 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("map-unmap", "iova-allocation", map::iova_allocation),
     Case::new("map-unmap", "copy-between-ioases", map::copy_between_ioases).dma_from(2),
     Case::new("map-unmap", "aperture-and-level-ends", map::aperture_and_level_ends),
+    Case::new("map-unmap", "aperture-ends", map::aperture_ends),
+    Case::new("map-unmap", "high-devfn-translates", map::high_devfn_translates).dma_from(0x11),
     Case::new("permissions", "read-only", permissions::read_only),
     Case::new("permissions", "write-only", permissions::write_only),
     Case::new("permissions", "survive-a-split", permissions::survive_a_split),

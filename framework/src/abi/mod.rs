@@ -10,6 +10,7 @@ mod error;
 mod ext;
 mod guard;
 mod host;
+mod model;
 mod objects;
 mod root;
 mod viommu;
@@ -18,6 +19,11 @@ pub use error::{ErrorCode, PluginError};
 pub use ext::{check_ext_0_3, Ext03Export, PluginExt03, PluginExt03_Ref, EXT_0_3_SYMBOL};
 pub use guard::{guard, guard_or};
 pub use host::{host_ok, HostError, HostServices, HostServicesBox, HostServices_TO, LogLevel};
+pub use model::{
+    check_ext_0_4, export_model_factory, Ext04Export, HostModelFactory, Model, ModelBox, ModelDmaRequest,
+    ModelDmaTarget, ModelFactoryBox, ModelFactoryObj, ModelFactoryObj_TO, ModelMapping, ModelMemory, ModelMemoryRef,
+    ModelMemory_TO, ModelQueryFailure, ModelStage1, Model_TO, PluginExt04, PluginExt04_Ref, EXT_0_4_SYMBOL,
+};
 pub use objects::{
     Backend, BackendBox, Backend_TO, CacheInvalidation, DeviceInfo, Fault, Hwpt, HwptBox, HwptFlags, HwptInfo,
     HwptKind, HwptRequest, Hwpt_TO, ItemVerdict, PageResponse, Stage1Config, Translation, Unit, UnitBox, UnitDesc,

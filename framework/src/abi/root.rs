@@ -43,8 +43,9 @@ impl InterfaceVersion {
 }
 
 /// The interface version this build of the framework speaks. 0.3 added the vIOMMU objects
-/// ([`crate::abi::PluginExt03`], [`crate::abi::Viommu`]), in an extension module.
-pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 3 };
+/// ([`crate::abi::PluginExt03`], [`crate::abi::Viommu`]), 0.4 the plugin's hardware model
+/// ([`crate::abi::PluginExt04`]), each in an extension module.
+pub const INTERFACE_VERSION: InterfaceVersion = InterfaceVersion { major: 0, minor: 4 };
 
 /// The oldest interface whose plugins this host still loads: 0.2 (0.1 lacked
 /// `HwptRequest::space`, a change of layout).
@@ -96,21 +97,13 @@ impl RootModule for PluginRoot_Ref {
 /// `$root` is a `fn() -> PluginRoot_Ref` from the plugin's rlib (the same function that its
 /// built-in registration uses). The cdylib crate must depend on `abi_stable`.
 /// Use it once per cdylib: the exported symbols have fixed names.
-/// `$ext_0_3`, when given, is a `fn() -> PluginExt03_Ref` (the plugin's vIOMMU objects,
-/// interface 0.3); a plugin without it has none.
+///
+/// `ext_0_3 = f` (a `fn() -> PluginExt03_Ref`: the plugin's vIOMMU objects, interface 0.3) and
+/// `ext_0_4 = g` (a `fn() -> PluginExt04_Ref`: its hardware model, interface 0.4) are optional;
+/// a plugin without one has none of what it adds.
 #[macro_export]
 macro_rules! export_plugin {
-    ($root:path, $ext_0_3:path) => {
-        $crate::export_plugin!($root);
-
-        /// The plugin's interface 0.3 extension, with its layout for the loader's check.
-        #[no_mangle]
-        #[allow(improper_ctypes_definitions)]
-        pub extern "C" fn ioasis_plugin_ext_0_3() -> $crate::abi::Ext03Export {
-            $crate::abi::Ext03Export::of($ext_0_3())
-        }
-    };
-    ($root:path) => {
+    ($root:path $(, ext_0_3 = $e3:path)? $(, ext_0_4 = $e4:path)? $(,)?) => {
         /// The plugin's root module, exported for abi_stable's loader.
         #[::abi_stable::export_root_module]
         pub fn ioasis_plugin_root() -> $crate::abi::PluginRoot_Ref {
@@ -121,5 +114,23 @@ macro_rules! export_plugin {
         #[no_mangle]
         pub static IOASIS_PLUGIN_INTERFACE: [u16; 2] =
             [$crate::abi::INTERFACE_VERSION.major, $crate::abi::INTERFACE_VERSION.minor];
+
+        $(
+            /// The plugin's interface 0.3 extension, with its layout for the loader's check.
+            #[no_mangle]
+            #[allow(improper_ctypes_definitions)]
+            pub extern "C" fn ioasis_plugin_ext_0_3() -> $crate::abi::Ext03Export {
+                $crate::abi::Ext03Export::of($e3())
+            }
+        )?
+
+        $(
+            /// The plugin's interface 0.4 extension (its hardware model), with its layout.
+            #[no_mangle]
+            #[allow(improper_ctypes_definitions)]
+            pub extern "C" fn ioasis_plugin_ext_0_4() -> $crate::abi::Ext04Export {
+                $crate::abi::Ext04Export::of($e4())
+            }
+        )?
     };
 }

@@ -15,8 +15,8 @@ use abi_stable::sabi_extern_fn;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RString};
 use ioasis::abi::{
-    guard, BackendBox, Backend_TO, PluginError, PluginExt03, PluginExt03_Ref, PluginInfo, PluginRoot, PluginRoot_Ref,
-    INTERFACE_VERSION,
+    guard, BackendBox, Backend_TO, PluginError, PluginExt03, PluginExt03_Ref, PluginExt04, PluginExt04_Ref, PluginInfo,
+    PluginRoot, PluginRoot_Ref, INTERFACE_VERSION,
 };
 
 pub use driver::{Defect, MockBackend, MockParams};
@@ -55,6 +55,19 @@ pub fn ext_0_3() -> PluginExt03_Ref {
     PluginExt03_Ref(EXT_0_3.static_as_prefix())
 }
 
+#[sabi_extern_fn]
+fn model_factory() -> ioasis::abi::ModelFactoryBox {
+    ioasis::abi::export_model_factory(crate::factory::MockModelFactory)
+}
+
+const EXT_0_4: &WithMetadata<PluginExt04> = &WithMetadata::new(PluginExt04 { model_factory });
+
+/// The plugin's interface 0.4 extension: its hardware model, so that hosts check the plugin
+/// against the unit it drives without a model compiled into them.
+pub fn ext_0_4() -> PluginExt04_Ref {
+    PluginExt04_Ref(EXT_0_4.static_as_prefix())
+}
+
 inventory::submit! {
-    ioasis::loader::Builtin { name: NAME, root: root_module, ext_0_3: Some(ext_0_3) }
+    ioasis::loader::Builtin { name: NAME, root: root_module, ext_0_3: Some(ext_0_3), ext_0_4: Some(ext_0_4) }
 }

@@ -1,8 +1,9 @@
 //! Building VT-d unit models from TOML, for hosts that simulate units.
 //!
 //! Keys: `generation` (`"scalable"`, the default, `"legacy"`, `"legacy-no-qi"` or
-//! `"legacy-39bit"`), and optional `cap` / `ecap` integers that replace the preset's CAP_REG /
-//! ECAP_REG (VT-d spec 11.4.2, 11.4.3) entirely.
+//! `"legacy-39bit"`), optional `cap` / `ecap` integers that replace the preset's CAP_REG /
+//! ECAP_REG (VT-d spec 11.4.2, 11.4.3) entirely, and `latency`, the register reads a command
+//! or an invalidation takes to complete ([`VtdModelConfig::latency`], default 0: at once).
 
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub struct VtdUnitConfig {
     pub cap: Option<u64>,
     /// ECAP_REG override.
     pub ecap: Option<u64>,
+    /// Completion latency in register reads ([`VtdModelConfig::latency`]).
+    #[serde(default)]
+    pub latency: u32,
 }
 
 impl VtdUnitConfig {
@@ -49,7 +53,11 @@ impl VtdUnitConfig {
             Generation::LegacyNoQi => VtdModelConfig::legacy_no_qi(),
             Generation::Legacy39bit => VtdModelConfig::legacy_39bit_no_superpages(),
         };
-        VtdModelConfig { cap: self.cap.unwrap_or(base.cap), ecap: self.ecap.unwrap_or(base.ecap) }
+        VtdModelConfig {
+            cap: self.cap.unwrap_or(base.cap),
+            ecap: self.ecap.unwrap_or(base.ecap),
+            latency: self.latency,
+        }
     }
 }
 
@@ -92,7 +100,9 @@ mod tests {
             assert!(f.build(&table(&format!("generation = \"{g}\""))).is_ok(), "{g}");
         }
         let c: VtdUnitConfig = table("generation = \"legacy\"\necap = 0xf00").try_into().unwrap();
-        assert_eq!(c.model_config(), VtdModelConfig { cap: VtdModelConfig::legacy().cap, ecap: 0xf00 });
+        assert_eq!(c.model_config(), VtdModelConfig { cap: VtdModelConfig::legacy().cap, ecap: 0xf00, latency: 0 });
+        let c: VtdUnitConfig = table("latency = 3").try_into().unwrap();
+        assert_eq!(c.model_config(), VtdModelConfig::scalable().with_latency(3));
     }
 
     #[test]

@@ -42,6 +42,14 @@
 //!   error (unknown type, reserved bit, unsupported feature, AM above MAMV, unreadable
 //!   descriptor or status address) sets FSTS.IQE and leaves IQH at the bad descriptor; while
 //!   IQE is set nothing is fetched; clearing it resumes fetching.
+//! - Completion latency ([`VtdModelConfig::latency`] N > 0): nothing completes at the write
+//!   that starts it. A GCMD command shows in GSTS, a CCMD / IOTLB_REG invalidation takes effect
+//!   and clears ICC / IVT, at the N-th register read after the write. The invalidation queue
+//!   runs one batch per N reads: the descriptors from IQH up to and including the next wait
+//!   descriptor (or IQT), the cache invalidations among them in reverse order (6.5.2: only a
+//!   wait descriptor orders them), then the others (page group responses, the wait and its
+//!   status write) in order; IQH moves past the batch. DMA does not advance anything: a driver
+//!   that does not wait for completion translates through stale caches.
 //! - Registers are accessed at their offset with width 4 or 8; a 4-byte access reaches either
 //!   half of a 64-bit register. Writes to read-only registers are ignored; unknown offsets are
 //!   [`HostError::BAD_REGISTER`].
@@ -726,8 +734,11 @@ impl VtdModel {
 }
 
 impl UnitModel for VtdModel {
-    fn mmio_read(&self, _mem: &dyn PhysMemory, offset: u64, width: u8) -> Result<u64, HostError> {
-        let st = lock(&self.state);
+    fn mmio_read(&self, mem: &dyn PhysMemory, offset: u64, width: u8) -> Result<u64, HostError> {
+        let mut st = lock(&self.state);
+        if self.cfg.latency > 0 {
+            self.tick(&mut st, mem);
+        }
         self.read_reg(&st, offset, width).ok_or(HostError::new(HostError::BAD_REGISTER, offset))
     }
 

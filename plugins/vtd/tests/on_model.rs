@@ -142,3 +142,17 @@ fn conformance_on_a_57_bit_five_level_unit() {
     let caps = report.results.iter().find(|r| r.case == "widths-and-formats").expect("ran");
     assert!(matches!(&caps.outcome, Outcome::Passed(d) if d.contains("57-bit IOVA")), "{caps:?}");
 }
+
+/// The whole suite on every generation with completion latency: the driver waits for every
+/// command and invalidation it depends on.
+#[test]
+fn conformance_with_completion_latency() {
+    for generation in ["scalable", "legacy", "legacy-no-qi", "legacy-39bit"] {
+        let mut model = model_config(generation);
+        model.insert("latency".into(), toml::Value::Integer(3));
+        let opts = Options { seed: 1, unit_model: model, ..Default::default() };
+        let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
+        assert!(report.passed(), "[{generation}, latency 3]\n{}", report.summary());
+        assert!(report.results.iter().any(|r| matches!(r.outcome, Outcome::Passed(_))));
+    }
+}

@@ -10,7 +10,7 @@ use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
 use super::inv::Desc;
 use super::pagetable::PageTable;
-use super::unit::UnitCore;
+use super::unit::{Defect, UnitCore};
 use crate::layout::qi;
 use crate::layout::tables::pasid_entry;
 
@@ -209,7 +209,9 @@ impl VtdHwpt {
         // Atomic clears: the unit may set A/D in the same entry meanwhile.
         if let Some(range) = t.read_and_clear_dirty(&h.core.io, iova, len, page_shift, bm, keep)? {
             // Cached translations would not set D again: drop them for the range.
-            h.flush(Some(range))?;
+            if !h.core.bug(Defect::DirtyClearWithoutFlush) {
+                h.flush(Some(range))?;
+            }
         }
         Ok(())
     }
@@ -222,6 +224,10 @@ impl VtdHwpt {
         let c = &h.core;
         let mut batch = Vec::new();
         let users = h.users();
+        let did = match &h.table {
+            Table::Nested { parent, .. } if c.bug(Defect::NestedInvalidationParentDid) => parent.did,
+            _ => h.did,
+        };
         for (n, r) in reqs.iter().enumerate() {
             let range = match r.scope {
                 CacheInvalidation::ALL | CacheInvalidation::PASID => None,
@@ -230,7 +236,7 @@ impl VtdHwpt {
             };
             // 6.5.2.4: first-stage translations are tagged by DID and PASID.
             for u in &users {
-                batch.extend(c.inv.piotlb_range(h.did, u.pasid.unwrap_or(0), range));
+                batch.extend(c.inv.piotlb_range(did, u.pasid.unwrap_or(0), range));
                 if u.ats {
                     batch.push(dev_tlb_all(u.sid));
                 }
@@ -267,6 +273,14 @@ impl Hwpt for VtdHwpt {
         guard("map", || {
             let h = &self.0;
             let t = h.paging()?;
+            if h.core.bug(Defect::ApertureLastPageRefused)
+                && iova.0.checked_add(len).is_none_or(|end| end >= 1u64 << h.core.ias)
+            {
+                return Err(PluginError::new(
+                    ioasis::abi::ErrorCode::OUT_OF_RANGE,
+                    format!("{iova}+{len:#x} is beyond the {}-bit aperture", h.core.ias),
+                ));
+            }
             let _g = lock(&h.lock);
             t.map(&h.core.io, iova.0, pa.0, len, prot)?;
             if h.core.cap & crate::layout::regs::cap::CM != 0 {

@@ -11,6 +11,7 @@ use ioasis::abi::{ErrorCode, PluginError};
 use ioasis::pt::Memory;
 
 use super::io::Io;
+use super::unit::Defect;
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ccmd, fsts, iqa, off};
 
@@ -58,12 +59,14 @@ pub struct Invalidator {
     cap: u64,
     /// IOTLB register block (ECAP.IRO).
     iro: u64,
+    /// The deliberate bug the unit was told to have (conformance self-test only).
+    defect: Option<Defect>,
 }
 
 impl Invalidator {
     /// Register-based until [`Invalidator::enable_queue`].
-    pub fn new(cap: u64, ecap: u64) -> Self {
-        Self { queue: Mutex::new(None), cap, iro: regs::ecap::iro(ecap) }
+    pub fn new(cap: u64, ecap: u64, defect: Option<Defect>) -> Self {
+        Self { queue: Mutex::new(None), cap, iro: regs::ecap::iro(ecap), defect }
     }
 
     /// Programs IQA and IQT and enables queued invalidation (11.4.10, GCMD.QIE).
@@ -105,7 +108,7 @@ impl Invalidator {
                 // Leave room for the wait descriptor and one free slot (head == tail means empty).
                 let room = (q.slots() - 2) as usize;
                 for chunk in batch.chunks(room) {
-                    Self::queue_chunk(io, q, chunk)?;
+                    Self::queue_chunk(io, q, chunk, self.defect)?;
                 }
                 Ok(())
             }
@@ -119,12 +122,17 @@ impl Invalidator {
         }
     }
 
-    fn queue_chunk(io: &Io, q: &mut Queue, chunk: &[Desc]) -> Result<(), PluginError> {
+    fn queue_chunk(io: &Io, q: &mut Queue, chunk: &[Desc], defect: Option<Defect>) -> Result<(), PluginError> {
         q.seq = q.seq.wrapping_add(1).max(1);
-        let seq = q.seq;
-        io.wr(q.status, 0)?;
+        let stale = defect == Some(Defect::StaleWaitStatus);
+        let seq = if stale { 1 } else { q.seq };
+        if !stale {
+            io.wr(q.status, 0)?;
+        }
         let wait = [qi::wait::q0(qi::wait::SW | qi::wait::FN, seq), qi::wait::q1(q.status)];
-        for d in chunk.iter().chain(std::iter::once(&wait)) {
+        let no_wait = defect == Some(Defect::MissingWaitDescriptor);
+        let tail = if no_wait { None } else { Some(&wait) };
+        for d in chunk.iter().chain(tail) {
             let slot = q.base + q.tail * q.desc_size();
             io.wr(slot + 8, d[1])?;
             if q.wide {
@@ -136,6 +144,9 @@ impl Invalidator {
         }
         // 11.4.10.2: IQT holds the byte offset of the next free descriptor.
         io.wr64(off::IQT, q.tail * q.desc_size())?;
+        if no_wait {
+            return Ok(());
+        }
         let status = q.status;
         io.poll("invalidation wait", || {
             let s = io.rd32(off::FSTS)?;
@@ -196,9 +207,18 @@ impl Invalidator {
         match psi_chunks(self.cap, iova, len) {
             Some(chunks) => chunks
                 .into_iter()
-                .map(|(a, am)| [qi::iotlb::q0(qi::iotlb::PAGE, did) | drain, qi::iotlb::q1(a, am)])
+                .map(|(a, am)| [qi::iotlb::q0(qi::iotlb::PAGE, did) | drain, qi::iotlb::q1(a, self.am(am))])
                 .collect(),
             None => vec![[qi::iotlb::q0(qi::iotlb::DOMAIN, did) | drain, 0]],
+        }
+    }
+
+    /// The AM field for a chunk of 2^`am` pages (one too small with the test-only defect).
+    fn am(&self, am: u32) -> u32 {
+        if self.defect == Some(Defect::AddressMaskOffByOne) {
+            am.saturating_sub(1)
+        } else {
+            am
         }
     }
 
@@ -207,7 +227,7 @@ impl Invalidator {
         match range.and_then(|(iova, len)| psi_chunks(self.cap, iova, len)) {
             Some(chunks) => chunks
                 .into_iter()
-                .map(|(a, am)| [qi::p_iotlb::q0(qi::p_iotlb::PAGE, did, pasid), qi::iotlb::q1(a, am)])
+                .map(|(a, am)| [qi::p_iotlb::q0(qi::p_iotlb::PAGE, did, pasid), qi::iotlb::q1(a, self.am(am))])
                 .collect(),
             None => vec![[qi::p_iotlb::q0(qi::p_iotlb::PASID, did, pasid), 0]],
         }

@@ -5,13 +5,19 @@
 //! - `inv`: queued (6.5.2) and register-based (6.5.1) invalidation.
 //! - `pagetable`: second-stage tables (9.8).
 //! - `hwpt`: domains and their tables, dirty tracking, nested invalidation.
-//! - `unit`: probe, root/context/PASID tables, attach, faults and page requests.
+//! - `unit`: probe, capabilities, negotiation, allocation, shutdown; the `Unit` implementation.
+//! - `context`: root and context tables (9.1-9.4), attach and detach.
+//! - `pasid`: PASID directories and tables (9.4-9.6), scalable-mode attach.
+//! - `fault`: fault recording (7.1.3, 11.4.9) and the page request queue (7.5, 11.4.11).
 //! - `viommu`: vIOMMUs (a VM's DID, its vDEVICEs, the guest's invalidation descriptors).
 
+mod context;
+mod fault;
 mod hwpt;
 mod inv;
 mod io;
 mod pagetable;
+mod pasid;
 #[cfg(test)]
 mod tests;
 mod unit;
@@ -22,7 +28,7 @@ use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{RArc, RResult};
 use ioasis::abi::{guard, Backend, HostServicesBox, PluginError, UnitBox, UnitDesc, Unit_TO, ViommuBox, ViommuRequest};
 
-pub use unit::{Mode, VtdParams};
+pub use unit::{Defect, Mode, VtdParams};
 
 /// The VT-d backend.
 pub struct VtdBackend;

@@ -22,11 +22,20 @@ pub type PageTable = pt::PageTable<SlFormat>;
 pub struct SlFormat {
     /// Extra leaf bits (SNP, bit 11, for enforced coherency with ECAP.SC).
     pub leaf_extra: u64,
+    /// Test-only defect: split leaves get R|W instead of the large leaf's permissions.
+    pub split_loses_permissions: bool,
 }
 
 /// A second-stage table of `levels` (3 to 5) with a freshly allocated root.
-pub fn new_table(io: &Io, levels: u32, sizes: PageSizes, ias: u8, leaf_extra: u64) -> Result<PageTable, PluginError> {
-    PageTable::new(io, Geometry { levels, sizes, ias }, SlFormat { leaf_extra })
+pub fn new_table(
+    io: &Io,
+    levels: u32,
+    sizes: PageSizes,
+    ias: u8,
+    leaf_extra: u64,
+    split_loses_permissions: bool,
+) -> Result<PageTable, PluginError> {
+    PageTable::new(io, Geometry { levels, sizes, ias }, SlFormat { leaf_extra, split_loses_permissions })
 }
 
 impl Format for SlFormat {
@@ -56,6 +65,9 @@ impl Format for SlFormat {
         attrs | if level > 0 { sl::PS } else { 0 } | pa
     }
     fn attrs_of(&self, e: u64, _level: u32) -> u64 {
+        if self.split_loses_permissions {
+            return (e & !(ADDR | sl::PS)) | sl::R | sl::W;
+        }
         e & !(ADDR | sl::PS)
     }
     fn leaf_addr(&self, e: u64, level: u32) -> u64 {

@@ -12,6 +12,13 @@ pub struct VtdModelConfig {
     pub cap: u64,
     /// ECAP_REG.
     pub ecap: u64,
+    /// Completion latency, in register reads: 0 completes every command and invalidation at
+    /// the register write that starts it. With N > 0, a global command (GCMD, 11.4.4) shows in
+    /// GSTS, a register-based invalidation (CCMD.ICC 11.4.7, IOTLB_REG.IVT 11.4.8) takes effect
+    /// and clears its bit, and the invalidation queue (6.5.2) runs its next batch (up to and
+    /// including the next wait descriptor, its invalidations in reverse order), only at the
+    /// N-th register read after; status writes of wait descriptors come with their batch.
+    pub latency: u32,
 }
 
 /// A configuration the model cannot run with.
@@ -63,13 +70,13 @@ impl VtdModelConfig {
     /// QEMU 7.2's intel-iommu in legacy mode: CAP 0x00d2008c222f0606, ECAP 0xf42 (QI, PT,
     /// IRO 0xf0; SAGAW 39/48, MGAW 48, ND 6, NFR 1 at FRO 0x220, SLLPS 2M+1G, PSI, MAMV 18).
     pub const fn legacy() -> Self {
-        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf42 }
+        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf42, latency: 0 }
     }
 
     /// An old unit: QEMU's legacy CAP, no queued invalidation (register-based only), no
     /// pass-through, IOTLB registers at 0xf0.
     pub const fn legacy_no_qi() -> Self {
-        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf00 }
+        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf00, latency: 0 }
     }
 
     /// A 39-bit unit without superpages: QEMU's legacy unit with SAGAW 39 only, MGAW 39 and
@@ -79,7 +86,7 @@ impl VtdModelConfig {
         c = field(c, 8, 5, 0b00010); // SAGAW: 39-bit only.
         c = field(c, 16, 6, 38); // MGAW - 1.
         c = field(c, 34, 4, 0); // SLLPS.
-        Self { cap: c, ecap: Self::legacy().ecap }
+        Self { cap: c, ecap: Self::legacy().ecap, latency: 0 }
     }
 
     /// A modern scalable-mode unit: SMTS, SSTS, FSTS, NEST, PRS, SSADS, PASID (20 bits), QI,
@@ -100,7 +107,7 @@ impl VtdModelConfig {
         e = field(e, 8, 10, 0x500 / 16); // IRO.
         e |= ecap::NEST | ecap::PRS | ecap::PASID | ecap::SMTS | ecap::SSADS | ecap::SSTS | ecap::FSTS;
         e = field(e, 35, 5, 19); // PSS: 20-bit PASIDs.
-        Self { cap: c, ecap: e }
+        Self { cap: c, ecap: e, latency: 0 }
     }
 
     /// Offset of the first fault-recording register (CAP.FRO * 16).
@@ -136,6 +143,11 @@ impl VtdModelConfig {
             return Err(ConfigError::Overlap { fro, iro });
         }
         Ok(())
+    }
+
+    /// The same unit with completion `latency` (see [`VtdModelConfig::latency`]).
+    pub const fn with_latency(self, latency: u32) -> Self {
+        Self { latency, ..self }
     }
 
     pub(super) fn has_cap(&self, bit: u64) -> bool {

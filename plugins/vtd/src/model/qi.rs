@@ -12,6 +12,26 @@ use crate::layout::regs::{cap, ccmd_more, ecap, fsts, gcmd, iotlb_more, iqa, ICS
 /// A descriptor the unit refuses (sets FSTS.IQE).
 struct Invalid;
 
+/// The invalidation queue as IQA, IQH and IQT give it (11.4.10).
+struct Queue {
+    base: u64,
+    /// Bytes.
+    size: u64,
+    /// Descriptor size in bytes (16, or 32 with IQA.DW).
+    dsz: u64,
+    wide: bool,
+    tail: u64,
+    head: u64,
+}
+
+/// Cache invalidations (6.5.2.1-6.5.2.7), which complete in any order up to a wait descriptor.
+fn is_cache_invalidation(q0: u64) -> bool {
+    matches!(
+        qi::type_of(q0),
+        qi::cc::TYPE | qi::iotlb::TYPE | qi::dev_tlb::TYPE | qi::p_iotlb::TYPE | qi::pc::TYPE | qi::p_dev_tlb::TYPE
+    )
+}
+
 /// Descriptor granularity field G, bits 5:4 (6.5.2.x).
 fn gran(q0: u64) -> u64 {
     (q0 >> 4) & 3
@@ -76,43 +96,112 @@ impl VtdModel {
         iotlb_more::iirg(v)
     }
 
-    /// Fetches and runs descriptors from IQH up to IQT while queued invalidation is enabled and
-    /// no queue error is pending (6.5.2).
-    pub(super) fn process_queue(&self, st: &mut State, mem: &dyn PhysMemory) {
+    /// The queue's geometry when it runs (enabled, no queue error pending); sets FSTS.IQE
+    /// when IQA / IQH / IQT are unusable.
+    fn queue(&self, st: &mut State) -> Option<Queue> {
         let r = &st.regs;
         if r.gsts & gcmd::QIE == 0 || r.fsts & fsts::IQE != 0 {
-            return;
+            return None;
         }
         let wide = r.iqa & iqa::DW != 0;
         let dsz: u64 = if wide { 32 } else { 16 };
         let size = 4096u64 << (r.iqa & 7);
-        let base = r.iqa & !0xfff;
-        let tail = r.iqt & IQ_OFFSET_MASK;
-        let mut head = r.iqh & IQ_OFFSET_MASK;
-        let bad_queue = (wide && !self.cfg.has_ecap(ecap::SMTS)) || tail >= size || tail % dsz != 0;
-        if bad_queue || head >= size || head % dsz != 0 {
+        let q =
+            Queue { base: r.iqa & !0xfff, size, dsz, wide, tail: r.iqt & IQ_OFFSET_MASK, head: r.iqh & IQ_OFFSET_MASK };
+        let bad_queue = (wide && !self.cfg.has_ecap(ecap::SMTS)) || q.tail >= size || q.tail % dsz != 0;
+        if bad_queue || q.head >= size || q.head % dsz != 0 {
             st.regs.fsts |= fsts::IQE;
+            return None;
+        }
+        Some(q)
+    }
+
+    /// The descriptor at byte offset `at` of the queue, or None when memory refuses.
+    fn fetch(mem: &dyn PhysMemory, q: &Queue, at: u64) -> Option<[u64; 4]> {
+        let mut d = [0u64; 4];
+        for (i, w) in d.iter_mut().take((q.dsz / 8) as usize).enumerate() {
+            *w = mem.read_u64(PhysAddr(q.base.checked_add(at + i as u64 * 8)?)).ok()?;
+        }
+        Some(d)
+    }
+
+    /// Fetches and runs descriptors from IQH up to IQT while queued invalidation is enabled and
+    /// no queue error is pending (6.5.2). With completion latency, this only arms the queue:
+    /// its batches run as registers are read ([`VtdModel::tick`]).
+    pub(super) fn process_queue(&self, st: &mut State, mem: &dyn PhysMemory) {
+        if self.cfg.latency > 0 {
+            self.arm_queue(st);
             return;
         }
+        let Some(q) = self.queue(st) else { return };
+        let mut head = q.head;
         // At most one pass over the queue.
-        for _ in 0..size / dsz {
-            if head == tail {
+        for _ in 0..q.size / q.dsz {
+            if head == q.tail {
                 break;
             }
-            let mut d = [0u64; 4];
-            let mut ok = true;
-            for (i, w) in d.iter_mut().take((dsz / 8) as usize).enumerate() {
-                match base.checked_add(head + i as u64 * 8).map(|a| mem.read_u64(PhysAddr(a))) {
-                    Some(Ok(v)) => *w = v,
-                    _ => ok = false,
-                }
-            }
-            if !ok || self.run_descriptor(st, mem, &d, wide).is_err() {
+            let ok = Self::fetch(mem, &q, head).is_some_and(|d| self.run_descriptor(st, mem, &d, q.wide).is_ok());
+            if !ok {
                 st.regs.fsts |= fsts::IQE;
                 return;
             }
-            head = (head + dsz) % size;
+            head = (head + q.dsz) % q.size;
             st.regs.iqh = head;
+        }
+    }
+
+    /// Starts the latency count of the queue's next batch when it has work and none is counting.
+    pub(super) fn arm_queue(&self, st: &mut State) {
+        let r = &st.regs;
+        let runs = r.gsts & gcmd::QIE != 0 && r.fsts & fsts::IQE == 0;
+        if runs && r.qi_wait == 0 && r.iqh & IQ_OFFSET_MASK != r.iqt & IQ_OFFSET_MASK {
+            st.regs.qi_wait = self.cfg.latency.max(1);
+        }
+    }
+
+    /// Runs the queue's next batch under completion latency: the descriptors from IQH up to
+    /// and including the next wait descriptor (or IQT). The cache invalidations run newest
+    /// first (6.5.2 orders them only against a wait descriptor), then the other descriptors in
+    /// order. An invalid or unreadable descriptor sets FSTS.IQE with IQH at it, and nothing
+    /// after it but invalidations (which may always be done early) has run.
+    pub(super) fn queue_batch(&self, st: &mut State, mem: &dyn PhysMemory) {
+        let Some(q) = self.queue(st) else { return };
+        let mut batch: Vec<(u64, Option<[u64; 4]>)> = Vec::new();
+        let mut head = q.head;
+        while head != q.tail && (batch.len() as u64) < q.size / q.dsz {
+            let d = Self::fetch(mem, &q, head);
+            batch.push((head, d));
+            head = (head + q.dsz) % q.size;
+            if d.is_none_or(|d| qi::type_of(d[0]) == qi::wait::TYPE) {
+                break;
+            }
+        }
+        let mut bad = None;
+        for (i, (_, d)) in batch.iter().enumerate().rev() {
+            match d {
+                None => bad = Some(i),
+                Some(d) if is_cache_invalidation(d[0]) && self.run_descriptor(st, mem, d, q.wide).is_err() => {
+                    bad = Some(i)
+                }
+                Some(_) => {}
+            }
+        }
+        for (i, (_, d)) in batch.iter().enumerate() {
+            if bad.is_some_and(|b| i >= b) {
+                break;
+            }
+            if let Some(d) = d.filter(|d| !is_cache_invalidation(d[0])) {
+                if self.run_descriptor(st, mem, &d, q.wide).is_err() {
+                    bad = Some(i);
+                }
+            }
+        }
+        match bad {
+            Some(i) => {
+                st.regs.iqh = batch[i].0;
+                st.regs.fsts |= fsts::IQE;
+            }
+            None => st.regs.iqh = head,
         }
     }
 

@@ -55,6 +55,15 @@ pub(super) struct Regs {
     pub next_fr: usize,
     /// Index of the oldest pending record (FSTS.FRI), when PPF.
     pub first_fr: usize,
+    /// With completion latency: a GCMD write not yet acted on, and the reads it still takes.
+    pub gcmd_pending: Option<(u32, u32)>,
+    /// With completion latency: reads until the CCMD / IOTLB_REG invalidation in flight
+    /// completes (0: none in flight).
+    pub ccmd_wait: u32,
+    pub iotlb_wait: u32,
+    /// With completion latency: reads until the invalidation queue runs its next batch (0:
+    /// idle).
+    pub qi_wait: u32,
 }
 
 impl Regs {
@@ -83,6 +92,10 @@ impl Regs {
             frcd: vec![[0; 2]; nfr as usize],
             next_fr: 0,
             first_fr: 0,
+            gcmd_pending: None,
+            ccmd_wait: 0,
+            iotlb_wait: 0,
+            qi_wait: 0,
         }
     }
 
@@ -170,6 +183,42 @@ impl VtdModel {
         Some(v)
     }
 
+    /// One register read's worth of progress under completion latency: a pending global
+    /// command, register-based invalidation or queue batch whose count runs out completes.
+    pub(super) fn tick(&self, st: &mut State, mem: &dyn PhysMemory) {
+        if let Some((v, n)) = st.regs.gcmd_pending {
+            if n <= 1 {
+                st.regs.gcmd_pending = None;
+                self.gcmd(st, mem, v);
+            } else {
+                st.regs.gcmd_pending = Some((v, n - 1));
+            }
+        }
+        if st.regs.ccmd_wait > 0 {
+            st.regs.ccmd_wait -= 1;
+            if st.regs.ccmd_wait == 0 {
+                let v = st.regs.ccmd;
+                let g = self.context_invalidate(st, v);
+                st.regs.ccmd = (v & !ccmd::ICC & !ccmd_more::CAIG_MASK) | ccmd_more::caig(g);
+            }
+        }
+        if st.regs.iotlb_wait > 0 {
+            st.regs.iotlb_wait -= 1;
+            if st.regs.iotlb_wait == 0 {
+                let v = st.regs.iotlb;
+                let g = self.iotlb_invalidate_reg(st, v);
+                st.regs.iotlb = (v & !iotlb::IVT & !iotlb_more::IAIG_MASK) | iotlb_more::iaig(g);
+            }
+        }
+        if st.regs.qi_wait > 0 {
+            st.regs.qi_wait -= 1;
+            if st.regs.qi_wait == 0 {
+                self.queue_batch(st, mem);
+                self.arm_queue(st);
+            }
+        }
+    }
+
     /// A register read of `width` bytes.
     pub(super) fn read_reg(&self, st: &State, offset: u64, width: u8) -> Option<u64> {
         match width {
@@ -218,6 +267,14 @@ impl VtdModel {
     fn write32(&self, st: &mut State, mem: &dyn PhysMemory, offset: u64, v: u32) {
         let r = &mut st.regs;
         match offset {
+            off::GCMD if self.cfg.latency > 0 => {
+                // Software must wait for one command before the next (11.4.4); one that does
+                // not gets the earlier command completed first.
+                if let Some((earlier, _)) = st.regs.gcmd_pending.take() {
+                    self.gcmd(st, mem, earlier);
+                }
+                st.regs.gcmd_pending = Some((v, self.cfg.latency));
+            }
             off::GCMD => self.gcmd(st, mem, v),
             off::FSTS => {
                 let had_iqe = r.fsts & fsts::IQE != 0;
@@ -264,6 +321,7 @@ impl VtdModel {
             // 11.4.10.1: IQH is reset when queued invalidation is disabled.
             r.gsts &= !gcmd::QIE;
             r.iqh = 0;
+            r.qi_wait = 0;
         }
     }
 
@@ -275,7 +333,10 @@ impl VtdModel {
             off::RTADDR => r.rtaddr = merge(r.rtaddr),
             off::CCMD => {
                 let new = merge(r.ccmd);
-                if v & mask & ccmd::ICC != 0 {
+                if v & mask & ccmd::ICC != 0 && self.cfg.latency > 0 {
+                    r.ccmd = new;
+                    r.ccmd_wait = self.cfg.latency;
+                } else if v & mask & ccmd::ICC != 0 {
                     let g = self.context_invalidate(st, new);
                     st.regs.ccmd = (new & !ccmd::ICC & !ccmd_more::CAIG_MASK) | ccmd_more::caig(g);
                 } else {
@@ -293,7 +354,10 @@ impl VtdModel {
             o if o == iro + iotlb::IVA => r.iva = merge(r.iva),
             o if o == iro + iotlb::REG => {
                 let new = merge(r.iotlb);
-                if v & mask & iotlb::IVT != 0 {
+                if v & mask & iotlb::IVT != 0 && self.cfg.latency > 0 {
+                    r.iotlb = new;
+                    r.iotlb_wait = self.cfg.latency;
+                } else if v & mask & iotlb::IVT != 0 {
                     let g = self.iotlb_invalidate_reg(st, new);
                     st.regs.iotlb = (new & !iotlb::IVT & !iotlb_more::IAIG_MASK) | iotlb_more::iaig(g);
                 } else {

@@ -1045,3 +1045,120 @@ fn guest_stage1_of_hostile_structures_is_bounded_and_writes_nothing() {
     assert!(found > 0, "some garbage reads as a first-stage entry: the deep path ran");
     assert_eq!(r.mem.words.lock().unwrap().len(), before, "nothing written");
 }
+
+/// Reads GSTS until `bit` shows, returning how many reads it took (at most 16).
+fn reads_until_gsts(r: &Rig, bit: u32) -> u32 {
+    (1..=16).find(|_| r.rd32(off::GSTS) & bit != 0).unwrap_or(u32::MAX)
+}
+
+#[test]
+fn latency_delays_commands_and_register_invalidation() {
+    let r = Rig::new(VtdModelConfig::legacy_no_qi().with_latency(3));
+    let slpt = r.page();
+    r.legacy_ctx(DEV, slpt, 2, 1, context::TT_SL);
+    r.wr(off::RTADDR, ROOT | rtaddr::TTM_LEGACY);
+    r.wr32(off::GCMD, u64::from(gcmd::SRTP));
+    assert_eq!(reads_until_gsts(&r, gcmd::SRTP), 3, "RTPS at the third read");
+    r.wr32(off::GCMD, u64::from(gcmd::TE));
+    // Until TES shows, DMA is untranslated.
+    assert_eq!(r.pa(DEV, None, 0x4000, Prot::READ), 0x4000);
+    assert_eq!(reads_until_gsts(&r, gcmd::TE), 3, "TES at the third read");
+    let iro = r.m.config().iro();
+    r.map_ss(slpt, 4, 0x4000, 0x10_4000, 1, sl::R | sl::W);
+    assert_eq!(r.pa(DEV, None, 0x4000, Prot::READ), 0x10_4000);
+    r.map_ss(slpt, 4, 0x4000, 0x20_4000, 1, sl::R | sl::W);
+    r.wr(iro + 8, iotlb::IVT | iotlb::DOMAIN | iotlb::did(1));
+    // A driver that does not poll IVT sees the stale entry.
+    assert_eq!(r.pa(DEV, None, 0x4000, Prot::READ), 0x10_4000, "stale before IVT clears");
+    assert_ne!(r.rd(iro + 8) & iotlb::IVT, 0);
+    assert_ne!(r.rd(iro + 8) & iotlb::IVT, 0);
+    assert_eq!(r.pa(DEV, None, 0x4000, Prot::READ), 0x10_4000, "still stale after two reads");
+    let v = r.rd(iro + 8);
+    assert_eq!((v & iotlb::IVT, (v >> 57) & 3), (0, 2), "IVT clear, IAIG domain at the third read");
+    assert_eq!(r.pa(DEV, None, 0x4000, Prot::READ), 0x20_4000);
+    // The context cache likewise.
+    r.mem.w(CTX + context::offset(DEV), 0);
+    r.wr(off::CCMD, ccmd::ICC | ccmd::DEVICE | ccmd::sid(u16::from(DEV)));
+    assert!(r.dma(DEV, None, 0x4000, Prot::READ).is_ok(), "cached context entry before ICC clears");
+    let reads = (1..=16).find(|_| r.rd(off::CCMD) & ccmd::ICC == 0);
+    assert_eq!(reads, Some(3));
+    assert_eq!(r.dma(DEV, None, 0x4000, Prot::READ).unwrap_err().reason, Fault::BLOCKED);
+}
+
+/// Writes descriptors at queue offset `t` and moves IQT past them, without reading a register.
+fn submit_at(r: &Rig, q: u64, t: u64, descs: &[[u64; 2]]) -> u64 {
+    let mut t = t;
+    for d in descs {
+        r.mem.w(q + t, d[0]);
+        r.mem.w(q + t + 8, d[1]);
+        t = (t + 16) % 4096;
+    }
+    r.wr(off::IQT, t);
+    t
+}
+
+#[test]
+fn latency_runs_the_queue_a_batch_at_a_time_out_of_order() {
+    let r = Rig::new(VtdModelConfig::legacy().with_latency(2));
+    let slpt = r.page();
+    r.legacy_ctx(DEV, slpt, 2, 1, context::TT_SL);
+    r.wr(off::RTADDR, ROOT | rtaddr::TTM_LEGACY);
+    r.wr32(off::GCMD, u64::from(gcmd::SRTP));
+    assert_eq!(reads_until_gsts(&r, gcmd::SRTP), 2);
+    let q = r.page();
+    r.wr(off::IQA, iqa::value(q, 0, false));
+    r.wr(off::IQT, 0);
+    r.wr32(off::GCMD, u64::from(gcmd::TE | gcmd::QIE));
+    assert_eq!(reads_until_gsts(&r, gcmd::QIE), 2);
+    for i in 0..4u64 {
+        r.map_ss(slpt, 4, 0x10_0000 + i * 0x1000, 0x100_0000 + i * 0x1000, 1, sl::R);
+        r.pa(DEV, None, 0x10_0000 + i * 0x1000, Prot::READ);
+        r.map_ss(slpt, 4, 0x10_0000 + i * 0x1000, 0x200_0000 + i * 0x1000, 1, sl::R);
+    }
+    let pa = |i: u64| r.pa(DEV, None, 0x10_0000 + i * 0x1000, Prot::READ);
+    let psi = |i: u64| [qi::iotlb::q0(qi::iotlb::PAGE, 1), qi::iotlb::q1(0x10_0000 + i * 0x1000, 0)];
+    let wait = |data: u32| [qi::wait::q0(qi::wait::SW, data), qi::wait::q1(0x5000)];
+    // Two batches in one IQT write: nothing runs at the write.
+    let t = submit_at(&r, q, 0, &[psi(0), wait(1), psi(1), wait(2)]);
+    assert_eq!((pa(0), pa(1), r.mem.r(0x5000)), (0x100_0000, 0x100_1000, 0), "nothing done at the IQT write");
+    r.rd32(off::FSTS);
+    assert_eq!(pa(0), 0x100_0000, "one read is not enough");
+    assert_eq!(r.rd(off::IQH), 32, "the first batch ran at the second read");
+    assert_eq!((pa(0), pa(1), r.mem.r(0x5000)), (0x200_0000, 0x100_1000, 1));
+    r.rd32(off::FSTS);
+    assert_eq!(r.rd(off::IQH), t, "the second batch");
+    assert_eq!((pa(1), r.mem.r(0x5000)), (0x200_1000, 2));
+    // Before a wait, invalidations complete in any order: here the later one ran although the
+    // earlier one (a reserved bit set) stops the queue.
+    let bad = [qi::iotlb::q0(qi::iotlb::PAGE, 1), qi::iotlb::q1(0x10_2000, 0) | (1 << 8)];
+    submit_at(&r, q, t, &[bad, psi(3), wait(3)]);
+    r.rd32(off::FSTS);
+    assert!(r.rd32(off::FSTS) & fsts::IQE != 0);
+    assert_eq!(r.rd(off::IQH), t, "IQH at the bad descriptor");
+    assert_eq!((pa(2), pa(3), r.mem.r(0x5000)), (0x100_2000, 0x200_3000, 2), "no status write past the error");
+}
+
+#[test]
+fn hostile_registers_with_latency_never_panic() {
+    for cfg in [VtdModelConfig::scalable(), VtdModelConfig::legacy(), VtdModelConfig::legacy_no_qi()] {
+        let mut r = Rig::new(cfg.with_latency(2));
+        r.mem.chaos = true;
+        r.wr(off::RTADDR, ROOT);
+        // (No IQA without ECAP.QI.)
+        let _ = r.m.mmio_write(&r.mem, off::IQA, 8, 0x1234_5000 | iqa::DW);
+        r.wr32(off::GCMD, u64::from(gcmd::SRTP));
+        r.wr32(off::GCMD, u64::from(gcmd::TE | gcmd::QIE));
+        for i in 0..600u64 {
+            let h = splitmix(i.wrapping_mul(31));
+            let offset = (h >> 52) & 0xff8;
+            let _ = r.m.mmio_write(&r.mem, offset, if h & 1 != 0 { 8 } else { 4 }, splitmix(h));
+            if h & 2 != 0 {
+                let _ = r.m.mmio_write(&r.mem, off::IQT, 8, (h >> 20) & 0xfe0);
+            }
+            for _ in 0..(h >> 8) % 4 {
+                let _ = r.m.mmio_read(&r.mem, (h >> 40) & 0xff8, 8);
+            }
+            let _ = r.dma((h >> 32) as u8, None, splitmix(h), Prot::READ);
+        }
+    }
+}
