@@ -27,6 +27,11 @@
 //!   descriptor has DIRTY_EN (and CAP.DIRTY). An IOTLB entry made by a read walk of a
 //!   dirty-tracking table does not answer writes: a write re-walks the tables (from memory,
 //!   so the write sees the current tables) to set D, and replaces the entry.
+//! - A page request (a NOT_PRESENT fault with PRI, §6) stays outstanding until a page response
+//!   with its device id, PASID and group arrives, or an INV_CMD 3 for the device or an INV_CMD 4
+//!   discards it. Meanwhile the model stands in for a device that waits for its answer: DMA
+//!   from that device and PASID to that 4 KiB page gets the same page-request fault again,
+//!   without a new record. A response that names no outstanding request changes nothing.
 //! - Faults carry the DMA's IOVA. Device ids at or above 2^17, an unset DEVTAB, an invalid
 //!   device entry and a descriptor pointer of 0 (device word 0 or last PASID level) are
 //!   BLOCKED; PASID DMA without CAP.PASID / PASID_EN, beyond the PASID width or to an invalid
@@ -54,7 +59,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -127,7 +132,12 @@ pub struct MockModel {
     next_group: AtomicU32,
     /// Register reads an invalidation takes to complete (0: at once).
     latency: u32,
+    /// Page requests not answered yet: (device id, PASID, 4 KiB page) → group.
+    outstanding: Mutex<HashMap<(u32, Option<u32>, u64), u32>>,
 }
+
+/// Most outstanding page requests the model remembers (past it the oldest-looking is dropped).
+const OUTSTANDING_MAX: usize = 4096;
 
 impl Default for MockModel {
     /// A unit with every capability ([`cap::FULL`]).
@@ -165,6 +175,7 @@ impl MockModel {
             responses: Mutex::new(Vec::new()),
             next_group: AtomicU32::new(1),
             latency: 0,
+            outstanding: Mutex::new(HashMap::new()),
         }
     }
 
@@ -232,9 +243,13 @@ impl MockModel {
             reg::INV_DEVICE => {
                 if let Ok(id) = u32::try_from(tag) {
                     c.invalidate_device(id);
+                    lock(&self.outstanding).retain(|&(dev, _, _), _| dev != id);
                 }
             }
-            reg::INV_ALL => c.invalidate_all(),
+            reg::INV_ALL => {
+                c.invalidate_all();
+                lock(&self.outstanding).clear();
+            }
             _ => return false,
         }
         true
@@ -558,6 +573,15 @@ impl MockModel {
                 let words = [(8, req.iova.raw()), (16, u64::from(group)), (24, w3), (0, w0)];
                 if words.iter().all(|&(off, v)| mem.write_u64(PhysAddr(rec + off), v).is_ok()) {
                     regs.fq_tail = (tail + 1) % n;
+                    if page_request {
+                        let mut o = lock(&self.outstanding);
+                        if o.len() >= OUTSTANDING_MAX {
+                            if let Some(k) = o.keys().next().copied() {
+                                o.remove(&k);
+                            }
+                        }
+                        o.insert(outstanding_key(req), group);
+                    }
                 }
             }
         }
@@ -571,6 +595,11 @@ impl MockModel {
             group,
         }
     }
+}
+
+/// The key of a page request in [`MockModel::outstanding`]: device id, PASID, 4 KiB page.
+fn outstanding_key(req: &DmaRequest) -> (u32, Option<u32>, u64) {
+    (req.dev.table_index(), req.pasid.map(|p| p.0), req.iova.raw() & !0xfff)
 }
 
 /// Tables at physical addresses are read where they are.
@@ -698,6 +727,8 @@ impl UnitModel for MockModel {
                     group: (v & U32) as u32,
                     code: ((v >> 32) & 0xf) as u32,
                 };
+                lock(&self.outstanding)
+                    .retain(|&(d, p, _), g| !(d == rec.dev_id && p == rec.pasid.map(|x| x.0) && *g == rec.group));
                 lock(&self.responses).push(rec);
             }
             _ => return Err(HostError::new(HostError::BAD_REGISTER, offset)),
@@ -722,6 +753,18 @@ impl UnitModel for MockModel {
         };
         if ctrl & reg::CTRL_EN == 0 {
             return Ok(passthrough(req.iova.raw()));
+        }
+        // The device waits for the answer to its page request before it retries the page.
+        if let Some(&group) = lock(&self.outstanding).get(&outstanding_key(req)) {
+            return Err(Fault {
+                dev: req.dev,
+                pasid: req.pasid.into(),
+                addr: req.iova,
+                access: req.access,
+                reason: Fault::NOT_PRESENT,
+                page_request: true,
+                group,
+            });
         }
         self.translate_enabled(mem, req, devtab_reg).map_err(|f| self.report(mem, req, f))
     }

@@ -800,6 +800,18 @@ fn page_requests_and_responses() {
     let perm = env.dma(3, None, 0, Prot::WRITE).unwrap_err();
     assert!(!perm.page_request && perm.reason == Fault::PERMISSION);
 
+    // §6.1: until answered, the device's retry of the page gets the same request, unrecorded.
+    let tail = env.reg_r(reg::FQ_TAIL);
+    let again = env.dma(1, Some(4), 0x5ff8, Prot::READ).unwrap_err();
+    assert!(again.page_request && again.group == g && again.reason == Fault::NOT_PRESENT, "{again:?}");
+    assert_eq!(env.reg_r(reg::FQ_TAIL), tail, "no new record");
+    // A response naming another group, or the request without its PASID, answers nothing.
+    env.reg_w(reg::PRESP_DEV, 1 | (4 << 32) | (1 << 63));
+    env.reg_w(reg::PRESP_CMD, u64::from(g) + 100);
+    env.reg_w(reg::PRESP_DEV, 1);
+    env.reg_w(reg::PRESP_CMD, u64::from(g));
+    assert_eq!(env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err().group, g);
+
     env.reg_w(reg::PRESP_DEV, 1 | (4 << 32) | (1 << 63));
     env.reg_w(reg::PRESP_CMD, u64::from(g));
     env.reg_w(reg::PRESP_DEV, 1);
@@ -807,10 +819,20 @@ fn page_requests_and_responses() {
     assert_eq!(
         env.model.page_responses(),
         vec![
+            PageResponseRecord { dev_id: 1, pasid: Some(Pasid(4)), group: g + 100, code: 0 },
+            PageResponseRecord { dev_id: 1, pasid: None, group: g, code: 0 },
             PageResponseRecord { dev_id: 1, pasid: Some(Pasid(4)), group: g, code: 0 },
             PageResponseRecord { dev_id: 1, pasid: None, group: f2.group, code: 0xf },
         ]
     );
+    assert_eq!(UnitModel::page_responses(&env.model).map(|r| r.len()), Some(4));
+    // Answered: the retry walks again (the page is still missing: a new request).
+    let f3 = env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err();
+    assert!(f3.page_request && f3.group != g, "{f3:?}");
+    // A device invalidation discards the device's outstanding requests.
+    env.inv(reg::INV_DEVICE, 1, 0, 0);
+    let f4 = env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err();
+    assert!(f4.page_request && f4.group != f3.group, "{f4:?}");
 }
 
 #[test]
