@@ -133,8 +133,11 @@ pub struct MockModel {
     /// Register reads an invalidation takes to complete (0: at once).
     latency: u32,
     /// Page requests not answered yet: (device id, PASID, 4 KiB page) → group.
-    outstanding: Mutex<HashMap<(u32, Option<u32>, u64), u32>>,
+    outstanding: Mutex<HashMap<RequestKey, u32>>,
 }
+
+/// An outstanding page request: device id, PASID, 4 KiB page.
+type RequestKey = (u32, Option<u32>, u64);
 
 /// Most outstanding page requests the model remembers (past it the oldest-looking is dropped).
 const OUTSTANDING_MAX: usize = 4096;
@@ -598,7 +601,7 @@ impl MockModel {
 }
 
 /// The key of a page request in [`MockModel::outstanding`]: device id, PASID, 4 KiB page.
-fn outstanding_key(req: &DmaRequest) -> (u32, Option<u32>, u64) {
+fn outstanding_key(req: &DmaRequest) -> RequestKey {
     (req.dev.table_index(), req.pasid.map(|p| p.0), req.iova.raw() & !0xfff)
 }
 
