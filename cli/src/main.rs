@@ -116,6 +116,10 @@ enum Command {
         /// The unit QEMU emulates, with --platform qemu (default: vtd-legacy).
         #[arg(long, value_enum, value_name = "PROFILE")]
         qemu_profile: Option<QemuProfileArg>,
+        /// Run the suite on every deliberately broken variant of the selected plugins instead,
+        /// and show which categories caught each; fails unless each is caught in its own.
+        #[arg(long, conflicts_with_all = ["filter", "unit_params", "unit_model", "junit", "platform", "qemu_profile"])]
+        self_test: bool,
     },
     /// List the conformance suite's cases.
     Cases,
@@ -308,6 +312,7 @@ struct SuiteArgs<'a> {
     junit: Option<&'a Path>,
     platform: PlatformArg,
     qemu_profile: Option<QemuProfileArg>,
+    self_test: bool,
 }
 
 fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
@@ -321,6 +326,9 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
         if plugins.is_empty() {
             return Err(format!("no plugin named {} (see `ioasis plugins`)", a.backends.join(", ")));
         }
+    }
+    if a.self_test {
+        return self_test(&plugins, a.format, a.seed);
     }
     let unit_model: toml::Table =
         toml::from_str(a.unit_model).map_err(|e| format!("--unit-model: {}", e.message().trim()))?;
@@ -372,6 +380,26 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     })
 }
 
+/// `ioasis conformance --self-test`: every broken variant of `plugins`, and where it was caught.
+fn self_test(plugins: &[Arc<Plugin>], format: Format, seed: u64) -> Result<ExitCode, String> {
+    let human = matches!(format, Format::Human);
+    let results = ioasis_conformance::self_test(plugins, &[], seed, |r| {
+        if human {
+            let mark = if r.caught() { "caught" } else { "MISSED" };
+            println!("{mark} {} {}: caught in [{}]", r.plugin, r.variant, r.caught_in.join(", "));
+        }
+    });
+    if results.is_empty() {
+        return Err("no broken variant for the selected plugins".into());
+    }
+    match format {
+        Format::Human => println!("\n{}", ioasis_conformance::variant_table(&results)),
+        Format::Json => println!("{}", ioasis_conformance::variants_json(&results)),
+        Format::Junit => return Err("--self-test prints a table (human) or JSON, not JUnit".into()),
+    }
+    Ok(if results.iter().all(|r| r.caught()) { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
+}
+
 /// Dies quietly on a closed pipe (`ioasis plugins | head`), as command-line tools do, instead
 /// of panicking in `println!`.
 fn default_sigpipe() {
@@ -417,6 +445,7 @@ fn main() -> ExitCode {
             junit,
             platform,
             qemu_profile,
+            self_test,
         } => conformance(
             &reg,
             SuiteArgs {
@@ -430,6 +459,7 @@ fn main() -> ExitCode {
                 junit: junit.as_deref(),
                 platform: *platform,
                 qemu_profile: *qemu_profile,
+                self_test: *self_test,
             },
         ),
         Command::Cases => {

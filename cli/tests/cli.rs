@@ -144,6 +144,29 @@ fn conformance_fails_a_broken_backend_and_writes_junit() {
 }
 
 #[test]
+fn conformance_self_test_runs_every_broken_variant() {
+    let o = ioasis(&["conformance", "--self-test", "--format", "json", "--backend", "mock"]);
+    let t = text(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {t}"));
+    let rows = v.as_array().unwrap_or_else(|| panic!("not an array: {t}"));
+    assert_eq!(rows.len(), ioasis_conformance::variants::MOCK.len(), "{t}");
+    for row in rows {
+        assert_eq!(row["plugin"], "mock", "{row}");
+        let expected = row["expected_category"].as_str().unwrap_or_else(|| panic!("{row}"));
+        let caught: Vec<&str> = row["caught_in"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+        assert!(caught.contains(&expected), "{} not caught in {expected}: {caught:?}", row["variant"]);
+    }
+    assert!(rows.iter().any(|r| r["variant"] == "no-invalidation-wait"), "{t}");
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    let o = ioasis(&["conformance", "--self-test", "--backend", "mock"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("no-invalidation-wait") && t.contains("0 missed"), "{t}");
+    let o = ioasis(&["conformance", "--self-test", "--filter", "map"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
 fn conformance_runs_on_a_vendor_cdylib_alone() {
     let so = mock_so();
     let o = ioasis(&["conformance", "--plugin", &format!("mock-so={}", so.display()), "--filter", "map-unmap"]);

@@ -8,8 +8,8 @@ mod simulated;
 use std::fmt;
 use std::sync::Arc;
 
-use ioasis::platform::Platform;
-use ioasis::{Context, DeviceId, PhysAddr};
+use ioasis::platform::{PageResponseSeen, Platform};
+use ioasis::{Context, DeviceId, PhysAddr, RequesterId};
 use ioasis_baremetal::dma::DmaJob;
 use ioasis_baremetal::DmaError;
 use serde::Serialize;
@@ -89,8 +89,8 @@ impl QemuProfile {
 /// Something a case needs that not every bench can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Need {
-    /// DMA from PCI device 00:dev.0.
-    DmaFrom(u8),
+    /// DMA from the PCI function with this requester id.
+    DmaFrom(RequesterId),
     /// PASID-tagged DMA.
     PasidDma,
     /// Many devices DMA-ing at once.
@@ -109,8 +109,8 @@ pub(crate) struct Sizes {
 /// Who does a DMA.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Source {
-    /// PCI device 00:dev.0.
-    pub dev: u8,
+    /// The PCI function (00:dev.0 for most cases).
+    pub rid: RequesterId,
     /// The PASID its requests carry.
     pub pasid: Option<u32>,
     /// The device object bound for it, if any.
@@ -154,4 +154,8 @@ pub(crate) trait Bench: Send + Sync {
     fn dma_read(&self, ctx: &Context, src: Source, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure>;
     /// Runs `jobs` at once; their outcomes in job order (the bytes read, or empty for a write).
     fn dma_parallel(&self, jobs: &[DmaJob<'_>]) -> Result<Vec<Result<Vec<u8>, DmaFailure>>, DmaFailure>;
+    /// The page responses the unit received, oldest first, when the bench can see them.
+    fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        None
+    }
 }

@@ -23,7 +23,7 @@ use ioasis::loader::Plugin;
 use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
-pub use report::{CaseResult, Outcome, Report, Verdict};
+pub use report::{variant_table, variants_json, CaseResult, Outcome, Report, VariantResult, Verdict};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +145,9 @@ pub fn run(
     report
 }
 
+/// How a case that could not get its machine fails.
+const SETUP_FAILED: &str = "setting up the machine";
+
 fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> Outcome {
     let bench: Result<Box<dyn bench::Bench>, String> = match bed {
         Bed::Simulated(f) => bench::Simulated::new(f, opts).map(|b| Box::new(b) as _),
@@ -152,7 +155,7 @@ fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> 
     };
     let rig = match bench.and_then(|b| rig::Rig::new(plugin, b, opts)) {
         Ok(r) => r,
-        Err(e) => return Outcome::Failed(format!("setting up the machine: {e}")),
+        Err(e) => return Outcome::Failed(format!("{SETUP_FAILED}: {e}")),
     };
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(&rig, opts.seed)));
     let outcome = match body {
@@ -179,4 +182,72 @@ fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> 
         (Outcome::Passed(_), Err(e)) => Outcome::Failed(format!("teardown failed: {e}")),
         (other, _) => other,
     }
+}
+
+/// The suite's self-test: runs the whole suite on every broken variant
+/// ([`variants::all`]) whose plugin is among `plugins`, each with its `defect` parameter and
+/// unit model, and records the categories that failed. `progress` sees each result as it
+/// comes. Every variant should be caught in its expected category
+/// ([`VariantResult::caught`]).
+pub fn self_test(
+    plugins: &[Arc<Plugin>],
+    factories: &[&dyn ModelFactory],
+    seed: u64,
+    progress: impl FnMut(&VariantResult),
+) -> Vec<VariantResult> {
+    self_test_of(variants::all(), plugins, factories, seed, progress)
+}
+
+/// [`self_test`] on the variants given.
+pub fn self_test_of<'v>(
+    variants: impl IntoIterator<Item = &'v variants::Variant>,
+    plugins: &[Arc<Plugin>],
+    factories: &[&dyn ModelFactory],
+    seed: u64,
+    mut progress: impl FnMut(&VariantResult),
+) -> Vec<VariantResult> {
+    let mut out = Vec::new();
+    for v in variants {
+        let Some(plugin) = plugins.iter().find(|p| p.name == v.plugin || p.info.name == v.plugin) else {
+            continue;
+        };
+        let mut result = VariantResult {
+            plugin: v.plugin.to_string(),
+            variant: v.defect.to_string(),
+            expected_category: v.category.to_string(),
+            caught_in: Vec::new(),
+            error: None,
+        };
+        match toml::from_str::<toml::Table>(v.model) {
+            Err(e) => result.error = Some(format!("its unit model `{}`: {}", v.model, e.message().trim())),
+            Ok(unit_model) => {
+                let opts = Options {
+                    seed,
+                    unit_params: format!("defect = \"{}\"", v.defect),
+                    unit_model,
+                    ..Default::default()
+                };
+                let report = run(std::slice::from_ref(plugin), factories, &opts, |_| {});
+                // A variant the plugin cannot even be set up with (a misspelt defect) fails
+                // every case: that is no catch.
+                let setup = report.results.iter().find_map(|r| match &r.outcome {
+                    Outcome::Failed(why) if why.starts_with(SETUP_FAILED) => Some(why.clone()),
+                    _ => None,
+                });
+                result.error = setup.map(|why| format!("{}/{}: {why}", v.plugin, v.defect));
+                let mut caught: Vec<String> = report
+                    .results
+                    .iter()
+                    .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+                    .map(|r| r.category.clone())
+                    .collect();
+                caught.sort();
+                caught.dedup();
+                result.caught_in = caught;
+            }
+        }
+        progress(&result);
+        out.push(result);
+    }
+    out
 }

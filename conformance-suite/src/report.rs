@@ -194,6 +194,58 @@ impl Report {
     }
 }
 
+/// What the self-test ([`crate::self_test`]) found for one broken variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VariantResult {
+    /// The plugin it breaks.
+    pub plugin: String,
+    /// Its `defect` parameter.
+    pub variant: String,
+    /// The category that must catch it.
+    pub expected_category: String,
+    /// The categories in which some case failed (empty: the variant passed the suite).
+    pub caught_in: Vec<String>,
+    /// Why the variant could not run, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl VariantResult {
+    /// True when a case of the expected category failed on the variant.
+    pub fn caught(&self) -> bool {
+        self.error.is_none() && self.caught_in.contains(&self.expected_category)
+    }
+}
+
+/// A table of self-test results: each variant, the categories that caught it, and a verdict.
+pub fn variant_table(results: &[VariantResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<8} {:<34} {:<14} {:<8} caught in", "plugin", "variant", "expected", "verdict");
+    for r in results {
+        let verdict = if r.caught() { "caught" } else { "MISSED" };
+        let caught = match &r.error {
+            Some(e) => format!("(not run: {e})"),
+            None if r.caught_in.is_empty() => "(nothing: the variant passed)".to_string(),
+            None => r.caught_in.join(", "),
+        };
+        let _ = writeln!(out, "{:<8} {:<34} {:<14} {verdict:<8} {caught}", r.plugin, r.variant, r.expected_category);
+    }
+    let missed = results.iter().filter(|r| !r.caught()).count();
+    let _ = writeln!(
+        out,
+        "\n{} variant(s), {} caught in their category, {missed} missed",
+        results.len(),
+        results.len() - missed
+    );
+    out
+}
+
+/// Self-test results as a JSON array, one object per variant: `plugin`, `variant`,
+/// `expected_category`, `caught_in` (and `error` when it could not run).
+pub fn variants_json(results: &[VariantResult]) -> String {
+    serde_json::to_string_pretty(results).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
 /// Escapes text for an XML attribute or element.
 fn xml(s: &str) -> String {
     let mut o = String::with_capacity(s.len());

@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::Fault;
 use ioasis::loader::Plugin;
+use ioasis::platform::PageResponseSeen;
 use ioasis::{
     Context, DeviceDesc, DeviceId, DeviceRef, HwptId, Intent, IntentItem, IoasId, PhysAddr, RequesterId, Target,
     UnitCaps, UnitId,
@@ -24,15 +25,20 @@ pub(crate) struct Rig {
     pub unit: UnitId,
     pub caps: UnitCaps,
     bench: Box<dyn Bench>,
-    /// The device bound for each PCI device number.
-    bound: Mutex<HashMap<u8, DeviceId>>,
+    /// The device bound for each requester id.
+    bound: Mutex<HashMap<RequesterId, DeviceId>>,
     /// The first platform limit the case ran into.
     limit: Mutex<Option<String>>,
 }
 
 /// A PCI requester id 00:dev.0.
 pub(crate) fn rid(dev: u8) -> DeviceRef {
-    DeviceRef::Rid(RequesterId::new(0, 0, dev, 0))
+    DeviceRef::Rid(pci(dev))
+}
+
+/// The PCI function 00:dev.0.
+pub(crate) const fn pci(dev: u8) -> RequesterId {
+    RequesterId::new(0, 0, dev, 0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,11 +88,16 @@ impl Rig {
 
     /// Binds PCI device 00:dev.0 behind the unit, shaped by `shape`.
     pub fn bind(&self, dev: u8, shape: impl FnOnce(&mut DeviceDesc)) -> Result<DeviceId, String> {
-        let DeviceRef::Rid(r) = rid(dev) else { unreachable!("a PCI device has a requester id") };
-        let mut d = DeviceDesc::pci(&format!("dev{dev}"), r, UNIT);
+        self.bind_at(pci(dev), shape)
+    }
+
+    /// Binds the PCI function `rid` (any bus, device and function) behind the unit.
+    pub fn bind_at(&self, rid: RequesterId, shape: impl FnOnce(&mut DeviceDesc)) -> Result<DeviceId, String> {
+        let name = format!("pci{:02x}-{:02x}", rid.bus, rid.devfn);
+        let mut d = DeviceDesc::pci(&name, rid, UNIT);
         shape(&mut d);
         let id = self.ctx.bind_device(d).map_err(|e| e.to_string())?;
-        lock(&self.bound).insert(dev, id);
+        lock(&self.bound).insert(rid, id);
         Ok(id)
     }
 
@@ -110,8 +121,8 @@ impl Rig {
         Ok((id, ioas, hwpt))
     }
 
-    fn source(&self, dev: u8, pasid: Option<u32>) -> Source {
-        Source { dev, pasid, id: lock(&self.bound).get(&dev).copied() }
+    fn source(&self, rid: RequesterId, pasid: Option<u32>) -> Source {
+        Source { rid, pasid, id: lock(&self.bound).get(&rid).copied() }
     }
 
     fn noted<T>(&self, r: Result<T, DmaFailure>) -> Result<T, DmaFailure> {
@@ -123,12 +134,22 @@ impl Rig {
 
     /// Device 00:dev.0 writes `data` at `iova`.
     pub fn write(&self, dev: u8, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
-        self.noted(self.bench.dma_write(&self.ctx, self.source(dev, pasid), iova, data))
+        self.write_at(pci(dev), pasid, iova, data)
     }
 
     /// Device 00:dev.0 reads `len` bytes at `iova`.
     pub fn read(&self, dev: u8, pasid: Option<u32>, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure> {
-        self.noted(self.bench.dma_read(&self.ctx, self.source(dev, pasid), iova, len))
+        self.read_at(pci(dev), pasid, iova, len)
+    }
+
+    /// The PCI function `rid` writes `data` at `iova`.
+    pub fn write_at(&self, rid: RequesterId, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
+        self.noted(self.bench.dma_write(&self.ctx, self.source(rid, pasid), iova, data))
+    }
+
+    /// The PCI function `rid` reads `len` bytes at `iova`.
+    pub fn read_at(&self, rid: RequesterId, pasid: Option<u32>, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure> {
+        self.noted(self.bench.dma_read(&self.ctx, self.source(rid, pasid), iova, len))
     }
 
     /// Runs `jobs` at once (see [`Need::ParallelDma`]).
@@ -150,12 +171,29 @@ impl Rig {
 
     /// A write of `data` at `iova` must land at `pa`.
     pub fn lands(&self, dev: u8, pasid: Option<u32>, iova: u64, pa: u64, data: &[u8]) -> Result<(), String> {
-        self.write(dev, pasid, iova, data).map_err(|e| format!("DMA write to {iova:#x}: {e}"))?;
+        self.lands_at(pci(dev), pasid, iova, pa, data)
+    }
+
+    /// A write of `data` at `iova` by the PCI function `rid` must land at `pa`.
+    pub fn lands_at(
+        &self,
+        rid: RequesterId,
+        pasid: Option<u32>,
+        iova: u64,
+        pa: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        self.write_at(rid, pasid, iova, data).map_err(|e| format!("{rid}: DMA write to {iova:#x}: {e}"))?;
         let got = self.ram(pa, data.len())?;
         if got != data {
             return Err(format!("DMA write to {iova:#x} did not land at {pa:#x}"));
         }
         Ok(())
+    }
+
+    /// The page responses the unit received, oldest first, when the bench can see them.
+    pub fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        self.bench.page_responses()
     }
 
     pub fn table_pages(&self) -> u64 {

@@ -1,7 +1,7 @@
 //! Deliberately broken backends: each variant is a bundled plugin with a `defect` parameter
-//! (`--unit-params 'defect = "..."'`), and the category of the suite that must catch it. The
-//! suite's self-test runs every variant; none may pass. A variant may also need a setting of the
-//! unit model (`--unit-model`), e.g. completion latency for a driver that does not wait.
+//! (`--unit-params 'defect = "..."'`), the unit model it runs on (`--unit-model`), and the
+//! category of the suite that must catch it. The suite's self-test ([`crate::self_test`]) runs
+//! every variant; none may pass.
 
 /// One broken variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,8 +14,8 @@ pub struct Variant {
     pub category: &'static str,
     /// The bug, as a kernel changelog would name it.
     pub bug: &'static str,
-    /// The unit model's configuration for the run (TOML text, `--unit-model`), "" for the
-    /// default model.
+    /// The unit model it runs on (TOML text, as `--unit-model` takes it; "" for the default
+    /// unit): some bugs show only on a unit that behaves a certain way.
     pub model: &'static str,
 }
 
@@ -68,6 +68,83 @@ pub const MOCK: &[Variant] = &[
         defect: "stage2-faults-unflagged",
         category: "viommu",
         bug: "stage-2 faults of nested translation reach the guest",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "no-invalidation-wait",
+        category: "invalidation",
+        bug: "invalidations are not waited for (INV_DONE never polled)",
+        model: "latency = 4",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "pasid-table-off-by-one",
+        category: "pasid",
+        bug: "each PASID table level is indexed with the bits of the level above",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "devtab-devfn-high-bit-dropped",
+        category: "requester-ids",
+        bug: "device table entries indexed by devfn[6:0]: functions 0x80 and up alias those below",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "page-response-fields-swapped",
+        category: "faults",
+        bug: "page responses carry the code in the group field",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "fault-pasid-19-bits",
+        category: "pasid",
+        bug: "fault records' PASIDs read with a 19-bit mask",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "replace-skips-device-invalidation",
+        category: "invalidation",
+        bug: "replace rewrites the device entry without invalidating the cached one",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "dirty-clear-without-flush",
+        category: "dirty",
+        bug: "clearing dirty bits does not flush the IOTLB",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "dirty-enable-stale-descriptor",
+        category: "dirty",
+        bug: "turning dirty tracking on leaves the cached descriptor without DIRTY_EN",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "split-loses-dirty",
+        category: "dirty",
+        bug: "splitting a large page drops its dirty bit",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "split-loses-write",
+        category: "permissions",
+        bug: "splitting a large page makes the smaller pages read-only",
+        model: "",
+    },
+    Variant {
+        plugin: "mock",
+        defect: "last-page-refused",
+        category: "map-unmap",
+        bug: "the last page of the aperture cannot be mapped",
         model: "",
     },
 ];

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ioasis::loader::Registry;
-use ioasis_conformance::{run, Options, Outcome, Report};
+use ioasis_conformance::{run, self_test, self_test_of, variants, Options, Outcome, Report};
 use ioasis_plugin_mock::MockModelFactory;
 use ioasis_plugin_vtd::factory::VtdModelFactory;
 
@@ -54,6 +54,66 @@ fn each_broken_variant_fails_in_its_category() {
         assert!(r.summary().contains(&format!("FAILED {} {}/", v.plugin, v.category)), "{}", r.summary());
         assert!(r.summary().contains("reproduce: ioasis conformance --filter"), "{}", r.summary());
     }
+}
+
+#[test]
+fn the_correct_mock_passes_on_a_unit_with_latency() {
+    let r = suite_of(Some("mock"), "", "latency = 4");
+    assert!(r.passed(), "{}", r.summary());
+    assert!(r.results.iter().all(|c| matches!(c.outcome, Outcome::Passed(_))), "{}", r.summary());
+}
+
+#[test]
+fn a_driver_that_does_not_wait_is_caught_only_on_a_late_unit() {
+    let v = variants::MOCK.iter().find(|v| v.defect == "no-invalidation-wait").unwrap();
+    assert_eq!(v.model, "latency = 4");
+    let params = format!("defect = \"{}\"", v.defect);
+    let prompt = suite_of(Some("mock"), &params, "");
+    assert!(prompt.passed(), "without latency the bug does not show:\n{}", prompt.summary());
+    let late = suite_of(Some("mock"), &params, v.model);
+    assert!(late.summary().contains("FAILED mock invalidation/"), "{}", late.summary());
+}
+
+#[test]
+fn the_self_test_catches_every_variant() {
+    assert!(variants::MOCK.len() >= 14, "{} mock variants", variants::MOCK.len());
+    let reg = Registry::with_builtins().unwrap();
+    let plugins: Vec<_> = reg.iter().cloned().collect();
+    let mut seen = 0;
+    let results = self_test(&plugins, &[&MockModelFactory, &VtdModelFactory], 5, |_| seen += 1);
+    assert_eq!(results.len(), variants::all().count());
+    assert_eq!(seen, results.len());
+    for r in &results {
+        assert!(r.caught(), "{} {} not caught in {}: {:?}", r.plugin, r.variant, r.expected_category, r.caught_in);
+    }
+    // Only the plugins given are tested.
+    let mock: Vec<_> = reg.iter().filter(|p| p.name == "mock").cloned().collect();
+    let only = self_test(&mock, &[&MockModelFactory], 5, |_| {});
+    assert_eq!(only.len(), variants::MOCK.len());
+    assert!(only.iter().all(|r| r.plugin == "mock"));
+}
+
+#[test]
+fn the_self_test_counts_no_catch_for_a_variant_that_cannot_run() {
+    let reg = Registry::with_builtins().unwrap();
+    let mock: Vec<_> = reg.iter().filter(|p| p.name == "mock").cloned().collect();
+    let base = variants::Variant { plugin: "mock", defect: "", category: "map-unmap", bug: "", model: "" };
+    let bad = [
+        variants::Variant { defect: "no-such-defect", ..base },
+        variants::Variant { defect: "unmap-off-by-one", model: "latency = [", ..base },
+        variants::Variant { defect: "unmap-off-by-one", model: "teleport = true", ..base },
+        variants::Variant { plugin: "nosuch", ..base },
+    ];
+    let results = self_test_of(&bad, &mock, &[&MockModelFactory], 1, |_| {});
+    assert_eq!(results.len(), 3, "{results:?}");
+    for r in &results {
+        assert!(!r.caught(), "{r:?}");
+        assert!(r.error.is_some(), "{r:?}");
+    }
+    // And a sound variant in the wrong category is missed, with where it was caught.
+    let wrong = [variants::Variant { defect: "unmap-off-by-one", category: "dirty", ..base }];
+    let r = &self_test_of(&wrong, &mock, &[&MockModelFactory], 1, |_| {})[0];
+    assert!(!r.caught() && r.error.is_none() && r.caught_in == ["map-unmap"], "{r:?}");
 }
 
 #[test]

@@ -133,6 +133,28 @@ pub trait UnitModel: Send + Sync {
         let _ = (mem, dev, pasid);
         Err(ModelQueryError::Unsupported)
     }
+
+    /// The page responses the unit has received so far, oldest first, as the driver sent them
+    /// (registers or command queue): for test benches that check that a driver answers the
+    /// group it was asked. `None` when the model does not record them.
+    ///
+    /// The default: `None`.
+    fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        None
+    }
+}
+
+/// A page response as the unit received it ([`UnitModel::page_responses`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PageResponseSeen {
+    /// The device, as the unit's tables index it ([`DeviceRef::table_index`]).
+    pub source: u32,
+    /// The PASID the response carries, if any.
+    pub pasid: Option<Pasid>,
+    /// The page request group it answers.
+    pub group: u32,
+    /// The response code, in the unit's encoding.
+    pub code: u32,
 }
 
 /// A device's stage-1 as a guest programmed it, in the terms of a host's nested HWPT

@@ -121,9 +121,10 @@ fn faulting_device(pasid: bool) -> (Rig, ioasis::DeviceId, ioasis::IoasId, ioasi
     (rig, dev, ioas, h, q)
 }
 
-/// Faults `n` page requests as device 1 (untagged or with `pasid`) and polls them.
-fn page_requests(rig: &Rig, pasid: Option<u32>, n: u64) {
-    for i in 0..n {
+/// Faults `n` page requests as device 1 (untagged or with `pasid`) on pages `first..first+n`
+/// from 8 MiB (a page with a request outstanding gets no second one), and polls them.
+fn page_requests(rig: &Rig, pasid: Option<u32>, first: u64, n: u64) {
+    for i in first..first + n {
         assert!(rig.dma_read(0, 1, pasid, 0x80_0000 + i * 0x1000, 4).is_err());
     }
     assert_eq!(rig.ctx.poll_faults().unwrap(), n as usize);
@@ -136,7 +137,7 @@ fn codes(rig: &Rig) -> Vec<(u32, u32)> {
 #[test]
 fn detach_answers_read_requests_invalid_and_later_responses_are_refused() {
     let (rig, dev, _, _, q) = faulting_device(false);
-    page_requests(&rig, None, 1);
+    page_requests(&rig, None, 0, 1);
     let ev = rig.ctx.read_faults(q).unwrap();
     assert_eq!(ev.len(), 1);
     rig.ctx.detach(dev, None).unwrap();
@@ -149,7 +150,7 @@ fn detach_answers_read_requests_invalid_and_later_responses_are_refused() {
 #[test]
 fn detach_answers_undelivered_requests_and_drops_them_from_the_queue() {
     let (rig, dev, _, _, q) = faulting_device(false);
-    page_requests(&rig, None, 2);
+    page_requests(&rig, None, 0, 2);
     rig.ctx.detach(dev, None).unwrap();
     let sent = codes(&rig);
     assert_eq!(sent.len(), 2, "{sent:?}");
@@ -160,10 +161,10 @@ fn detach_answers_undelivered_requests_and_drops_them_from_the_queue() {
 #[test]
 fn replace_answers_the_old_attachments_requests() {
     let (rig, dev, ioas, _, q) = faulting_device(false);
-    page_requests(&rig, None, 2);
+    page_requests(&rig, None, 0, 2);
     let ev = rig.ctx.read_faults(q).unwrap();
     assert_eq!(ev.len(), 2);
-    page_requests(&rig, None, 1);
+    page_requests(&rig, None, 2, 1);
     rig.ctx.replace(dev, None, Target::Ioas(ioas)).unwrap();
     let sent = codes(&rig);
     assert_eq!(sent.len(), 3, "read and undelivered alike: {sent:?}");
@@ -179,8 +180,8 @@ fn replace_answers_the_old_attachments_requests() {
 fn detaching_a_pasid_answers_only_its_requests() {
     let (rig, dev, _, h, q) = faulting_device(true);
     rig.ctx.attach(dev, Some(ioasis::Pasid(7)), Target::Hwpt(h)).unwrap();
-    page_requests(&rig, Some(7), 1);
-    page_requests(&rig, None, 1);
+    page_requests(&rig, Some(7), 0, 1);
+    page_requests(&rig, None, 0, 1);
     let ev = rig.ctx.read_faults(q).unwrap();
     assert_eq!(ev.len(), 2);
     rig.ctx.detach(dev, Some(ioasis::Pasid(7))).unwrap();
@@ -196,9 +197,9 @@ fn detaching_a_pasid_answers_only_its_requests() {
 #[test]
 fn teardown_answers_outstanding_requests() {
     let (rig, _, _, _, q) = faulting_device(false);
-    page_requests(&rig, None, 2);
+    page_requests(&rig, None, 0, 2);
     let ev = rig.ctx.read_faults(q).unwrap();
-    page_requests(&rig, None, 1);
+    page_requests(&rig, None, 2, 1);
     rig.ctx.teardown().unwrap();
     let sent = codes(&rig);
     assert_eq!(sent.len(), 3, "{sent:?}");
@@ -209,7 +210,7 @@ fn teardown_answers_outstanding_requests() {
 #[test]
 fn a_response_code_that_is_not_one_of_the_three_is_refused() {
     let (rig, _, _, _, q) = faulting_device(false);
-    page_requests(&rig, None, 1);
+    page_requests(&rig, None, 0, 1);
     let ev = rig.ctx.read_faults(q).unwrap();
     for code in [2, 0xe, 0x10, u32::MAX] {
         let e = rig.ctx.respond(q, ev[0].cookie, code).unwrap_err();

@@ -28,7 +28,6 @@ use ioasis_baremetal::qemu::{find_program, Arch, Edu, QemuConfig, QemuMachine, Q
 use ioasis_baremetal::DmaError;
 
 use super::{Bench, DmaFailure, Need, QemuProfile, Sizes, Source};
-use crate::rig::rid;
 
 /// Guest RAM: 1 GiB, so that the physical addresses the cases use (up to 0x3c00_0000) exist.
 const RAM_MIB: u64 = 1024;
@@ -127,7 +126,7 @@ impl Qemu {
 
     /// Err (a platform limit) when the edu cannot do what `src` asks.
     fn check(&self, src: Source) -> Result<(), DmaFailure> {
-        for need in [Some(Need::DmaFrom(src.dev)), src.pasid.map(|_| Need::PasidDma)].into_iter().flatten() {
+        for need in [Some(Need::DmaFrom(src.rid)), src.pasid.map(|_| Need::PasidDma)].into_iter().flatten() {
             if let Some(why) = self.limit(need) {
                 return Err(DmaFailure::Limit(why));
             }
@@ -294,10 +293,8 @@ impl Bench for Qemu {
     fn limit(&self, need: Need) -> Option<String> {
         let edu = self.edu_rid();
         match need {
-            Need::DmaFrom(dev) if rid(dev) == DeviceRef::Rid(edu) => None,
-            Need::DmaFrom(dev) => {
-                Some(format!("only QEMU's edu device ({edu}) can DMA; the case needs DMA from {}", rid(dev)))
-            }
+            Need::DmaFrom(r) if r == edu => None,
+            Need::DmaFrom(r) => Some(format!("only QEMU's edu device ({edu}) can DMA; the case needs DMA from {r}")),
             Need::PasidDma => Some("QEMU's edu device cannot issue PASID-tagged DMA".into()),
             Need::ParallelDma => Some("QEMU has one DMA engine (edu): several devices cannot DMA at once".into()),
             Need::ConcurrentDma => {
@@ -381,7 +378,7 @@ mod tests {
         let (iova, pa) = (0x20_0000, 0x300_0000);
         ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), PAGE_SIZE, Prot::RW).unwrap();
         ctx.attach(edu, None, Target::Ioas(ioas)).unwrap();
-        let src = Source { dev: 1, pasid: None, id: Some(edu) };
+        let src = Source { rid: q.edu_rid(), pasid: None, id: Some(edu) };
         q.dma_write(&ctx, src, iova, b"warm").unwrap();
         assert_eq!(q.get(pa, 4).unwrap(), b"warm");
 

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use ioasis::platform::{ModelFactory, Platform};
-use ioasis::{Context, Iova, Pasid, PhysAddr};
+use ioasis::platform::{ModelFactory, PageResponseSeen, Platform, UnitModel};
+use ioasis::{Context, DeviceRef, Iova, Pasid, PhysAddr};
 use ioasis_baremetal::dma::{run_parallel, DmaJob};
 use ioasis_baremetal::{Machine, MachineConfig};
 
 use super::{Bench, DmaFailure, Need, Sizes, Source};
-use crate::rig::rid;
 use crate::Options;
 
 /// Register window of the unit under test.
@@ -17,6 +16,8 @@ const UNIT_BASE: PhysAddr = PhysAddr(0xfed0_0000);
 
 pub(crate) struct Simulated {
     machine: Arc<Machine>,
+    /// The unit's model, for what the unit saw (page responses).
+    model: Arc<dyn UnitModel>,
 }
 
 impl Simulated {
@@ -27,8 +28,8 @@ impl Simulated {
                 .map_err(|e| e.to_string())?,
         );
         let model = factory.build(&opts.unit_model)?;
-        machine.add_unit(UNIT_BASE, factory.window(), model).map_err(|e| e.to_string())?;
-        Ok(Self { machine })
+        machine.add_unit(UNIT_BASE, factory.window(), model.clone()).map_err(|e| e.to_string())?;
+        Ok(Self { machine, model })
     }
 }
 
@@ -50,15 +51,21 @@ impl Bench for Simulated {
     }
 
     fn dma_write(&self, _: &Context, src: Source, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
-        self.machine.dma_write(UNIT_BASE, rid(src.dev), src.pasid.map(Pasid), Iova(iova), data).map_err(DmaFailure::Dma)
+        self.machine
+            .dma_write(UNIT_BASE, DeviceRef::Rid(src.rid), src.pasid.map(Pasid), Iova(iova), data)
+            .map_err(DmaFailure::Dma)
     }
 
     fn dma_read(&self, _: &Context, src: Source, iova: u64, len: usize) -> Result<Vec<u8>, DmaFailure> {
         let mut buf = vec![0; len];
         self.machine
-            .dma_read(UNIT_BASE, rid(src.dev), src.pasid.map(Pasid), Iova(iova), &mut buf)
+            .dma_read(UNIT_BASE, DeviceRef::Rid(src.rid), src.pasid.map(Pasid), Iova(iova), &mut buf)
             .map_err(DmaFailure::Dma)?;
         Ok(buf)
+    }
+
+    fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        self.model.page_responses()
     }
 
     fn dma_parallel(&self, jobs: &[DmaJob<'_>]) -> Result<Vec<Result<Vec<u8>, DmaFailure>>, DmaFailure> {

@@ -1,7 +1,7 @@
 //! Faults: address, source id, access and reason recorded; page requests answered.
 
 use ioasis::abi::{Fault, HwptFlags, PageResponse};
-use ioasis::{Features, HwptSpec, IntentItem, Iova, PhysAddr, Prot, Target};
+use ioasis::{DeviceRef, Features, HwptSpec, IntentItem, Iova, PhysAddr, Prot, Target};
 
 use super::{done, e, skip};
 use crate::rig::{any_fault, faulted, rid, Rig};
@@ -87,10 +87,98 @@ pub(crate) fn page_request_and_response(r: &Rig, _: u64) -> Result<Pass, String>
         return Err(format!("unexpected event {ev:?}"));
     }
     r.ctx.map(ioas, Some(Iova(0x8000)), PhysAddr(0x9000), 0x1000, Prot::RW).map_err(e)?;
+    let seen = r.page_responses().map_or(0, |s| s.len());
     r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
+    answered(r, rid(1), &ev.fault, seen)?;
     if r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).is_ok() {
         return Err("a page request was answered twice".into());
     }
     r.read(1, None, 0x8000, 4).map_err(|x| format!("DMA after the response: {x}"))?;
     done("page request queued with its address; answered once")
+}
+
+/// Checks that the newest page response the unit saw (when the bench can see them) answers
+/// `f` of the device at `source`; returns how many responses the unit has seen.
+pub(crate) fn answered(r: &Rig, source: DeviceRef, f: &Fault, seen_before: usize) -> Result<Option<usize>, String> {
+    let Some(seen) = r.page_responses() else { return Ok(None) };
+    let new = seen.get(seen_before..).unwrap_or_default();
+    let [resp] = new else {
+        return Err(format!("the unit got {} page responses for one answer: {new:?}", new.len()));
+    };
+    let want = (source.table_index(), f.pasid.into_option(), f.group);
+    if (resp.source, resp.pasid, resp.group) != want {
+        return Err(format!(
+            "the unit got a page response for device {:#x} PASID {:?} group {:#x}, the request was device {:#x} \
+             PASID {:?} group {:#x}",
+            resp.source, resp.pasid, resp.group, want.0, want.1, want.2
+        ));
+    }
+    Ok(Some(seen.len()))
+}
+
+pub(crate) fn page_requests_out_of_order(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.features.contains(Features::PAGE_FAULTS) {
+        return skip("the unit has no page requests");
+    }
+    let dev = r.device(1, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
+    let ioas = r.ctx.alloc_ioas();
+    let q = r.ctx.alloc_fault_queue();
+    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
+    let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    r.ctx.attach(dev, None, Target::Hwpt(h)).map_err(e)?;
+    // Three pages not there yet: three groups outstanding at once.
+    let pages = [0x8000u64, 0x2_0000, 0x40_0000];
+    for p in pages {
+        let f = any_fault(r.read(1, None, p + 0x10, 4), "DMA to a page not yet there")?;
+        if !f.page_request {
+            return Err(format!("DMA to {p:#x} gave a fault record, not a page request: {f:?}"));
+        }
+    }
+    r.ctx.poll_faults().map_err(e)?;
+    let events = r.ctx.read_faults(q).map_err(e)?;
+    if events.len() != pages.len() {
+        return Err(format!("{} events in the fault queue, expected {}: {events:?}", events.len(), pages.len()));
+    }
+    for (ev, p) in events.iter().zip(pages) {
+        if !ev.fault.page_request || ev.device != dev || ev.fault.addr.0 & !0xfff != p {
+            return Err(format!("event {ev:?}, expected a page request of the device at {p:#x}"));
+        }
+    }
+    let mut groups: Vec<u32> = events.iter().map(|ev| ev.fault.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if groups.len() != pages.len() {
+        return Err(format!("outstanding page requests share group indices: {events:?}"));
+    }
+    let mut seen = r.page_responses().map_or(0, |s| s.len());
+    let mut checked = false;
+    let mut answered_pages = Vec::new();
+    // Answered out of order: the last first, then the first, then the middle one.
+    for i in [2usize, 0, 1] {
+        let (ev, page) = (&events[i], pages[i]);
+        let pa = 0x50_0000 + (i as u64) * 0x1000;
+        r.put(pa + 0x10, &page.to_le_bytes())?;
+        r.ctx.map(ioas, Some(Iova(page)), PhysAddr(pa), 0x1000, Prot::RW).map_err(e)?;
+        r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
+        if let Some(n) = answered(r, rid(1), &ev.fault, seen)? {
+            seen = n;
+            checked = true;
+        }
+        answered_pages.push(page);
+        // The answered pages translate; the others still fault.
+        for p in pages {
+            let got = r.read(1, None, p + 0x10, 8);
+            match (answered_pages.contains(&p), got) {
+                (true, Ok(b)) if b == p.to_le_bytes() => {}
+                (true, other) => return Err(format!("DMA to {p:#x} after its answer gave {other:?}")),
+                (false, Err(_)) => {}
+                (false, Ok(_)) => return Err(format!("DMA to {p:#x} worked before its request was answered")),
+            }
+        }
+    }
+    done(if checked {
+        "three groups outstanding, answered out of order; the unit got each answer with its group"
+    } else {
+        "three groups outstanding, answered out of order (the bench cannot see the unit's responses)"
+    })
 }

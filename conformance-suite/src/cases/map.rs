@@ -161,6 +161,52 @@ pub(crate) fn copy_between_ioases(r: &Rig, _: u64) -> Result<Pass, String> {
     done("copies keep pages and permissions; a copy with a hole is refused")
 }
 
+/// The first and last page of the aperture, the last entry of each table level, and DMA across
+/// the 2 MiB, 1 GiB and 512 GiB boundaries.
+pub(crate) fn aperture_and_level_ends(r: &Rig, _: u64) -> Result<Pass, String> {
+    let (_, ioas, h) = r.attached(1)?;
+    let last = r.ctx.hwpt_info(h).map_err(e)?.aperture.last.0;
+    let ias_last = if r.caps.ias_bits >= 64 { u64::MAX } else { (1u64 << r.caps.ias_bits) - 1 };
+    if last != ias_last {
+        return Err(format!(
+            "the HWPT's aperture ends at {last:#x}, the unit's {}-bit IAS at {ias_last:#x}",
+            r.caps.ias_bits
+        ));
+    }
+    let mut pa = 0x70_0000u64;
+    let mut checked = Vec::new();
+    // One page each: the first and the last of the aperture, and the IOVA whose index is the
+    // last entry (511) of each level below the top.
+    let mut pages = vec![0u64, last & !0xfff];
+    pages.extend((0..4u32).map(|level| 0x1ffu64 << (12 + 9 * level)).filter(|&iova| iova < last));
+    for iova in pages {
+        r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), 0x1000, Prot::RW).map_err(|x| format!("map {iova:#x}: {x}"))?;
+        r.lands(1, None, iova, pa, &iova.to_le_bytes())?;
+        r.lands(1, None, iova + 0xff8, pa + 0xff8, b"lastword")?;
+        checked.push(iova);
+        pa += 0x1000;
+    }
+    // Two pages across a boundary of each level (the third: away from the pages above), one
+    // DMA across it.
+    for level in 1..4u32 {
+        let boundary = 3u64 << (12 + 9 * level);
+        if boundary + 0xfff > last {
+            break;
+        }
+        r.ctx
+            .map(ioas, Some(Iova(boundary - 0x1000)), PhysAddr(pa), 0x2000, Prot::RW)
+            .map_err(|x| format!("map across {boundary:#x}: {x}"))?;
+        r.lands(1, None, boundary - 8, pa + 0xff8, b"across a boundary")?;
+        checked.push(boundary);
+        pa += 0x2000;
+    }
+    // Beyond the aperture nothing can be mapped.
+    if last < u64::MAX && r.ctx.map(ioas, Some(Iova(last + 1)), PhysAddr(pa), 0x1000, Prot::RW).is_ok() {
+        return Err(format!("a page beyond the aperture ({:#x}) was mapped", last + 1));
+    }
+    done(format!("pages at {checked:#x?} translate, up to the aperture's last byte {last:#x}"))
+}
+
 pub(crate) fn aperture_ends(r: &Rig, _: u64) -> Result<Pass, String> {
     let (_, ioas, h) = r.attached(1)?;
     let aperture = r.ctx.hwpt_info(h).map_err(e)?.aperture;

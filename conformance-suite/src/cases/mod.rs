@@ -13,6 +13,7 @@ mod nested;
 mod page_sizes;
 mod pasid;
 mod permissions;
+mod requester_ids;
 mod semantics;
 mod teardown;
 mod viommu;
@@ -32,6 +33,7 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("map-unmap", "cut-keeps-the-rest", map::cut_keeps_the_rest),
     Case::new("map-unmap", "iova-allocation", map::iova_allocation),
     Case::new("map-unmap", "copy-between-ioases", map::copy_between_ioases).dma_from(2),
+    Case::new("map-unmap", "aperture-and-level-ends", map::aperture_and_level_ends),
     Case::new("map-unmap", "aperture-ends", map::aperture_ends),
     Case::new("map-unmap", "high-devfn-translates", map::high_devfn_translates).dma_from(0x11),
     Case::new("permissions", "read-only", permissions::read_only),
@@ -47,10 +49,15 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("faults", "permission-recorded", faults::permission_recorded).dma_from(0x0c),
     Case::new("faults", "blocked-device", faults::blocked_device).dma_from(0x0d),
     Case::new("faults", "page-request-and-response", faults::page_request_and_response),
+    Case::new("faults", "page-requests-out-of-order", faults::page_requests_out_of_order),
+    Case::new("requester-ids", "across-buses-and-functions", requester_ids::across_buses_and_functions),
     Case::new("pasid", "pasid-attach", pasid::pasid_attach),
     Case::new("pasid", "pasid-fault-carries-pasid", pasid::pasid_fault_carries_pasid).dma_from(2),
+    Case::new("pasid", "widest-pasid-in-faults-and-page-requests", pasid::widest_pasid_in_faults_and_page_requests)
+        .dma_from(2),
     Case::new("nested", "x86-64-stage1-over-stage2", nested::x86_64_stage1_over_stage2),
     Case::new("nested", "needs-its-grant-and-faults", nested::needs_its_grant_and_faults).dma_from(3),
+    Case::new("nested", "pasid-nested-with-dirty-parent", nested::pasid_nested_with_dirty_parent),
     Case::new("semantics", "replace-to-the-current-target", semantics::replace_to_the_current_target),
     Case::new("semantics", "outstanding-page-requests-answered", semantics::outstanding_page_requests_answered),
     Case::new("semantics", "iova-alignment-and-unknown-bits", semantics::iova_alignment_and_unknown_bits),
@@ -59,6 +66,8 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("viommu", "nested-faults-reach-the-event-queue", viommu::nested_faults_reach_the_event_queue).dma_from(4),
     Case::new("dirty", "writes-reported-and-cleared", dirty::writes_reported_and_cleared),
     Case::new("dirty", "needs-a-dirty-hwpt", dirty::needs_a_dirty_hwpt),
+    Case::new("dirty", "split-keeps-dirty-bits", dirty::split_keeps_dirty_bits),
+    Case::new("dirty", "through-a-nested-hwpt", dirty::through_a_nested_hwpt),
     Case::new("teardown", "no-table-page-left", teardown::no_table_page_left),
     Case::new("teardown", "busy-objects-refused", teardown::busy_objects_refused),
     Case::new("fail-nth", "map-and-cut", fail_nth::map_and_cut),

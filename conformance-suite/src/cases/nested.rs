@@ -1,9 +1,10 @@
 //! Nested translation: a guest's x86-64 stage-1 walked through the paging stage-2.
 
 use ioasis::abi::{CacheInvalidation, HwptFlags};
-use ioasis::{HwptSpec, IntentItem, Iova, PhysAddr, Prot, PtFormat, Target, UnmapMode};
+use ioasis::{Features, HwptSpec, IntentItem, Iova, Pasid, PhysAddr, Prot, PtFormat, Target, UnmapMode};
 
 use super::{done, e, skip};
+use crate::bench::Need;
 use crate::rig::{any_fault, Rig};
 use crate::Pass;
 
@@ -85,4 +86,31 @@ pub(crate) fn needs_its_grant_and_faults(r: &Rig, _: u64) -> Result<Pass, String
     r.ctx.invalidate(nested, &[inv]).map_err(e)?;
     any_fault(r.write(3, None, 0x4000_0000, b"x"), "a stage-1 output the stage-2 does not map")?;
     done("nested HWPTs need the grant; stage-1 and stage-2 holes fault")
+}
+
+/// PASID, nesting and dirty tracking at once: the widest PASID attached to a nested HWPT whose
+/// parent tracks dirty pages.
+pub(crate) fn pasid_nested_with_dirty_parent(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.features.contains(Features::PASID) {
+        return skip("the unit has no PASID support");
+    }
+    if !r.caps.features.contains(Features::DIRTY_TRACKING) {
+        return skip("the unit has no dirty tracking");
+    }
+    if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
+        return skip("the unit cannot nest an x86-64 stage-1");
+    }
+    r.need(Need::PasidDma)?;
+    let top = (1u32 << r.caps.pasid_bits.min(20)) - 1;
+    let dev = r.device(
+        1,
+        &[IntentItem::PasidIoas, IntentItem::NestedStage1 { format: PtFormat::X86_64 }, IntentItem::DirtyTracking],
+    )?;
+    let (parent, nested) = super::dirty::dirty_parent_and_nested(r)?;
+    r.ctx.attach(dev, Some(Pasid(top)), Target::Hwpt(nested)).map_err(e)?;
+    super::dirty::check_nested_dirty(r, parent, 1, Some(top))?;
+    any_fault(r.write(1, None, 0x4000_0010, b"x"), "untagged DMA of a device attached only at a PASID")?;
+    any_fault(r.write(1, Some(top - 1), 0x4000_0010, b"x"), "DMA with a PASID next to the attached one")?;
+    r.ctx.set_dirty_tracking(parent, false).map_err(e)?;
+    done(format!("PASID {top:#x} through a nested HWPT; its writes dirty the parent"))
 }

@@ -38,5 +38,12 @@ pub(crate) fn survive_a_split(r: &Rig, _: u64) -> Result<Pass, String> {
         faulted(r.write(1, None, 0x4000_0000 + off, b"x"), Fault::PERMISSION, "write to a split read-only page")?;
         r.read(1, None, 0x4000_0000 + off, 4).map_err(e)?;
     }
-    done("read-only stays read-only after large pages are split")
+    // Read-write stays read-write: a split keeps every permission, not only the lack of one.
+    r.ctx.map(ioas, Some(Iova(0x8000_0000)), PhysAddr(0x800_0000), 0x40_0000, Prot::RW).map_err(e)?;
+    r.ctx.unmap(ioas, Iova(0x8010_0000), 0x1000, ioasis::UnmapMode::Cut).map_err(e)?;
+    for off in [0u64, 0x10_1000, 0x1f_fff8, 0x20_0000] {
+        r.lands(1, None, 0x8000_0000 + off, 0x800_0000 + off, b"rw")?;
+        r.read(1, None, 0x8000_0000 + off, 4).map_err(e)?;
+    }
+    done("read-only stays read-only, and read-write read-write, after large pages are split")
 }

@@ -24,7 +24,13 @@ pub struct MockUnitConfig {
     pub oas: Option<u8>,
     /// Page sizes (default `["4K", "2M", "1G"]`).
     pub page_sizes: Option<Vec<String>>,
+    /// Register reads an INV_CMD takes to complete (default 0: at once; at most
+    /// [`MAX_LATENCY`]). See [`MockModel::with_latency`].
+    pub latency: Option<u32>,
 }
+
+/// The largest `latency` a configuration may ask for.
+pub const MAX_LATENCY: u32 = 1024;
 
 impl MockUnitConfig {
     /// The CAP register value (mock spec §1.1) this configuration gives.
@@ -73,6 +79,14 @@ impl MockUnitConfig {
         }
         Ok(c)
     }
+
+    /// The invalidation latency this configuration gives (mock spec §1, INV_DONE).
+    pub fn latency(&self) -> Result<u32, String> {
+        match self.latency.unwrap_or(0) {
+            n if n > MAX_LATENCY => Err(format!("latency {n} > {MAX_LATENCY}")),
+            n => Ok(n),
+        }
+    }
 }
 
 /// Builds [`MockModel`]s.
@@ -85,7 +99,7 @@ impl ModelFactory for MockModelFactory {
 
     fn build(&self, config: &toml::Table) -> Result<Arc<dyn UnitModel>, String> {
         let cfg: MockUnitConfig = config.clone().try_into().map_err(|e: toml::de::Error| e.message().to_string())?;
-        Ok(Arc::new(MockModel::new(cfg.cap()?)))
+        Ok(Arc::new(MockModel::new(cfg.cap()?).with_latency(cfg.latency()?)))
     }
 
     fn window(&self) -> u64 {
@@ -110,5 +124,11 @@ mod tests {
         assert!(bad.cap().unwrap_err().contains("teleport"));
         let no4k = MockUnitConfig { page_sizes: Some(vec!["2M".into()]), ..Default::default() };
         assert!(no4k.cap().is_err());
+        assert_eq!(MockUnitConfig::default().latency(), Ok(0));
+        let slow: MockUnitConfig = toml::from_str("latency = 4").unwrap();
+        assert_eq!(slow.latency(), Ok(4));
+        let too_slow: MockUnitConfig = toml::from_str("latency = 5000").unwrap();
+        assert!(too_slow.latency().unwrap_err().contains("5000"));
+        assert!(toml::from_str::<MockUnitConfig>("latency = -1").is_err());
     }
 }

@@ -15,10 +15,23 @@
 //! - INV_CMD range invalidation for a tag also drops every nested entry whose stage-2 parent
 //!   is that tag (their IOVAs are stage-1 addresses the range cannot be compared with).
 //! - INV_CMD with an unknown command does nothing and does not count in INV_DONE.
+//! - Latency ([`MockModel::with_latency`], `latency = N` in the unit's TOML): with N > 0 an
+//!   INV_CMD write only queues the command (with INV_ADDR, INV_SIZE and INV_TAG as they are at
+//!   the write). Every register read counts down every queued command; a command completes
+//!   (drops its cache entries, then counts in INV_DONE) at the N-th register read after its
+//!   write, in the order written, before that read returns, so the N-th read of INV_DONE
+//!   already shows it. Until then the caches stay stale: a driver that does not wait for
+//!   INV_DONE translates through entries it meant to drop. DMA does not count. Page responses
+//!   are not delayed: §1 gives them no completion register to wait for.
 //! - A/D: the unit sets A on the leaf of every successful walk, and D on a write when the
 //!   descriptor has DIRTY_EN (and CAP.DIRTY). An IOTLB entry made by a read walk of a
 //!   dirty-tracking table does not answer writes: a write re-walks the tables (from memory,
 //!   so the write sees the current tables) to set D, and replaces the entry.
+//! - A page request (a NOT_PRESENT fault with PRI, §6) stays outstanding until a page response
+//!   with its device id, PASID and group arrives, or an INV_CMD 3 for the device or an INV_CMD 4
+//!   discards it. Meanwhile the model stands in for a device that waits for its answer: DMA
+//!   from that device and PASID to that 4 KiB page gets the same page-request fault again,
+//!   without a new record. A response that names no outstanding request changes nothing.
 //! - Faults carry the DMA's IOVA. Device ids at or above 2^17, an unset DEVTAB, an invalid
 //!   device entry and a descriptor pointer of 0 (device word 0 or last PASID level) are
 //!   BLOCKED; PASID DMA without CAP.PASID / PASID_EN, beyond the PASID width or to an invalid
@@ -46,11 +59,12 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use ioasis::abi::{Fault, HostError};
-use ioasis::platform::{DmaRequest, DmaTarget, PhysMemory, UnitModel};
+use ioasis::platform::{DmaRequest, DmaTarget, PageResponseSeen, PhysMemory, UnitModel};
 use ioasis::{Pasid, PhysAddr, Prot};
 
 use crate::format::{cap, desc, devtab, fault, pasidtab, pte, reg, vm, ADDR_MASK, VALID};
@@ -91,6 +105,19 @@ struct Regs {
     vcmdq_vm: u64,
     vcmdq_prod: u64,
     vcmdq_cons: u64,
+    /// INV_CMD commands written but not completed yet (only with latency).
+    pending: VecDeque<PendingInvalidation>,
+}
+
+/// An INV_CMD command waiting for its completion (see the latency note in the module doc).
+#[derive(Clone, Copy, Debug)]
+struct PendingInvalidation {
+    cmd: u64,
+    addr: u64,
+    size: u64,
+    tag: u64,
+    /// Register reads until it completes.
+    reads_left: u32,
 }
 
 const U32: u64 = 0xffff_ffff;
@@ -103,7 +130,17 @@ pub struct MockModel {
     caches: Mutex<Caches>,
     responses: Mutex<Vec<PageResponseRecord>>,
     next_group: AtomicU32,
+    /// Register reads an invalidation takes to complete (0: at once).
+    latency: u32,
+    /// Page requests not answered yet: (device id, PASID, 4 KiB page) → group.
+    outstanding: Mutex<HashMap<RequestKey, u32>>,
 }
+
+/// An outstanding page request: device id, PASID, 4 KiB page.
+type RequestKey = (u32, Option<u32>, u64);
+
+/// Most outstanding page requests the model remembers (past it the oldest-looking is dropped).
+const OUTSTANDING_MAX: usize = 4096;
 
 impl Default for MockModel {
     /// A unit with every capability ([`cap::FULL`]).
@@ -140,7 +177,44 @@ impl MockModel {
             caches: Mutex::new(Caches::default()),
             responses: Mutex::new(Vec::new()),
             next_group: AtomicU32::new(1),
+            latency: 0,
+            outstanding: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same unit, completing each INV_CMD only at the `latency`-th register read after its
+    /// write (0: at once; see the module doc).
+    pub fn with_latency(self, latency: u32) -> Self {
+        Self { latency, ..self }
+    }
+
+    /// Register reads an invalidation takes to complete.
+    pub fn latency(&self) -> u32 {
+        self.latency
+    }
+
+    /// Counts one register read down for every queued invalidation, and completes those that
+    /// are due (in order). Takes the register lock held by the caller and gives it back.
+    fn tick<'a>(&'a self, mut r: MutexGuard<'a, Regs>) -> MutexGuard<'a, Regs> {
+        if r.pending.is_empty() {
+            return r;
+        }
+        for p in r.pending.iter_mut() {
+            p.reads_left = p.reads_left.saturating_sub(1);
+        }
+        let mut due = Vec::new();
+        while r.pending.front().is_some_and(|p| p.reads_left == 0) {
+            due.extend(r.pending.pop_front());
+        }
+        if due.is_empty() {
+            return r;
+        }
+        // Never hold the register lock while taking the cache lock.
+        drop(r);
+        let done = due.iter().filter(|p| self.invalidate(p.cmd, p.addr, p.size, p.tag)).count() as u64;
+        let mut r = lock(&self.regs);
+        r.inv_done = r.inv_done.wrapping_add(done);
+        r
     }
 
     /// The CAP register.
@@ -172,9 +246,13 @@ impl MockModel {
             reg::INV_DEVICE => {
                 if let Ok(id) = u32::try_from(tag) {
                     c.invalidate_device(id);
+                    lock(&self.outstanding).retain(|&(dev, _, _), _| dev != id);
                 }
             }
-            reg::INV_ALL => c.invalidate_all(),
+            reg::INV_ALL => {
+                c.invalidate_all();
+                lock(&self.outstanding).clear();
+            }
             _ => return false,
         }
         true
@@ -498,6 +576,15 @@ impl MockModel {
                 let words = [(8, req.iova.raw()), (16, u64::from(group)), (24, w3), (0, w0)];
                 if words.iter().all(|&(off, v)| mem.write_u64(PhysAddr(rec + off), v).is_ok()) {
                     regs.fq_tail = (tail + 1) % n;
+                    if page_request {
+                        let mut o = lock(&self.outstanding);
+                        if o.len() >= OUTSTANDING_MAX {
+                            if let Some(k) = o.keys().next().copied() {
+                                o.remove(&k);
+                            }
+                        }
+                        o.insert(outstanding_key(req), group);
+                    }
                 }
             }
         }
@@ -511,6 +598,11 @@ impl MockModel {
             group,
         }
     }
+}
+
+/// The key of a page request in [`MockModel::outstanding`]: device id, PASID, 4 KiB page.
+fn outstanding_key(req: &DmaRequest) -> RequestKey {
+    (req.dev.table_index(), req.pasid.map(|p| p.0), req.iova.raw() & !0xfff)
 }
 
 /// Tables at physical addresses are read where they are.
@@ -549,7 +641,7 @@ impl UnitModel for MockModel {
         if width != 4 && width != 8 {
             return Err(HostError::new(HostError::BAD_REGISTER, offset));
         }
-        let r = lock(&self.regs);
+        let r = self.tick(lock(&self.regs));
         let v = match offset {
             reg::ID => reg::ID_VALUE,
             reg::VERSION => 1,
@@ -610,6 +702,14 @@ impl UnitModel for MockModel {
                 drop(r);
                 self.run_vcmdq(mem);
             }
+            reg::INV_CMD if self.latency > 0 => {
+                let cmd = value & U32;
+                // An unknown command does nothing and never completes.
+                if (reg::INV_IOTLB_RANGE..=reg::INV_ALL).contains(&cmd) {
+                    let (addr, size, tag) = (r.inv_addr, r.inv_size, r.inv_tag);
+                    r.pending.push_back(PendingInvalidation { cmd, addr, size, tag, reads_left: self.latency });
+                }
+            }
             reg::INV_CMD => {
                 let (addr, size, tag) = (r.inv_addr, r.inv_size, r.inv_tag);
                 // Never hold the register lock while taking the cache lock.
@@ -630,11 +730,23 @@ impl UnitModel for MockModel {
                     group: (v & U32) as u32,
                     code: ((v >> 32) & 0xf) as u32,
                 };
+                lock(&self.outstanding)
+                    .retain(|&(d, p, _), g| !(d == rec.dev_id && p == rec.pasid.map(|x| x.0) && *g == rec.group));
                 lock(&self.responses).push(rec);
             }
             _ => return Err(HostError::new(HostError::BAD_REGISTER, offset)),
         }
         Ok(())
+    }
+
+    fn page_responses(&self) -> Option<Vec<PageResponseSeen>> {
+        let seen = |r: &PageResponseRecord| PageResponseSeen {
+            source: r.dev_id,
+            pasid: r.pasid,
+            group: r.group,
+            code: r.code,
+        };
+        Some(lock(&self.responses).iter().map(seen).collect())
     }
 
     fn translate(&self, mem: &dyn PhysMemory, req: &DmaRequest) -> Result<DmaTarget, Fault> {
@@ -644,6 +756,18 @@ impl UnitModel for MockModel {
         };
         if ctrl & reg::CTRL_EN == 0 {
             return Ok(passthrough(req.iova.raw()));
+        }
+        // The device waits for the answer to its page request before it retries the page.
+        if let Some(&group) = lock(&self.outstanding).get(&outstanding_key(req)) {
+            return Err(Fault {
+                dev: req.dev,
+                pasid: req.pasid.into(),
+                addr: req.iova,
+                access: req.access,
+                reason: Fault::NOT_PRESENT,
+                page_request: true,
+                group,
+            });
         }
         self.translate_enabled(mem, req, devtab_reg).map_err(|f| self.report(mem, req, f))
     }

@@ -10,7 +10,7 @@ use ioasis::pt::Memory;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
 use super::pagetable::PageTable;
-use super::unit::UnitCore;
+use super::unit::{Defect, UnitCore};
 use crate::format::{desc, reg};
 
 /// What a HWPT translates with.
@@ -109,6 +109,15 @@ impl Hwpt for MockHwpt {
             let h = &self.0;
             h.maybe_panic("map");
             let t = h.paging()?;
+            if h.core.params.defect == Some(Defect::LastPageRefused) {
+                let top = 1u64 << t.geometry.ias.min(63);
+                if iova.0.checked_add(len).is_none_or(|end| end >= top) {
+                    return Err(PluginError::new(
+                        ErrorCode::OUT_OF_RANGE,
+                        format!("{iova}+{len:#x} beyond the aperture"),
+                    ));
+                }
+            }
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
             // A new mapping replaces only non-present entries, which the unit never caches:
             // no invalidation is needed (mock spec §1: faults are not cached).
@@ -124,9 +133,7 @@ impl Hwpt for MockHwpt {
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
             let done = t.unmap(&h.core.io, iova.0, len)?;
             match done.flush {
-                Some((a, l)) if h.core.params.defect != Some(super::unit::Defect::SkipIotlbInvalidation) => {
-                    h.flush(a, l)?
-                }
+                Some((a, l)) if h.core.params.defect != Some(Defect::SkipIotlbInvalidation) => h.flush(a, l)?,
                 _ => {}
             }
             Ok(done.bytes)
@@ -163,6 +170,9 @@ impl Hwpt for MockHwpt {
             let w0 = io.rd(h.desc)?;
             let new = if enable { w0 | desc::DIRTY_EN } else { w0 & !desc::DIRTY_EN };
             io.wr(h.desc, new)?;
+            if h.core.params.defect == Some(Defect::DirtyEnableStaleDescriptor) {
+                return h.flush(0, 0);
+            }
             // The descriptor is cached per device: drop every cache.
             io.invalidate(reg::INV_ALL, 0, 0, 0)
         })
@@ -182,7 +192,9 @@ impl Hwpt for MockHwpt {
             if let Some((a, l)) =
                 t.read_and_clear_dirty(&h.core.io, iova.0, len, page_shift, bitmap.as_mut_slice(), keep)?
             {
-                h.flush(a, l)?;
+                if h.core.params.defect != Some(Defect::DirtyClearWithoutFlush) {
+                    h.flush(a, l)?;
+                }
             }
             Ok(())
         })

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use ioasis::abi::{ErrorCode, HostServicesBox, LogLevel, PluginError};
 
+use super::unit::Defect;
 use crate::format::reg;
 
 /// How long a register poll may take before the driver reports a timeout.
@@ -17,12 +18,19 @@ pub struct Io {
     host: HostServicesBox,
     /// Serialises multi-register commands (INV_ADDR/SIZE/TAG then INV_CMD; PRESP_DEV then CMD).
     cmd: Mutex<()>,
+    /// Defect `no-invalidation-wait`: write INV_CMD and return without waiting for INV_DONE.
+    no_wait: bool,
 }
 
 impl Io {
     /// Wraps the unit's host services.
     pub fn new(host: HostServicesBox) -> Self {
-        Self { host, cmd: Mutex::new(()) }
+        Self { host, cmd: Mutex::new(()), no_wait: false }
+    }
+
+    /// The same access with the invalidation defect of `defect`, if it is that one.
+    pub fn with_defect(self, defect: Option<Defect>) -> Self {
+        Self { no_wait: defect == Some(Defect::NoInvalidationWait), ..self }
     }
 
     /// Reads a register.
@@ -53,6 +61,12 @@ impl Io {
     /// Runs one invalidation command (§1 INV_*) and waits for INV_DONE to count it.
     pub fn invalidate(&self, cmd: u64, tag: u64, addr: u64, size: u64) -> Result<(), PluginError> {
         let _g = self.cmd.lock().unwrap_or_else(|p| p.into_inner());
+        if self.no_wait {
+            self.reg_wr(reg::INV_ADDR, addr)?;
+            self.reg_wr(reg::INV_SIZE, size)?;
+            self.reg_wr(reg::INV_TAG, tag)?;
+            return self.reg_wr(reg::INV_CMD, cmd);
+        }
         let before = self.reg_rd(reg::INV_DONE)?;
         self.reg_wr(reg::INV_ADDR, addr)?;
         self.reg_wr(reg::INV_SIZE, size)?;

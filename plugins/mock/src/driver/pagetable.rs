@@ -52,7 +52,12 @@ impl Format for MockFormat {
         attrs | if level > 0 { pte::LEAF } else { 0 } | pa
     }
     fn attrs_of(&self, e: u64, _level: u32) -> u64 {
-        e & !(ADDR_MASK | pte::LEAF)
+        let lost = match self.defect {
+            Some(Defect::SplitLosesDirty) => pte::D,
+            Some(Defect::SplitLosesWrite) => pte::W,
+            _ => 0,
+        };
+        e & !(ADDR_MASK | pte::LEAF | lost)
     }
     fn leaf_addr(&self, e: u64, _level: u32) -> u64 {
         e & ADDR_MASK

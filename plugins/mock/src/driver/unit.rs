@@ -49,6 +49,37 @@ pub enum Defect {
     /// Fault records lose their S2 bit (§6): stage-2 faults of a nested translation look like
     /// the guest's.
     Stage2FaultsUnflagged,
+    /// Invalidations write INV_CMD and return without waiting for INV_DONE to count them (a
+    /// unit with latency still translates through the stale entries).
+    NoInvalidationWait,
+    /// Each PASID table level is indexed with the bits of the level above it (§3).
+    PasidTableOffByOne,
+    /// Level-2 device-table entries are indexed by devfn bits 6:0: functions at and above devfn
+    /// 0x80 share the entries of those below (§2).
+    DevtabDevfnHighBitDropped,
+    /// Page responses carry the response code in the group field and the group in the code
+    /// field of PRESP_CMD (§1).
+    PageResponseFieldsSwapped,
+    /// Fault records' PASIDs are read with a 19-bit mask (§6): the upper half of the PASID
+    /// space is reported as the lower.
+    #[serde(rename = "fault-pasid-19-bits")]
+    FaultPasid19Bits,
+    /// A replace (attach over an existing attachment) rewrites the entry without the device
+    /// invalidation (§1 INV_CMD 3).
+    ReplaceSkipsDeviceInvalidation,
+    /// Reading and clearing dirty bits clears the D bits but does not invalidate the IOTLB,
+    /// whose entries then answer writes without setting D again.
+    DirtyClearWithoutFlush,
+    /// Turning dirty tracking on or off invalidates the HWPT's IOTLB entries but not the
+    /// cached descriptor (§4 DIRTY_EN), so the unit keeps using the old one.
+    DirtyEnableStaleDescriptor,
+    /// Splitting a large page drops its D bit: the smaller pages lose the dirtiness.
+    SplitLosesDirty,
+    /// Splitting a large page drops its W bit: the smaller pages become read-only.
+    SplitLosesWrite,
+    /// Map refuses a range that ends at the last byte of the input space (an off-by-one in the
+    /// driver's own aperture check).
+    LastPageRefused,
 }
 
 /// What the unit and its HWPTs share.
@@ -124,6 +155,7 @@ impl MockUnit {
     pub fn probe(desc: &UnitDesc, io: Io) -> Result<Self, PluginError> {
         let params: MockParams = toml::from_str(desc.params.as_str())
             .map_err(|e| PluginError::invalid(format!("unit {}: bad mock params: {e}", desc.name)))?;
+        let io = io.with_defect(params.defect);
         let id = io.reg_rd(reg::ID)?;
         if id != reg::ID_VALUE {
             return Err(PluginError::new(
@@ -384,9 +416,22 @@ impl MockUnit {
                 p
             }
         };
-        let entry = l2 + devtab::l2_offset(id);
+        let entry = l2
+            + if self.core.params.defect == Some(Defect::DevtabDevfnHighBitDropped) {
+                devtab::l2_offset(id & !0x80)
+            } else {
+                devtab::l2_offset(id)
+            };
         t.devices.insert(id, DevState { entry, ..Default::default() });
         Ok(entry)
+    }
+
+    /// Offset of `pasid`'s entry in its table at `level` (§3).
+    fn pasid_offset(&self, pasid: u32, level: u32) -> u64 {
+        match self.core.params.defect {
+            Some(Defect::PasidTableOffByOne) => pasidtab::offset(pasid, level + 1),
+            _ => pasidtab::offset(pasid, level),
+        }
     }
 
     /// The PASID table slot for `pasid`, building missing levels (§3).
@@ -402,7 +447,7 @@ impl MockUnit {
             }
             let mut table = st.pasid_pages[0];
             for level in (1..pasidtab::LEVELS).rev() {
-                let slot = table + pasidtab::offset(pasid, level);
+                let slot = table + self.pasid_offset(pasid, level);
                 let e = io.rd(slot)?;
                 table = if e & VALID != 0 {
                     e & ADDR_MASK
@@ -414,7 +459,7 @@ impl MockUnit {
                     t
                 };
             }
-            Ok(table + pasidtab::offset(pasid, 0))
+            Ok(table + self.pasid_offset(pasid, 0))
         })();
         if result.is_err() {
             // Unhook and free what this call built: its levels hold nothing yet.
@@ -485,7 +530,9 @@ impl MockUnit {
                 })
             }
         };
-        match result.and_then(|()| io.invalidate(reg::INV_DEVICE, id as u64, 0, 0)) {
+        let replace = st.attached.contains_key(&pasid);
+        let skip = replace && self.core.params.defect == Some(Defect::ReplaceSkipsDeviceInvalidation);
+        match result.and_then(|()| if skip { Ok(()) } else { io.invalidate(reg::INV_DEVICE, id as u64, 0, 0) }) {
             Ok(()) => {
                 st.attached.insert(pasid, h);
                 Ok(())
@@ -517,9 +564,9 @@ impl MockUnit {
             Some(p) => {
                 let mut table = st.pasid_pages[0];
                 for level in (1..pasidtab::LEVELS).rev() {
-                    table = io.rd(table + pasidtab::offset(p, level))? & ADDR_MASK;
+                    table = io.rd(table + self.pasid_offset(p, level))? & ADDR_MASK;
                 }
-                io.wr(table + pasidtab::offset(p, 0), 0)?;
+                io.wr(table + self.pasid_offset(p, 0), 0)?;
             }
         }
         io.invalidate(reg::INV_DEVICE, id as u64, 0, 0)?;
@@ -559,7 +606,8 @@ impl MockUnit {
             let group = io.rd(rec + 16)? as u32;
             let w3 = io.rd(rec + 24)?;
             let devid = w0 as u32;
-            let pasid = (w0 & fault::PASID_V != 0).then_some(Pasid(((w0 >> fault::PASID_SHIFT) & 0xfffff) as u32));
+            let mask = if self.core.params.defect == Some(Defect::FaultPasid19Bits) { 0x7ffff } else { 0xfffff };
+            let pasid = (w0 & fault::PASID_V != 0).then_some(Pasid(((w0 >> fault::PASID_SHIFT) & mask) as u32));
             let mut access = Prot::NONE;
             if w0 & fault::READ != 0 {
                 access = access | Prot::READ;
@@ -699,7 +747,11 @@ impl Unit for MockUnit {
             if let ROption::RSome(p) = resp.pasid {
                 dev_word |= ((p.0 as u64) << 32) | (1 << 63);
             }
-            let cmd = resp.group as u64 | ((resp.code as u64 & 0xf) << 32);
+            let cmd = if self.core.params.defect == Some(Defect::PageResponseFieldsSwapped) {
+                resp.code as u64 | ((resp.group as u64 & 0xf) << 32)
+            } else {
+                resp.group as u64 | ((resp.code as u64 & 0xf) << 32)
+            };
             self.core.io.page_response(dev_word, cmd)
         })
     }

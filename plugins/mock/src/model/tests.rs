@@ -180,7 +180,9 @@ impl Env {
         self.reg_w(reg::INV_ADDR, addr);
         self.reg_w(reg::INV_SIZE, size);
         self.reg_w(reg::INV_CMD, cmd);
-        assert_eq!(self.reg_r(reg::INV_DONE), done + 1);
+        // A unit with latency completes it within that many reads.
+        let polls = (0..=self.model.latency()).map(|_| self.reg_r(reg::INV_DONE)).find(|&v| v != done);
+        assert_eq!(polls, Some(done + 1));
     }
 
     /// Maps `iova` to `out` with a leaf at `level` in a four-level table of `fmt` rooted at
@@ -598,6 +600,53 @@ fn stale_iotlb_entries_translate_until_invalidated() {
 }
 
 #[test]
+fn invalidations_complete_late_with_latency() {
+    let mut env = Env::new();
+    env.model = MockModel::new(cap::FULL).with_latency(3);
+    assert_eq!(env.model.latency(), 3);
+    let (d, root) = env.attached(1, 0, 0);
+    let leaf = env.map(root, 0x10_0000, 0x30_0000, 0, RW);
+    let other = env.map(root, 0x20_0000, 0x50_0000, 0, RW);
+    env.enable();
+    assert_eq!(env.pa(1, None, 0x10_0000, Prot::READ), 0x30_0000);
+    assert_eq!(env.pa(1, None, 0x20_0000, Prot::READ), 0x50_0000);
+    env.w64(leaf, 0);
+    env.w64(other, 0);
+    let done = env.reg_r(reg::INV_DONE);
+    env.reg_w(reg::INV_TAG, d);
+    env.reg_w(reg::INV_ADDR, 0x10_0000);
+    env.reg_w(reg::INV_SIZE, 0x1000);
+    env.reg_w(reg::INV_CMD, reg::INV_IOTLB_RANGE);
+    // The command saw the registers as they were at its write.
+    env.reg_w(reg::INV_ADDR, 0x20_0000);
+    env.reg_w(reg::INV_CMD, 9);
+    // Not done yet: DMA does not count, the entry is stale.
+    for _ in 0..3 {
+        assert_eq!(env.pa(1, None, 0x10_0000, Prot::READ), 0x30_0000, "stale until completion");
+    }
+    assert_eq!(env.reg_r(reg::INV_DONE), done);
+    assert_eq!(env.reg_r(reg::CAP), cap::FULL, "any register read counts");
+    assert_eq!(env.pa(1, None, 0x10_0000, Prot::READ), 0x30_0000);
+    // The third read completes it, and already shows it.
+    assert_eq!(env.reg_r(reg::INV_DONE), done + 1);
+    assert_eq!(env.reason(1, None, 0x10_0000, Prot::READ), Fault::NOT_PRESENT);
+    assert_eq!(env.pa(1, None, 0x20_0000, Prot::READ), 0x50_0000, "only the range written with the command");
+    // Two commands in flight complete in order, each at its own count; unknown ones never.
+    env.reg_w(reg::INV_CMD, reg::INV_IOTLB_ALL);
+    env.reg_r(reg::ID);
+    env.reg_w(reg::INV_CMD, reg::INV_ALL);
+    assert_eq!(env.reg_r(reg::INV_DONE), done + 1);
+    assert_eq!(env.reg_r(reg::INV_DONE), done + 2);
+    assert_eq!(env.reason(1, None, 0x20_0000, Prot::READ), Fault::NOT_PRESENT);
+    assert_eq!(env.reg_r(reg::INV_DONE), done + 3);
+    for _ in 0..8 {
+        assert_eq!(env.reg_r(reg::INV_DONE), done + 3);
+    }
+    // The driver's way: poll INV_DONE until it moves.
+    env.inv(reg::INV_IOTLB_ALL, 0, 0, 0);
+}
+
+#[test]
 fn iotlb_all_and_config_caches() {
     let env = Env::new();
     let (d1, r1) = env.attached(1, 0, 0);
@@ -751,6 +800,18 @@ fn page_requests_and_responses() {
     let perm = env.dma(3, None, 0, Prot::WRITE).unwrap_err();
     assert!(!perm.page_request && perm.reason == Fault::PERMISSION);
 
+    // §6.1: until answered, the device's retry of the page gets the same request, unrecorded.
+    let tail = env.reg_r(reg::FQ_TAIL);
+    let again = env.dma(1, Some(4), 0x5ff8, Prot::READ).unwrap_err();
+    assert!(again.page_request && again.group == g && again.reason == Fault::NOT_PRESENT, "{again:?}");
+    assert_eq!(env.reg_r(reg::FQ_TAIL), tail, "no new record");
+    // A response naming another group, or the request without its PASID, answers nothing.
+    env.reg_w(reg::PRESP_DEV, 1 | (4 << 32) | (1 << 63));
+    env.reg_w(reg::PRESP_CMD, u64::from(g) + 100);
+    env.reg_w(reg::PRESP_DEV, 1);
+    env.reg_w(reg::PRESP_CMD, u64::from(g));
+    assert_eq!(env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err().group, g);
+
     env.reg_w(reg::PRESP_DEV, 1 | (4 << 32) | (1 << 63));
     env.reg_w(reg::PRESP_CMD, u64::from(g));
     env.reg_w(reg::PRESP_DEV, 1);
@@ -758,10 +819,20 @@ fn page_requests_and_responses() {
     assert_eq!(
         env.model.page_responses(),
         vec![
+            PageResponseRecord { dev_id: 1, pasid: Some(Pasid(4)), group: g + 100, code: 0 },
+            PageResponseRecord { dev_id: 1, pasid: None, group: g, code: 0 },
             PageResponseRecord { dev_id: 1, pasid: Some(Pasid(4)), group: g, code: 0 },
             PageResponseRecord { dev_id: 1, pasid: None, group: f2.group, code: 0xf },
         ]
     );
+    assert_eq!(UnitModel::page_responses(&env.model).map(|r| r.len()), Some(4));
+    // Answered: the retry walks again (the page is still missing: a new request).
+    let f3 = env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err();
+    assert!(f3.page_request && f3.group != g, "{f3:?}");
+    // A device invalidation discards the device's outstanding requests.
+    env.inv(reg::INV_DEVICE, 1, 0, 0);
+    let f4 = env.dma(1, Some(4), 0x5000, Prot::READ).unwrap_err();
+    assert!(f4.page_request && f4.group != f3.group, "{f4:?}");
 }
 
 #[test]
