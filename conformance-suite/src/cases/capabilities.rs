@@ -1,6 +1,6 @@
 //! Capability reporting: what the backend reads from the unit is coherent.
 
-use ioasis::Features;
+use ioasis::{Features, PtFormat};
 
 use super::{done, e};
 use crate::rig::Rig;
@@ -17,8 +17,9 @@ pub(crate) fn widths_and_formats(r: &Rig, _: u64) -> Result<Pass, String> {
     if c.page_sizes.iter().any(|s| s > 1 << c.ias_bits.min(63)) {
         return Err(format!("page sizes {} exceed the {}-bit input space", c.page_sizes, c.ias_bits));
     }
-    if c.paging_format.name().is_none() {
-        return Err(format!("paging format {} is not a known format", c.paging_format));
+    // A vendor's own format is in the vendor range (`vendor-<vendor>:<n>`): no name here.
+    if c.paging_format == PtFormat::NONE || (c.paging_format.name().is_none() && !c.paging_format.is_vendor()) {
+        return Err(format!("paging format {} is neither a known format nor a vendor's", c.paging_format));
     }
     if c.pasid_bits > 20 || (c.pasid_bits > 0) != c.features.contains(Features::PASID) {
         return Err(format!("PASID width {} disagrees with features {}", c.pasid_bits, c.features));
