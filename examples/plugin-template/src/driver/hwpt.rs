@@ -160,6 +160,7 @@ impl Hwpt for AcmeHwpt {
             Some(_) => (FORMAT, PageSizes::SZ_4K),
             None => (PtFormat::NONE, PageSizes(0)),
         };
+        // Plain values, nothing that can panic: no guard needed.
         HwptInfo {
             kind: h.kind,
             format,

@@ -314,8 +314,8 @@ fn free_pages(io: &Io, dt: u64) {
 impl Unit for AcmeUnit {
     fn caps(&self) -> UnitCaps {
         let c = &self.core;
-        UnitCaps {
-            model: RString::from(format!("acme-tiny rev 1 (CAP {:#x})", c.cap)),
+        let caps = |model: RString| UnitCaps {
+            model,
             paging_format: FORMAT,
             page_sizes: PageSizes::SZ_4K,
             ias_bits: cap::ias(c.cap),
@@ -323,7 +323,8 @@ impl Unit for AcmeUnit {
             pasid_bits: 0,
             features: Features(0),
             nested_formats: RVec::new(),
-        }
+        };
+        guard_or("caps", caps(RString::new()), || caps(RString::from(format!("acme-tiny rev 1 (CAP {:#x})", c.cap))))
     }
 
     fn negotiate(&self, _dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
