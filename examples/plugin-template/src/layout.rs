@@ -7,10 +7,13 @@ use ioasis::PtFormat;
 /// The output-address bits of table pointers, leaves and base registers (§2, §3): [51:12].
 pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-/// The paging format the unit's caps report. acme-tiny's tables (§3) are its own format, which
-/// has no id among `ioasis::PtFormat`'s: a vendor format takes an id with bit 31 set until
-/// the framework assigns it one.
-pub const FORMAT: PtFormat = PtFormat(0x8000_0001);
+/// Acme's PCI-SIG vendor id (an example: use your own). It numbers Acme's page-table formats
+/// in the vendor range of ioasis's ids (`ioasis::ids`).
+pub const PCI_VENDOR: u16 = 0x1234;
+
+/// The paging format the unit's caps report: acme-tiny's tables (§3), Acme's format 1. It
+/// prints as `vendor-1234:1`.
+pub const FORMAT: PtFormat = PtFormat::vendor(PCI_VENDOR, 1);
 
 /// §1: registers (offsets in the 4 KiB window) and their bits.
 pub mod reg {
