@@ -95,6 +95,8 @@ pub(crate) enum Need {
     PasidDma,
     /// Many devices DMA-ing at once.
     ParallelDma,
+    /// DMA of a device whose identity (pass-through) attachment was just replaced.
+    LeaveIdentity,
     /// DMA from several threads at once.
     ConcurrentDma,
 }

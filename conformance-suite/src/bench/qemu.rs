@@ -5,7 +5,8 @@
 //! so a DMA write of chosen bytes is staged: the bytes go into a guest page, a staging IOVA that
 //! maps that page is added to the IOAS the edu is attached to, the edu reads it into its buffer
 //! and then writes the buffer at the target IOVA; the staging IOVA is unmapped afterwards. A
-//! DMA read goes the other way. The staging IOVA stays mapped until the target transfer is done,
+//! DMA read goes the other way. A device on an identity HWPT reaches the staging page at its
+//! own address, with nothing to map. The staging IOVA stays mapped until the target transfer is done,
 //! so its unmap (and the invalidation the driver sends for it) comes after the transfer the case
 //! asked for and cannot hide a stale translation from it. Each staging map and unmap must leave
 //! the areas and the table-page count as they were.
@@ -20,7 +21,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ioasis::abi::Fault;
+use ioasis::abi::{Fault, HwptKind};
 use ioasis::platform::{PhysMemory, Platform};
 use ioasis::{Context, DeviceRef, IoasId, Iova, IovaRange, PhysAddr, Prot, RequesterId, UnmapMode, PAGE_SIZE};
 use ioasis_baremetal::dma::DmaJob;
@@ -85,6 +86,7 @@ fn bench(what: &str, e: impl std::fmt::Display) -> DmaFailure {
 
 pub(crate) struct Qemu {
     machine: Arc<QemuMachine>,
+    profile: QemuProfile,
     unit_base: PhysAddr,
     /// One transfer (with its staging) at a time: the edu has one buffer.
     dma: Mutex<()>,
@@ -117,7 +119,7 @@ impl Qemu {
         if STAGING_PA + PAGE_SIZE > pool.raw() {
             return Err(format!("the staging page {STAGING_PA:#x} overlaps the table pool at {pool}"));
         }
-        Ok(Self { machine: Arc::new(machine), unit_base: VTD_BASE, dma: Mutex::new(()) })
+        Ok(Self { machine: Arc::new(machine), profile, unit_base: VTD_BASE, dma: Mutex::new(()) })
     }
 
     fn edu_rid(&self) -> RequesterId {
@@ -139,6 +141,17 @@ impl Qemu {
         match src.id {
             Some(id) => ctx.attached_ioas(id, None).map_err(|e| bench("the DMA device's attachment", e)),
             None => Ok(None),
+        }
+    }
+
+    /// Whether the device's untagged DMA goes through an identity HWPT: then the staging page
+    /// is reached at its own address, with nothing to map.
+    fn untranslated(&self, ctx: &Context, src: Source) -> Result<bool, DmaFailure> {
+        let Some(id) = src.id else { return Ok(false) };
+        let hwpt = ctx.attached_hwpt(id, None).map_err(|e| bench("the DMA device's attachment", e))?;
+        match hwpt {
+            Some(h) => Ok(ctx.hwpt_info(h).map_err(|e| bench("the DMA device's HWPT", e))?.kind == HwptKind::IDENTITY),
+            None => Ok(false),
         }
     }
 
@@ -244,9 +257,15 @@ impl Qemu {
     }
 
     /// One transfer of at most [`CHUNK`] bytes of `data` to `at`.
-    fn write_chunk(&self, ctx: &Context, ioas: Option<IoasId>, at: u64, data: &[u8]) -> Result<(), DmaFailure> {
+    fn write_chunk(&self, ctx: &Context, src: Source, at: u64, data: &[u8]) -> Result<(), DmaFailure> {
         let edu = self.machine.edu();
         let n = data.len() as u32;
+        if self.untranslated(ctx, src)? {
+            self.put(STAGING_PA, data)?;
+            self.transfer(ctx, || edu.dma_to_device(Iova(STAGING_PA), n))?;
+            return self.transfer(ctx, || edu.dma_from_device(Iova(at), n));
+        }
+        let ioas = self.ioas(ctx, src)?;
         let Some(ioas) = ioas else {
             // Nothing to stage through: the device's DMA is not translated by an IOAS (blocked,
             // or unattached). The edu writes whatever its buffer holds; whether it faults is
@@ -266,6 +285,11 @@ impl Qemu {
     fn read_chunk(&self, ctx: &Context, src: Source, at: u64, n: usize) -> Result<Vec<u8>, DmaFailure> {
         let edu = self.machine.edu();
         self.transfer(ctx, || edu.dma_to_device(Iova(at), n as u32))?;
+        if self.untranslated(ctx, src)? {
+            self.put(STAGING_PA, &vec![0; n])?;
+            self.transfer(ctx, || edu.dma_from_device(Iova(STAGING_PA), n as u32))?;
+            return self.get(STAGING_PA, n);
+        }
         let ioas = self.ioas(ctx, src)?.ok_or_else(|| {
             DmaFailure::Bench(format!(
                 "the DMA read at {at:#x} did not fault, but the device is attached to no IOAS to stage its bytes out"
@@ -300,6 +324,13 @@ impl Bench for Qemu {
             Need::ConcurrentDma => {
                 Some("QEMU's edu runs one transfer at a time: DMA from several threads at once cannot run".into())
             }
+            Need::LeaveIdentity if self.profile == QemuProfile::VtdScalable => Some(
+                "QEMU 7.2's scalable-mode intel-iommu keeps a device it has put in pass-through untranslated after \
+                 its PASID entry changes (its DMA still reaches memory through a blocking entry); the model checks \
+                 this transition"
+                    .into(),
+            ),
+            Need::LeaveIdentity => None,
         }
     }
 
@@ -311,12 +342,11 @@ impl Bench for Qemu {
     fn dma_write(&self, ctx: &Context, src: Source, iova: u64, data: &[u8]) -> Result<(), DmaFailure> {
         self.check(src)?;
         let _one = lock(&self.dma);
-        let ioas = self.ioas(ctx, src)?;
         for (i, chunk) in data.chunks(CHUNK).enumerate() {
             let at = iova
                 .checked_add((i * CHUNK) as u64)
                 .ok_or(DmaFailure::Dma(DmaError::Wraps { iova: Iova(iova), len: data.len() }))?;
-            self.write_chunk(ctx, ioas, at, chunk)?;
+            self.write_chunk(ctx, src, at, chunk)?;
         }
         Ok(())
     }

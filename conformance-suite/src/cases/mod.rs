@@ -6,6 +6,7 @@ mod concurrency;
 mod dirty;
 mod fail_nth;
 mod faults;
+mod identity;
 mod invalidation;
 mod map;
 mod negotiation;
@@ -48,6 +49,9 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("faults", "not-present-recorded", faults::not_present_recorded).dma_from(0x0b),
     Case::new("faults", "permission-recorded", faults::permission_recorded).dma_from(0x0c),
     Case::new("faults", "blocked-device", faults::blocked_device).dma_from(0x0d),
+    Case::new("identity", "untranslated-dma", identity::untranslated_dma),
+    Case::new("identity", "blocking-hwpt", identity::blocking_hwpt),
+    Case::new("identity", "leaving-identity", identity::leaving_identity),
     Case::new("faults", "page-request-and-response", faults::page_request_and_response),
     Case::new("faults", "page-requests-out-of-order", faults::page_requests_out_of_order),
     Case::new("requester-ids", "across-buses-and-functions", requester_ids::across_buses_and_functions),
