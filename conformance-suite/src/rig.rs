@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use ioasis::abi::Fault;
+use ioasis::abi::{Fault, HwptFlags};
 use ioasis::loader::Plugin;
 use ioasis::platform::PageResponseSeen;
 use ioasis::{
-    Context, DeviceDesc, DeviceId, DeviceRef, HwptId, Intent, IntentItem, IoasId, PhysAddr, RequesterId, Target,
-    UnitCaps, UnitId,
+    Context, DeviceDesc, DeviceId, DeviceRef, FaultQueueId, HwptId, HwptSpec, Intent, IntentItem, IoasId, PhysAddr,
+    RequesterId, Target, UnitCaps, UnitId,
 };
 use ioasis_baremetal::dma::DmaJob;
 use ioasis_baremetal::DmaError;
@@ -110,6 +110,18 @@ impl Rig {
         })?;
         self.ctx.negotiate(id, &Intent::new(items.iter().copied())).map_err(|e| e.to_string())?;
         Ok(id)
+    }
+
+    /// 00:dev.0 with untagged DMA and page requests, attached to a paging HWPT of a new IOAS
+    /// whose page requests go to a new fault queue: (device, IOAS, HWPT, queue).
+    pub fn faulting(&self, dev: u8) -> Result<(DeviceId, IoasId, HwptId, FaultQueueId), String> {
+        let id = self.device(dev, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
+        let ioas = self.ctx.alloc_ioas();
+        let q = self.ctx.alloc_fault_queue();
+        let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
+        let h = self.ctx.alloc_hwpt(self.unit, spec).map_err(|e| e.to_string())?;
+        self.ctx.attach(id, None, Target::Hwpt(h)).map_err(|e| e.to_string())?;
+        Ok((id, ioas, h, q))
     }
 
     /// 00:dev.0 with untagged DMA, attached to a new IOAS: (device, IOAS, its paging HWPT).

@@ -1,7 +1,7 @@
 //! Faults: address, source id, access and reason recorded; page requests answered.
 
-use ioasis::abi::{Fault, HwptFlags, PageResponse};
-use ioasis::{DeviceRef, Features, HwptSpec, IntentItem, Iova, PhysAddr, Prot, Target};
+use ioasis::abi::{Fault, PageResponse};
+use ioasis::{DeviceRef, Features, IntentItem, Iova, PhysAddr, Prot, Target};
 
 use super::{done, e, skip};
 use crate::rig::{any_fault, faulted, rid, Rig};
@@ -71,12 +71,7 @@ pub(crate) fn page_request_and_response(r: &Rig, _: u64) -> Result<Pass, String>
     if !r.caps.features.contains(Features::PAGE_FAULTS) {
         return skip("the unit has no page requests");
     }
-    let dev = r.device(1, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
-    let ioas = r.ctx.alloc_ioas();
-    let q = r.ctx.alloc_fault_queue();
-    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
-    let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
-    r.ctx.attach(dev, None, Target::Hwpt(h)).map_err(e)?;
+    let (dev, ioas, _, q) = r.faulting(1)?;
     any_fault(r.read(1, None, 0x8000, 4), "DMA to a page not yet there")?;
     r.ctx.poll_faults().map_err(e)?;
     let events = r.ctx.read_faults(q).map_err(e)?;
@@ -120,12 +115,7 @@ pub(crate) fn page_requests_out_of_order(r: &Rig, _: u64) -> Result<Pass, String
     if !r.caps.features.contains(Features::PAGE_FAULTS) {
         return skip("the unit has no page requests");
     }
-    let dev = r.device(1, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
-    let ioas = r.ctx.alloc_ioas();
-    let q = r.ctx.alloc_fault_queue();
-    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
-    let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
-    r.ctx.attach(dev, None, Target::Hwpt(h)).map_err(e)?;
+    let (dev, ioas, _, q) = r.faulting(1)?;
     // Three pages not there yet: three groups outstanding at once.
     let pages = [0x8000u64, 0x2_0000, 0x40_0000];
     for p in pages {

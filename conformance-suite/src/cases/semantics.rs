@@ -4,7 +4,7 @@
 //! inverted or overlapping allowed ranges are refused.
 
 use ioasis::abi::{HwptFlags, PageResponse};
-use ioasis::{Error, Features, HwptSpec, IntentItem, Iova, IovaRange, PhysAddr, Prot, Target};
+use ioasis::{Error, Features, HwptSpec, Iova, IovaRange, PhysAddr, Prot, Target};
 
 use super::{done, e, skip};
 use crate::rig::{any_fault, Rig};
@@ -29,12 +29,7 @@ pub(crate) fn outstanding_page_requests_answered(r: &Rig, _: u64) -> Result<Pass
     if !r.caps.features.contains(Features::PAGE_FAULTS) {
         return skip("the unit has no page requests");
     }
-    let dev = r.device(1, &[IntentItem::UntaggedDma, IntentItem::PageFaults])?;
-    let ioas = r.ctx.alloc_ioas();
-    let q = r.ctx.alloc_fault_queue();
-    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
-    let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
-    r.ctx.attach(dev, None, Target::Hwpt(h)).map_err(e)?;
+    let (dev, _, h, q) = r.faulting(1)?;
     any_fault(r.read(1, None, 0x8000, 4), "DMA to a page not yet there")?;
     r.ctx.poll_faults().map_err(e)?;
     let events = r.ctx.read_faults(q).map_err(e)?;
