@@ -190,6 +190,18 @@ pub mod fault {
     pub const fn reason(w0: u64) -> u64 {
         (w0 >> REASON_SHIFT) & 0xf
     }
+    /// A reason as the framework's `Fault` reason code (driver and model agree through this).
+    pub const fn to_framework(reason: u64) -> u32 {
+        use ioasis::abi::Fault;
+        match reason {
+            NOT_PRESENT => Fault::NOT_PRESENT,
+            PERMISSION => Fault::PERMISSION,
+            BLOCKED => Fault::BLOCKED,
+            ADDRESS_SIZE => Fault::ADDRESS_SIZE,
+            BAD_PASID => Fault::BAD_PASID,
+            _ => Fault::BAD_ENTRY,
+        }
+    }
 }
 
 #[cfg(test)]

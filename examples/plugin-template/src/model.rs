@@ -171,18 +171,6 @@ fn target(pa: u64, iova: u64) -> DmaTarget {
     DmaTarget { pa: PhysAddr(pa | off), remaining: 0x1000 - off }
 }
 
-/// A §5 reason as the framework's.
-fn fault_reason(r: Reason) -> u32 {
-    match r {
-        fault::NOT_PRESENT => Fault::NOT_PRESENT,
-        fault::PERMISSION => Fault::PERMISSION,
-        fault::BLOCKED => Fault::BLOCKED,
-        fault::ADDRESS_SIZE => Fault::ADDRESS_SIZE,
-        fault::BAD_PASID => Fault::BAD_PASID,
-        _ => Fault::BAD_ENTRY,
-    }
-}
-
 /// Merges a register write of `width` into a 64-bit register.
 fn merge(old: u64, width: u8, value: u64) -> u64 {
     if width == 4 {
@@ -316,7 +304,7 @@ impl AcmeModel {
             pasid: req.pasid.into(),
             addr: req.iova,
             access: req.access,
-            reason: fault_reason(reason),
+            reason: fault::to_framework(reason),
             page_request: false,
             group: 0,
         }

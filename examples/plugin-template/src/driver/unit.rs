@@ -266,14 +266,7 @@ impl AcmeUnit {
         let rid = w0 as u16;
         let read = if w0 & fault::READ != 0 { Prot::READ } else { Prot::NONE };
         let write = if w0 & fault::WRITE != 0 { Prot::WRITE } else { Prot::NONE };
-        let reason = match fault::reason(w0) {
-            fault::NOT_PRESENT => Fault::NOT_PRESENT,
-            fault::PERMISSION => Fault::PERMISSION,
-            fault::BLOCKED => Fault::BLOCKED,
-            fault::ADDRESS_SIZE => Fault::ADDRESS_SIZE,
-            fault::BAD_PASID => Fault::BAD_PASID,
-            _ => Fault::BAD_ENTRY,
-        };
+        let reason = fault::to_framework(fault::reason(w0));
         Fault {
             dev: DeviceRef::Rid(RequesterId { segment: self.core.segment, bus: (rid >> 8) as u8, devfn: rid as u8 }),
             pasid: ROption::RNone,
