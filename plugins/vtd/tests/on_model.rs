@@ -156,3 +156,23 @@ fn conformance_with_completion_latency() {
         assert!(report.results.iter().any(|r| matches!(r.outcome, Outcome::Passed(_))));
     }
 }
+
+/// Each deliberately broken VT-d driver (its `defect` parameter) fails the suite in the category
+/// that owns the bug; the same check as the suite's self-test, here so that the VT-d crate's own
+/// tests notice when a defect switch stops switching anything.
+#[test]
+fn each_broken_vtd_variant_is_caught_in_its_category() {
+    let vtd: Vec<_> = ioasis_conformance::variants::all().filter(|v| v.plugin == "vtd").collect();
+    assert!(vtd.len() >= 15, "{} VT-d variants", vtd.len());
+    let results = ioasis_conformance::self_test_of(vtd, &[plugin()], &[&VtdModelFactory], 11, |_| {});
+    for r in &results {
+        assert!(r.error.is_none(), "{}: {:?}", r.variant, r.error);
+        assert!(
+            r.caught_in.contains(&r.expected_category),
+            "{} caught in {:?}, expected {}",
+            r.variant,
+            r.caught_in,
+            r.expected_category
+        );
+    }
+}
