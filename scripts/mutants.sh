@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 part=${1:-all}
+mkdir -p mutants.out/vtd mutants.out/walker
 shift || true
 command -v cargo-mutants >/dev/null 2>&1 || cargo install cargo-mutants --locked
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
