@@ -33,7 +33,7 @@ pub mod platform;
 pub mod pt;
 mod services;
 
-pub use context::{AccessOps, Context, HwptSpec, Target};
+pub use context::{AccessOps, Context, HwptSpec, Target, MAX_DIRTY_BITS, MAX_POLL_BATCHES};
 pub use contract::{Contract, ContractKind, Refusal};
 pub use device::{DeviceAddress, DeviceDesc};
 pub use error::{Error, Result};

@@ -28,6 +28,22 @@ enum Lie {
     NoPageSizes,
     /// Unknown permission bits in a translation.
     TranslateProt,
+    /// Always a full batch of faults: a unit that never runs dry.
+    EndlessFaults,
+    /// One fault more than asked for.
+    TooManyFaults,
+}
+
+fn fake_fault(i: u32) -> Fault {
+    Fault {
+        dev: ioasis::DeviceRef::Rid(ioasis::RequesterId::new(0, 0, 1, 0)),
+        pasid: ROption::RNone,
+        addr: Iova(u64::from(i) << 12),
+        access: Prot::READ,
+        reason: Fault::NOT_PRESENT,
+        page_request: false,
+        group: 0,
+    }
 }
 
 struct LyingBackend {
@@ -72,7 +88,11 @@ impl Unit for LyingUnit {
         self.inner.detach(dev, pasid)
     }
     fn read_faults(&self, max: u32) -> RResult<RVec<Fault>, PluginError> {
-        self.inner.read_faults(max)
+        match self.lie {
+            Lie::EndlessFaults => RResult::ROk((0..max).map(fake_fault).collect()),
+            Lie::TooManyFaults => RResult::ROk((0..=max).map(fake_fault).collect()),
+            _ => self.inner.read_faults(max),
+        }
     }
     fn page_response(&self, resp: &PageResponse) -> RResult<(), PluginError> {
         self.inner.page_response(resp)
@@ -206,4 +226,25 @@ fn a_translation_with_unknown_permission_bits_is_refused() {
     ctx.map(ioas, Some(Iova(0)), PhysAddr(0x100_0000), 0x1000, Prot::RW).unwrap();
     let e = ctx.translate(h, Iova(0)).unwrap_err();
     assert!(is_bad_answer(&e, "translate"), "{e}");
+}
+
+#[test]
+fn a_unit_that_never_runs_out_of_faults_does_not_hold_the_poller() {
+    let (_m, ctx) = machine();
+    ctx.add_unit(&liar(Lie::EndlessFaults), "u0", PhysAddr(UNIT_BASE), 0, "").unwrap();
+    // Each call ends with a bounded count; the fault log stays bounded too.
+    for _ in 0..3 {
+        let n = ctx.poll_faults().unwrap();
+        assert_eq!(n, ioasis::MAX_POLL_BATCHES * 256);
+    }
+    let log = ctx.take_fault_log();
+    assert!(!log.is_empty() && log.len() <= 4096, "{}", log.len());
+}
+
+#[test]
+fn more_faults_than_asked_for_is_a_bad_answer() {
+    let (_m, ctx) = machine();
+    ctx.add_unit(&liar(Lie::TooManyFaults), "u0", PhysAddr(UNIT_BASE), 0, "").unwrap();
+    let e = ctx.poll_faults().unwrap_err();
+    assert!(is_bad_answer(&e, "read_faults"), "{e}");
 }

@@ -11,6 +11,10 @@ use super::{lock, plugin_err, Attachment, Context, PendingRequest};
 const FAULT_LOG_MAX: usize = 4096;
 /// Records taken from a unit per call.
 const BATCH: u32 = 256;
+/// Batches [`Context::poll_faults`] takes from one unit per call: a unit that keeps reporting
+/// (a fault storm, or a plugin that always answers a full batch) cannot hold the caller; the
+/// rest waits for the next call.
+pub const MAX_POLL_BATCHES: usize = 64;
 
 /// A page request waiting for its response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,16 +28,22 @@ pub struct QueuedFault {
 }
 
 impl Context {
-    /// Takes every recorded fault from every unit and routes it. Returns how many were read.
+    /// Takes the recorded faults from every unit and routes them. Returns how many were read: at
+    /// most [`MAX_POLL_BATCHES`] batches of 256 per unit, so one call ends however fast a unit
+    /// reports; call again while it returns a full count. A plugin that answers more records
+    /// than asked for is [`Error::BadAnswer`].
     pub fn poll_faults(&self) -> Result<usize> {
         // Routing looks at attachments: no attach, replace or detach may run meanwhile.
         let _c = self.control();
         let units: Vec<_> = self.read().units.values().cloned().collect();
         let mut total = 0;
         for u in units {
-            loop {
+            for _ in 0..MAX_POLL_BATCHES {
                 let batch = u.hw.read_faults(BATCH).into_result().map_err(|e| plugin_err(&u, "read_faults", e))?;
                 let n = batch.len();
+                if n > BATCH as usize {
+                    return Err(super::bad_answer(&u, "read_faults", format!("{n} records for at most {BATCH}")));
+                }
                 total += n;
                 for f in batch {
                     self.route(&u, f);

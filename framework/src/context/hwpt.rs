@@ -302,7 +302,9 @@ impl Context {
 
     /// Reads the dirty bits of `[iova, iova+len)` into a bitmap (bit `i` = page `i` of
     /// `page_size` bytes) and clears them unless `keep`. Refused
-    /// ([`Error::DirtyTrackingOff`]) while the HWPT is not tracking.
+    /// ([`Error::DirtyTrackingOff`]) while the HWPT is not tracking; the range must lie in the
+    /// HWPT's aperture ([`Error::OutOfAperture`]) and cover at most [`MAX_DIRTY_BITS`] pages
+    /// ([`Error::TooLarge`]), checked before the bitmap is allocated.
     pub fn read_dirty(&self, hwpt: HwptId, iova: Iova, len: u64, page_size: u64, keep: bool) -> Result<Vec<u64>> {
         let h = self.hwpt(hwpt)?;
         if !*lock(&h.dirty_tracking) {
@@ -311,11 +313,17 @@ impl Context {
         if !page_size.is_power_of_two() || page_size < crate::PAGE_SIZE {
             return Err(Error::Unaligned { what: "dirty page size", value: page_size, align: crate::PAGE_SIZE });
         }
-        crate::ioas::user_range(iova, len)?;
+        let range = crate::ioas::user_range(iova, len)?;
         if iova.0 % page_size != 0 || len % page_size != 0 {
             return Err(Error::Unaligned { what: "dirty range", value: iova.0 | len, align: page_size });
         }
+        if !h.info.aperture.contains_range(&range) {
+            return Err(Error::OutOfAperture { range, allowed: format!("[{}]", h.info.aperture) });
+        }
         let pages = len / page_size;
+        if pages > MAX_DIRTY_BITS {
+            return Err(Error::TooLarge { what: "dirty bitmap (pages)", len: pages, max: MAX_DIRTY_BITS });
+        }
         let words = usize::try_from(pages.div_ceil(64)).map_err(|_| Error::Invalid("bitmap too large".into()))?;
         let mut bitmap = vec![0u64; words];
         let shift = page_size.trailing_zeros() as u8;
@@ -341,6 +349,10 @@ impl Context {
         h.hw.invalidate(reqs.into()).into_result().map_err(|e| plugin_err(&h.unit, "invalidate", e))
     }
 }
+
+/// Pages one [`Context::read_dirty`] call reports on: 2^30, a 128 MiB bitmap (4 TiB of IOVA at
+/// 4 KiB pages). Larger ranges are read in several calls.
+pub const MAX_DIRTY_BITS: u64 = 1 << 30;
 
 /// Bytes of IOVA cleared per backend call when dirty tracking goes on: 1 GiB, so that the
 /// scratch bitmap is 4096 words at 4 KiB pages however large the areas are.
