@@ -28,12 +28,34 @@ impl ConfigError {
     }
 }
 
-/// 1-based line and column of a byte offset.
+/// 1-based line and column of a byte offset. For many offsets into one text, build a
+/// [`LineIndex`] once.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let upto = &text[..offset.min(text.len())];
-    let line = upto.matches('\n').count() + 1;
-    let column = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+    LineIndex::new(text).line_col(offset)
+}
+
+/// Where each line of a text starts, for line and column lookups in logarithmic time (a
+/// scenario with tens of thousands of steps looks up each one).
+pub struct LineIndex<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    /// Indexes `text`'s lines.
+    pub fn new(text: &'t str) -> Self {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Self { text, starts }
+    }
+
+    /// 1-based line and column (in characters) of byte `offset` (clamped to the text).
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = self.text.floor_char_boundary(offset.min(self.text.len()));
+        // `starts[0]` is 0, so at least one start is at or before `offset`.
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
+    }
 }
 
 /// Parses `text` (the contents of `file`) as a `T`.
@@ -49,10 +71,33 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
     })
 }
 
-/// Reads and parses a file.
+/// Largest configuration file read: 16 MiB (a platform, a scenario of some 100,000 steps).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads and parses a file: a regular file of at most [`MAX_CONFIG_BYTES`].
 pub fn load<T: DeserializeOwned>(file: &Path) -> Result<(T, String), ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::at(file, "", None, "", e.to_string()))?;
+    let text = read_text(file, MAX_CONFIG_BYTES).map_err(|e| ConfigError::at(file, "", None, "", e))?;
     Ok((parse(file, &text)?, text))
+}
+
+/// Reads a UTF-8 text file of at most `max` bytes. Refuses what is not a regular file (a FIFO
+/// or a device would block or never end) before opening it, and stops reading at `max + 1`
+/// bytes, so a file that grows meanwhile cannot exceed it either.
+pub fn read_text(file: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!("{} bytes is larger than the limit of {max}", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(file).and_then(|f| f.take(max + 1).read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than the limit of {max} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 /// Parses a size: a number of bytes, or a string with a K/M/G/T suffix (`"512M"`).
@@ -121,5 +166,32 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999T").is_err());
+    }
+
+    #[test]
+    fn line_index_agrees_with_a_plain_count() {
+        let text = "a\nbé\n\nxyz\n";
+        let idx = LineIndex::new(text);
+        for off in 0..=text.len() + 2 {
+            let upto = &text[..text.floor_char_boundary(off.min(text.len()))];
+            let want = (upto.matches('\n').count() + 1, upto.rsplit('\n').next().unwrap().chars().count() + 1);
+            assert_eq!(idx.line_col(off), want, "offset {off}");
+        }
+        assert_eq!(idx.line_col(4), (2, 2), "inside `é` counts as where it starts");
+    }
+
+    #[test]
+    fn files_that_are_not_small_regular_text_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ioasis-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; 100]).unwrap();
+        assert!(read_text(&big, 99).unwrap_err().contains("limit"));
+        assert_eq!(read_text(&big, 100).unwrap().len(), 100);
+        let e = load::<Doc>(&dir).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        std::fs::write(&big, [0xff, 0xfe]).unwrap();
+        assert!(read_text(&big, 100).unwrap_err().contains("UTF-8"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -373,8 +373,9 @@ pub fn run(
         Names { devices: built.devices.into_iter().collect(), ioases: HashMap::new(), hwpts: HashMap::new() };
     let (ctx, machine) = (&built.ctx, &built.machine);
     let mut report = Report::default();
+    let lines = ioasis::config::LineIndex::new(text);
     for (i, st) in s.step.iter().enumerate() {
-        let (line, _) = ioasis::config::line_col(text, st.span().start);
+        let (line, _) = lines.line_col(st.span().start);
         let (what, outcome) = step(ctx, machine, &mut names, st.get_ref());
         let (passed, detail) = match outcome {
             Ok(d) => (true, d),
@@ -447,8 +448,24 @@ fn check_read(want: &Option<String>, buf: &[u8]) -> Result<String, String> {
     }
 }
 
+/// Bytes one DMA of a step may move: 16 MiB. A scenario checks translations, not bandwidth; a
+/// larger length is refused before any buffer is allocated.
+pub const MAX_STEP_DMA_BYTES: u64 = 16 << 20;
+/// Jobs one `dma-parallel` step may run.
+pub const MAX_PARALLEL_JOBS: usize = 256;
+
+fn dma_len(n: u64) -> Result<usize, String> {
+    if n > MAX_STEP_DMA_BYTES {
+        return Err(format!("a DMA of {n:#x} bytes is more than a step may move ({MAX_STEP_DMA_BYTES:#x})"));
+    }
+    Ok(n as usize)
+}
+
 /// Runs a `dma-parallel` step: every job at once, then each judged against its `expect`.
 fn dma_parallel(machine: &Machine, names: &Names, jobs: &[ParallelJob]) -> Result<String, String> {
+    if jobs.len() > MAX_PARALLEL_JOBS {
+        return Err(format!("{} jobs: a step runs at most {MAX_PARALLEL_JOBS}", jobs.len()));
+    }
     let mut devices = Vec::with_capacity(jobs.len());
     let mut ops = Vec::with_capacity(jobs.len());
     for (i, j) in jobs.iter().enumerate() {
@@ -456,7 +473,7 @@ fn dma_parallel(machine: &Machine, names: &Names, jobs: &[ParallelJob]) -> Resul
         ops.push(match (&j.write, &j.read, j.len) {
             (Some(w), None, None) => DmaOp::Write(w.as_bytes().to_vec()),
             (None, Some(r), None) => DmaOp::Read(r.len()),
-            (None, None, Some(n)) => DmaOp::Read(n as usize),
+            (None, None, Some(n)) => DmaOp::Read(dma_len(n).map_err(|e| format!("job {}: {e}", i + 1))?),
             _ => return Err(format!("job {}: give exactly one of `write`, `read` and `len`", i + 1)),
         });
     }
@@ -594,8 +611,12 @@ fn step(ctx: &Context, machine: &Machine, names: &mut Names, st: &Step) -> (Stri
             (what, judge(expect, "ok", "fault", got))
         }
         Step::DmaRead { device, pasid, iova, data, len, expect } => {
-            let n = data.as_ref().map_or(len.unwrap_or(1) as usize, |d| d.len());
+            let n = data.as_ref().map_or(len.unwrap_or(1), |d| d.len() as u64);
             let what = format!("{device} DMA read {n} bytes at {iova:#x}");
+            let n = match dma_len(n) {
+                Ok(n) => n,
+                Err(e) => return (what, Err(e)),
+            };
             let got = match dma_device(names, device, *pasid) {
                 Err(e) => return (what, Err(e)),
                 Ok(d) => {

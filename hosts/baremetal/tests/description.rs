@@ -393,3 +393,41 @@ fn a_dma_parallel_step_judges_each_job() {
     assert!(!last[2].passed && last[2].detail.contains("exactly one of"), "{last:?}");
     assert!(report.steps[..4].iter().all(|s| s.passed), "{:?}", report.steps);
 }
+
+#[test]
+fn dma_steps_with_huge_lengths_fail_without_allocating() {
+    let reg = Registry::with_builtins().unwrap();
+    let path = Path::new("inline.toml");
+    let text = format!(
+        "{UNIT}{}[[step]]\ndo = \"negotiate\"\ndevice = \"a\"\nintent = [{{ kind = \"untagged-dma\" }}]\n\n\
+         [[step]]\ndo = \"alloc-ioas\"\nname = \"A\"\n\n\
+         [[step]]\ndo = \"attach\"\ndevice = \"a\"\nioas = \"A\"\n\n\
+         [[step]]\ndo = \"dma-read\"\ndevice = \"a\"\niova = 0x10000\nlen = 0x7fffffffffffffff\n\n\
+         [[step]]\ndo = \"dma-parallel\"\njobs = [{{ device = \"a\", iova = 0x10000, len = 0x7fffffffffffffff }}]\n\n\
+         [[step]]\ndo = \"dma-read\"\ndevice = \"a\"\niova = 0x10000\nlen = 4\nexpect = \"fault\"\n",
+        device("a", "0000:00:01.0", "")
+    );
+    let s: Scenario = ioasis::config::parse(path, &text).unwrap();
+    let report = scenario::run(path, &text, &s, &reg, &factories()).unwrap();
+    let st = &report.steps;
+    assert!(!st[3].passed && st[3].detail.contains("more than a step may move"), "{st:?}");
+    assert!(!st[4].passed && st[4].detail.contains("job 1") && st[4].detail.contains("more than"), "{st:?}");
+    assert!(st[5].passed, "later steps still run: {st:?}");
+}
+
+#[test]
+fn a_scenario_of_forty_thousand_steps_reports_each_line() {
+    let reg = Registry::with_builtins().unwrap();
+    let path = Path::new("inline.toml");
+    let mut text = format!("{UNIT}{}", device("a", "0000:00:01.0", ""));
+    let first = text.lines().count() + 1;
+    for i in 0..40_000 {
+        text.push_str(&format!("[[step]]\ndo = \"alloc-ioas\"\nname = \"I{i}\"\n"));
+    }
+    let s: Scenario = ioasis::config::parse(path, &text).unwrap();
+    let report = scenario::run(path, &text, &s, &reg, &factories()).unwrap();
+    assert_eq!(report.steps.len(), 40_000);
+    assert!(report.passed());
+    assert_eq!(report.steps[0].line, first);
+    assert_eq!(report.steps[39_999].line, first + 3 * 39_999);
+}
