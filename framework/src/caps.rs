@@ -151,9 +151,67 @@ pub struct UnitCaps {
     pub nested_formats: RVec<PtFormat>,
 }
 
+impl UnitCaps {
+    /// Whether these capabilities can exist: known feature bits, address widths in 12..=64,
+    /// a PASID width of at most 20, and at least one page size, none below 4 KiB. The first
+    /// thing wrong when not.
+    pub fn check(&self) -> Result<(), String> {
+        let unknown = self.features.0 & !Features::KNOWN.0;
+        if unknown != 0 {
+            return Err(format!("unknown feature bits {unknown:#x}"));
+        }
+        for (what, bits) in [("input", self.ias_bits), ("output", self.oas_bits)] {
+            if !(12..=64).contains(&bits) {
+                return Err(format!("{what} address width {bits} is not in 12..=64"));
+            }
+        }
+        if self.pasid_bits > 20 {
+            return Err(format!("PASID width {} is above 20", self.pasid_bits));
+        }
+        if self.page_sizes.0 == 0 || self.page_sizes.0 & 0xfff != 0 {
+            return Err(format!("page sizes {:#x}: none, or some below 4 KiB", self.page_sizes.0));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_capabilities_are_named() {
+        let good = UnitCaps {
+            model: "t".into(),
+            paging_format: PtFormat(0),
+            page_sizes: PageSizes::SZ_4K_2M_1G,
+            ias_bits: 48,
+            oas_bits: 52,
+            pasid_bits: 20,
+            features: Features::PASID,
+            nested_formats: RVec::new(),
+        };
+        assert_eq!(good.check(), Ok(()));
+        let bad = |f: &dyn Fn(&mut UnitCaps)| {
+            let mut c = good.clone();
+            f(&mut c);
+            c.check().unwrap_err()
+        };
+        assert!(bad(&|c| c.ias_bits = 255).contains("input address width 255"));
+        assert!(bad(&|c| c.ias_bits = 11).contains("input"));
+        assert!(bad(&|c| c.oas_bits = 0).contains("output address width 0"));
+        assert!(bad(&|c| c.oas_bits = 65).contains("output"));
+        assert!(bad(&|c| c.pasid_bits = 21).contains("PASID"));
+        assert!(bad(&|c| c.page_sizes = PageSizes(1)).contains("below 4 KiB"));
+        assert!(bad(&|c| c.page_sizes = PageSizes(0)).contains("none"));
+        assert!(bad(&|c| c.features = Features(1 << 60)).contains("unknown feature"));
+        // The boundaries themselves are fine.
+        for (i, o) in [(12, 12), (64, 64)] {
+            let mut c = good.clone();
+            (c.ias_bits, c.oas_bits) = (i, o);
+            assert_eq!(c.check(), Ok(()));
+        }
+    }
 
     #[test]
     fn page_sizes_iterate_and_name() {

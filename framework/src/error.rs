@@ -275,6 +275,25 @@ pub enum Error {
         /// What was asked for.
         want: Prot,
     },
+    /// Physical memory that may not be mapped for devices: outside RAM, or the host's own
+    /// table pages. Nothing was changed.
+    #[error("cannot map {pa}+{len:#x} for devices: {why}")]
+    NotDmaMemory {
+        /// Start of the physical range.
+        pa: crate::PhysAddr,
+        /// Its length.
+        len: u64,
+        /// Why, in the host's words.
+        why: String,
+    },
+    /// Another unit's register window starts at that address.
+    #[error("unit {unit} has its registers at {base} already")]
+    WindowInUse {
+        /// The register window's base.
+        base: crate::PhysAddr,
+        /// The unit there.
+        unit: String,
+    },
     /// A request is larger than one call may ask for.
     #[error("{what} of {len:#x} is more than one call allows ({max:#x})")]
     TooLarge {

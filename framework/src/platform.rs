@@ -47,6 +47,28 @@ pub trait Platform: PhysMemory {
     fn mmio_read(&self, base: PhysAddr, offset: u64, width: u8) -> Result<u64, HostError>;
     /// Writes a register of the unit whose window starts at `base`.
     fn mmio_write(&self, base: PhysAddr, offset: u64, width: u8, value: u64) -> Result<(), HostError>;
+    /// Whether `[pa, pa+len)` may be mapped for devices: memory, not past the end of RAM and
+    /// not the host's own table pages (a device writing there would rewrite the IOMMU's
+    /// tables). The reason when not. A host that cannot tell answers `Ok`.
+    fn check_dma_memory(&self, pa: PhysAddr, len: u64) -> Result<(), String> {
+        let _ = (pa, len);
+        Ok(())
+    }
+}
+
+/// [`Platform::check_dma_memory`] for a host whose RAM is `ram` (ranges `(start, len)`) and
+/// whose table pages come from `[pool, pool + pool_len)`.
+pub fn check_dma_memory_in(ram: &[(u64, u64)], pool: (u64, u64), pa: PhysAddr, len: u64) -> Result<(), String> {
+    let end = pa.raw().checked_add(len).ok_or_else(|| format!("{pa}+{len:#x} wraps around"))?;
+    if !ram.iter().any(|&(start, n)| start <= pa.raw() && end - start <= n) {
+        let ranges: Vec<String> = ram.iter().map(|(s, n)| format!("{s:#x}..{:#x}", s + n)).collect();
+        return Err(format!("{pa}+{len:#x} is not inside RAM ({})", ranges.join(", ")));
+    }
+    let (base, n) = pool;
+    if pa.raw() < base + n && base < end {
+        return Err(format!("{pa}+{len:#x} overlaps the IOMMU table-page pool at {base:#x}..{:#x}", base + n));
+    }
+    Ok(())
 }
 
 /// One DMA access a device makes through a unit.

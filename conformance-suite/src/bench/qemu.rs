@@ -30,10 +30,11 @@ use ioasis_baremetal::DmaError;
 
 use super::{Bench, DmaFailure, Need, QemuProfile, Sizes, Source};
 
-/// Guest RAM: 1 GiB, so that the physical addresses the cases use (up to 0x3c00_0000) exist.
-const RAM_MIB: u64 = 1024;
-/// The table pool: the top 64 MiB of RAM (0x3c00_0000..0x4000_0000), as on the simulated
-/// machine.
+/// Guest RAM: 2 GiB, so that the physical addresses the cases use exist (the gigabyte-page
+/// cases map the first GiB) and stay clear of the table pool.
+const RAM_MIB: u64 = 2048;
+/// The table pool: the top 64 MiB of RAM (0x7c00_0000..0x8000_0000 on q35), as on the
+/// simulated machine.
 const POOL_MIB: u64 = 64;
 /// QEMU's VT-d unit on q35.
 const VTD_BASE: PhysAddr = PhysAddr(0xfed9_0000);

@@ -21,10 +21,11 @@ pub(crate) struct Simulated {
 }
 
 impl Simulated {
-    /// 1 GiB of RAM (the top 64 MiB are the table pool) and one unit built by `factory`.
+    /// 2 GiB of RAM (the top 64 MiB are the table pool; the gigabyte-page cases map the first
+    /// GiB) and one unit built by `factory`.
     pub fn new(factory: &dyn ModelFactory, opts: &Options) -> Result<Self, String> {
         let machine = Arc::new(
-            Machine::new(MachineConfig { ram_bytes: 1 << 30, table_pool_bytes: 64 << 20 })
+            Machine::new(MachineConfig { ram_bytes: 2 << 30, table_pool_bytes: 64 << 20 })
                 .map_err(|e| e.to_string())?,
         );
         let model = factory.build(&opts.unit_model)?;

@@ -92,7 +92,7 @@ impl Pins {
     /// Pins of every access on the pages of `r`.
     fn in_range(&self, r: &IovaRange) -> impl Iterator<Item = (u64, ObjectId, u64)> + '_ {
         let lo = (r.start.0 & !(PAGE_SIZE - 1), ObjectId(0));
-        let hi = (last_page(r), ObjectId(u32::MAX));
+        let hi = (last_page(r), ObjectId(u64::MAX));
         self.pages.range(lo..=hi).map(|(&(p, a), &n)| (p, a, n))
     }
 

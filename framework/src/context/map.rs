@@ -59,6 +59,7 @@ impl Context {
         let hwpts = ioas.hwpts.read().unwrap_or_else(|p| p.into_inner());
         let align = iova_alignment(&hwpts);
         check_alignment(iova, len, pa, align)?;
+        self.platform.check_dma_memory(pa, len).map_err(|why| Error::NotDmaMemory { pa, len, why })?;
         let range = {
             let mut m = lock(&ioas.map);
             let at = match iova {

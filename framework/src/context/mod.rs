@@ -13,7 +13,6 @@ mod objects;
 mod viommu;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use abi_stable::std_types::RString;
@@ -58,7 +57,7 @@ struct Objects {
 pub struct Context {
     platform: Arc<dyn Platform>,
     fail: Arc<FailNth>,
-    next_id: AtomicU32,
+    next_id: crate::object::Ids,
     objects: RwLock<Objects>,
     control: Mutex<()>,
     platform_reserved: Mutex<Vec<(IovaRange, String)>>,
@@ -75,7 +74,7 @@ impl Context {
         Self {
             platform,
             fail: Arc::new(FailNth::default()),
-            next_id: AtomicU32::new(1),
+            next_id: crate::object::Ids::starting_at(1),
             objects: RwLock::new(Objects::default()),
             control: Mutex::new(()),
             platform_reserved: Mutex::new(Vec::new()),
@@ -105,7 +104,7 @@ impl Context {
     }
 
     fn new_id(&self) -> ObjectId {
-        ObjectId(self.next_id.fetch_add(1, Ordering::Relaxed))
+        self.next_id.next()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Objects> {
@@ -154,6 +153,9 @@ impl Context {
         if self.read().units.values().any(|u| u.name == name) {
             return Err(Error::Invalid(format!("a unit named {name} exists already")));
         }
+        if let Some(u) = self.read().units.values().find(|u| u.mmio_base == mmio_base) {
+            return Err(Error::WindowInUse { base: mmio_base, unit: u.name.clone() });
+        }
         let desc = UnitDesc { name: RString::from(name), mmio_base, segment, params: RString::from(params) };
         let services = UnitServices::boxed(self.platform.clone(), mmio_base, name, self.fail.clone());
         let hw = plugin.backend().probe(&desc, services).into_result().map_err(|error| Error::Plugin {
@@ -163,21 +165,16 @@ impl Context {
             error,
         })?;
         let caps = hw.caps();
-        let unknown = caps.features.0 & !crate::caps::Features::KNOWN.0;
-        if unknown != 0 {
+        if let Err(what) = caps.check() {
             if let Err(e) = hw.shutdown().into_result() {
                 tracing::error!(unit = name, "shutdown of a refused unit failed: {e}");
             }
-            return Err(Error::BadAnswer {
-                plugin: plugin.name.clone(),
-                unit: name.to_string(),
-                op: "caps",
-                what: format!("unknown feature bits {unknown:#x}"),
-            });
+            return Err(Error::BadAnswer { plugin: plugin.name.clone(), unit: name.to_string(), op: "caps", what });
         }
         let id = UnitId(self.new_id());
         tracing::info!(unit = name, plugin = %plugin.name, model = %caps.model, "unit probed");
-        let unit = Arc::new(UnitObj { id, name: name.to_string(), plugin: plugin.clone(), hw, caps, segment });
+        let unit =
+            Arc::new(UnitObj { id, name: name.to_string(), plugin: plugin.clone(), hw, caps, segment, mmio_base });
         self.write().units.insert(id.0, unit);
         Ok(id)
     }
@@ -213,6 +210,12 @@ impl Context {
         }
         if desc.pasid_bits > 20 {
             return Err(Error::Invalid(format!("device {}: PASID width {} > 20", desc.name, desc.pasid_bits)));
+        }
+        if !(12..=64).contains(&desc.dma_bits) {
+            return Err(Error::Invalid(format!(
+                "device {}: DMA address width {} is not in 12..=64",
+                desc.name, desc.dma_bits
+            )));
         }
         let id = DeviceId(self.new_id());
         self.write().devices.insert(id.0, Arc::new(DeviceObj::new(id, desc, unit)));

@@ -26,6 +26,8 @@ pub(crate) struct UnitObj {
     pub caps: UnitCaps,
     #[allow(dead_code)]
     pub segment: u16,
+    /// Where its registers are: one unit per window.
+    pub mmio_base: crate::PhysAddr,
 }
 
 impl UnitObj {

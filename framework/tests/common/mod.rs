@@ -51,8 +51,10 @@ impl Rig {
     }
 
     pub fn with_params(caps: &[u64], plugin: &Arc<Plugin>, params: &str) -> Self {
+        // 3.5 GiB (allocated as touched), below the units' registers: the largest maps are
+        // 3 GiB from physical 0; the table pool is the top 64 MiB.
         let machine =
-            Arc::new(Machine::new(MachineConfig { ram_bytes: 512 * MB, table_pool_bytes: 64 * MB }).expect("machine"));
+            Arc::new(Machine::new(MachineConfig { ram_bytes: 3584 * MB, table_pool_bytes: 64 * MB }).expect("machine"));
         let ctx = Context::new(machine.clone());
         let mut models = Vec::new();
         for (i, c) in caps.iter().enumerate() {

@@ -54,6 +54,8 @@ pub enum MachineError {
         len: u64,
     },
     /// The register window overlaps the window of a unit already added.
+    #[error("register window at {base} of {len:#x} bytes overlaps RAM (0x0..{ram:#x})")]
+    OverRam { base: PhysAddr, len: u64, ram: u64 },
     #[error("register window at {base} of {len:#x} bytes overlaps the unit at {other}")]
     Overlap {
         /// Window base.
@@ -158,6 +160,9 @@ impl Machine {
     pub fn add_unit(&self, base: PhysAddr, len: u64, model: Arc<dyn UnitModel>) -> Result<(), MachineError> {
         let last =
             len.checked_sub(1).and_then(|l| base.raw().checked_add(l)).ok_or(MachineError::BadWindow { base, len })?;
+        if base.raw() < self.ram.len() {
+            return Err(MachineError::OverRam { base, len, ram: self.ram.len() });
+        }
         let mut units = self.units.write().unwrap_or_else(|e| e.into_inner());
         for u in units.iter() {
             // Both windows are non-empty and do not wrap, so `base + len - 1` cannot overflow.
@@ -326,6 +331,11 @@ impl Platform for Machine {
         let model = self.unit_for_mmio(base, offset)?;
         model.mmio_write(self, offset, width, value)
     }
+
+    fn check_dma_memory(&self, pa: PhysAddr, len: u64) -> Result<(), String> {
+        let (pool, pool_len) = self.table_pool();
+        ioasis::platform::check_dma_memory_in(&[(0, self.ram.len())], (pool.raw(), pool_len), pa, len)
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +412,33 @@ mod tests {
         assert!(matches!(bad(65 << 30, 0), Err(MachineError::Ram(RamError::BadSize(_)))));
         let m = Machine::new(MachineConfig::default()).unwrap();
         assert_eq!(m.table_pool(), (PhysAddr((1 << 30) - (64 << 20)), 64 << 20));
+    }
+
+    #[test]
+    fn register_windows_stay_off_ram_and_each_other() {
+        let m = Machine::new(MachineConfig { ram_bytes: 1 << 24, table_pool_bytes: 1 << 20 }).unwrap();
+        let model = || Arc::new(Shift { offset: 0, fault_from: u64::MAX, reg: Mutex::new(0) });
+        for base in [0, 0x1000, (1 << 24) - 0x1000] {
+            let e = m.add_unit(PhysAddr(base), 0x1000, model()).unwrap_err();
+            assert!(matches!(e, MachineError::OverRam { .. }), "{base:#x}: {e}");
+        }
+        m.add_unit(PhysAddr(1 << 24), 0x1000, model()).expect("the first page past RAM");
+        let e = m.add_unit(PhysAddr(1 << 24), 0x1000, model()).unwrap_err();
+        assert!(matches!(e, MachineError::Overlap { .. }), "{e}");
+        let e = m.add_unit(PhysAddr((1 << 24) + 0x800), 0x1000, model()).unwrap_err();
+        assert!(matches!(e, MachineError::Overlap { .. }), "{e}");
+        assert!(matches!(m.add_unit(PhysAddr(u64::MAX), 2, model()), Err(MachineError::BadWindow { .. })));
+    }
+
+    #[test]
+    fn dma_memory_is_ram_outside_the_table_pool() {
+        let m = machine(0, u64::MAX);
+        let (pool, len) = m.table_pool();
+        assert_eq!(m.check_dma_memory(PhysAddr(0), pool.raw()), Ok(()), "all RAM below the pool");
+        assert!(m.check_dma_memory(pool, 0x1000).unwrap_err().contains("table-page pool"));
+        assert!(m.check_dma_memory(PhysAddr(pool.raw() - 0x1000), 0x2000).unwrap_err().contains("pool"));
+        assert!(m.check_dma_memory(PhysAddr(pool.raw() + len), 0x1000).unwrap_err().contains("not inside RAM"));
+        assert!(m.check_dma_memory(PhysAddr(u64::MAX - 0xfff), 0x2000).unwrap_err().contains("wraps"));
     }
 
     #[test]

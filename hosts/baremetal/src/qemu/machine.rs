@@ -539,6 +539,17 @@ impl Platform for QemuMachine {
         let r = self.with_qtest(|q| if width == 4 { q.writel(addr, value as u32) } else { q.writeq(addr, value) });
         self.host(addr, r)
     }
+
+    /// From the start of the lowest RAM range to the end of the highest, holes included: the
+    /// holes are the legacy VGA window and the PCI hole, which a device may reach too (legacy
+    /// identity maps, peer to peer); the table pool is not.
+    fn check_dma_memory(&self, pa: PhysAddr, len: u64) -> Result<(), String> {
+        let (first, last) = (self.ram.first(), self.ram.last());
+        let ram: Vec<(u64, u64)> =
+            first.zip(last).map(|(f, l)| (f.start.raw(), l.start.raw() + l.len - f.start.raw())).into_iter().collect();
+        let (pool, pool_len) = self.table_pool();
+        ioasis::platform::check_dma_memory_in(&ram, (pool.raw(), pool_len), pa, len)
+    }
 }
 
 #[cfg(test)]
