@@ -50,7 +50,10 @@ impl<'t> LineIndex<'t> {
 
     /// 1-based line and column (in characters) of byte `offset` (clamped to the text).
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = self.text.floor_char_boundary(offset.min(self.text.len()));
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         // `starts[0]` is 0, so at least one start is at or before `offset`.
         let line = self.starts.partition_point(|&s| s <= offset);
         let start = self.starts[line - 1];
@@ -173,7 +176,11 @@ mod tests {
         let text = "a\nbé\n\nxyz\n";
         let idx = LineIndex::new(text);
         for off in 0..=text.len() + 2 {
-            let upto = &text[..text.floor_char_boundary(off.min(text.len()))];
+            let mut end = off.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let upto = &text[..end];
             let want = (upto.matches('\n').count() + 1, upto.rsplit('\n').next().unwrap().chars().count() + 1);
             assert_eq!(idx.line_col(off), want, "offset {off}");
         }
