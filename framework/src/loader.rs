@@ -16,6 +16,9 @@
 //! registry already has ([`LoadError::NameClash`]); [`Registry::load_as`] loads a plugin
 //! under another name, e.g. an old build of a bundled plugin beside the built-in one.
 
+mod file;
+pub use file::MAX_PLUGIN_BYTES;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,6 +184,15 @@ pub enum LoadError {
         /// Where the plugin that asked for it came from.
         second: Origin,
     },
+    /// The file cannot be a plugin of this host, found before it was opened: not a regular
+    /// file, too large, not a whole shared object for this machine.
+    #[error("{path} cannot be a plugin: {why}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// A plugin directory could not be read.
     #[error("cannot read plugin directory {path}: {source}")]
     Dir {
@@ -275,6 +287,7 @@ impl Plugin {
     }
 
     fn load_inner(path: &Path, rename: Option<&str>) -> Result<Self, LoadError> {
+        file::check(path).map_err(|why| LoadError::BadFile { path: path.into(), why })?;
         let interface = read_interface_symbol(path)?;
         if !INTERFACE_VERSION.accepts(interface) {
             return Err(LoadError::InterfaceMismatch {
@@ -510,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dlopen_failure_keeps_the_dynamic_loaders_words() {
+    fn a_file_that_is_not_elf_is_refused_before_dlopen() {
         let dir = std::env::temp_dir().join(format!("ioasis-loader-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let garbage = dir.join("libgarbage.so");
@@ -518,7 +531,7 @@ mod tests {
         let e = Plugin::load(&garbage).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         let msg = e.to_string();
-        assert!(matches!(e, LoadError::Open { .. }), "{msg}");
-        assert!(msg.contains("invalid ELF header"), "dlerror()'s text is kept: {msg}");
+        assert!(matches!(e, LoadError::BadFile { .. }), "{msg}");
+        assert!(msg.contains("not an ELF file") && msg.contains("libgarbage.so"), "{msg}");
     }
 }

@@ -124,41 +124,62 @@ fn a_plugin_lying_about_its_interface_is_caught_by_the_abi_check() {
 #[test]
 fn a_file_that_is_not_a_plugin_is_refused() {
     let e = Plugin::load(std::path::Path::new("/nonexistent/libnothing.so")).unwrap_err();
-    assert!(matches!(e, LoadError::Open { .. }), "{e}");
-    assert!(e.to_string().contains("No such file or directory"), "the dynamic loader's words: {e}");
+    assert!(matches!(e, LoadError::BadFile { .. }), "{e}");
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
 }
 
-/// A shared object that the dynamic loader refuses: its own words (dlerror()) are in the error,
-/// not just "dlopen failed".
+/// Files that cannot be plugins are refused before the dynamic loader maps them, saying why
+/// (a truncated library would be mapped and SIGBUS on first touch; a FIFO would block dlopen);
+/// a shared object that the dynamic loader refuses keeps its words (dlerror()).
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 #[test]
-fn a_library_the_dynamic_loader_refuses_is_refused_in_its_words() {
+fn bad_plugin_files_are_refused_in_words_that_say_why() {
     let real = std::fs::read(cdylib("ioasis_mock")).unwrap();
     // A 32-bit ELF (another architecture): the same bytes with EI_CLASS = ELFCLASS32.
     let mut class32 = real.clone();
     class32[4] = 1;
+    let mut arm = real.clone();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes());
     // A library with a dependency that is not there: libgcc_s.so.1, which every Rust cdylib
     // needs, renamed in its dynamic string table (same length, so nothing else moves).
     let needed = b"libgcc_s.so.1\0";
     let at = real.windows(needed.len()).position(|w| w == needed).expect("the cdylib needs libgcc_s.so.1");
     let mut missing_dep = real.clone();
     missing_dep[at..at + needed.len()].copy_from_slice(b"libnothere.so\0");
-    let cases: [(&str, Vec<u8>, &str); 4] = [
-        ("libgarbage.so", b"this is not an ELF file, just text long enough to be read".repeat(8), "invalid ELF header"),
-        ("libtruncated.so", real[..32].to_vec(), "file too short"),
-        ("libclass32.so", class32, "wrong ELF class: ELFCLASS32"),
-        ("libmissingdep.so", missing_dep, "libnothere.so: cannot open shared object file: No such file or directory"),
+    let bad_file: [(&str, Vec<u8>, &str); 5] = [
+        ("libgarbage.so", b"this is not an ELF file, just text long enough to be read".repeat(8), "not an ELF file"),
+        ("libshort.so", real[..32].to_vec(), "too short"),
+        ("libtruncated.so", real[..real.len() * 6 / 10].to_vec(), "truncated"),
+        ("libclass32.so", class32, "class 1"),
+        ("libarm.so", arm, "built for AArch64, this host is x86-64"),
     ];
     let dir = std::env::temp_dir().join(format!("ioasis-dlopen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (file, bytes, words) in cases {
+    for (file, bytes, words) in bad_file {
         let path = dir.join(file);
         std::fs::write(&path, bytes).unwrap();
         let e = Plugin::load(&path).unwrap_err();
-        assert!(matches!(e, LoadError::Open { .. }), "{file}: {e}");
+        assert!(matches!(e, LoadError::BadFile { .. }), "{file}: {e}");
         let msg = e.to_string();
         assert!(msg.contains(words) && msg.contains(&path.display().to_string()), "{file}: {msg}");
     }
+    let path = dir.join("libmissingdep.so");
+    std::fs::write(&path, missing_dep).unwrap();
+    let e = Plugin::load(&path).unwrap_err();
+    assert!(matches!(e, LoadError::Open { .. }), "{e}");
+    assert!(e.to_string().contains("libnothere.so: cannot open shared object file: No such file or directory"), "{e}");
+    // A FIFO named like a library: refused at once, not a dlopen that blocks forever.
+    let fifo = dir.join("libfifo.so");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    let e = Plugin::load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    // A directory of them and one good plugin: the good one loads, each bad one is named.
+    std::fs::copy(cdylib("ioasis_fixture_vendor_acme"), dir.join("libacme.so")).unwrap();
+    let mut reg = Registry::new();
+    let (ok, failed) = reg.load_dir(&dir).unwrap();
+    assert_eq!(ok.len(), 1, "{failed:?}");
+    assert_eq!(failed.len(), 7, "{failed:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
