@@ -10,7 +10,7 @@ use ioasis::loader::{Plugin, Registry};
 use ioasis::platform::ModelFactory;
 use ioasis::{Context, DeviceDesc, Error, Intent, IntentItem, PhysAddr};
 use ioasis_baremetal::{Machine, MachineConfig};
-use ioasis_conformance::{PlatformChoice, QemuProfile, Verdict};
+use ioasis_conformance::{isolate, PlatformChoice, QemuProfile, Verdict};
 use serde::Deserialize;
 // The bundled backends, linked in: each registers itself (and its model) with `inventory`.
 use {ioasis_plugin_mock as _, ioasis_plugin_vtd as _};
@@ -120,6 +120,21 @@ enum Command {
         /// and show which categories caught each; fails unless each is caught in its own.
         #[arg(long, conflicts_with_all = ["filter", "unit_params", "unit_model", "junit", "platform", "qemu_profile"])]
         self_test: bool,
+        /// Where the cases run: `process` runs each plugin's cases in a child process, so that
+        /// a plugin that panics, crashes or hangs fails its case (with how it died) and the
+        /// rest still run; `none` runs them in this process.
+        #[arg(long, value_enum, default_value_t = IsolationArg::Process)]
+        isolation: IsolationArg,
+        /// With --isolation process: seconds a case may take before its process is killed and
+        /// the case fails as hung.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        case_timeout: u64,
+        /// Internal: run as the child of an isolated run (event lines on stdout).
+        #[arg(long, hide = true)]
+        isolated_child: bool,
+        /// Internal: run only the cases after this one (`category/name`).
+        #[arg(long, hide = true, value_name = "ID")]
+        after: Option<String>,
     },
     /// List the conformance suite's cases.
     Cases,
@@ -172,6 +187,12 @@ impl From<QemuProfileArg> for QemuProfile {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IsolationArg {
+    Process,
+    None,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Human,
@@ -185,8 +206,12 @@ fn factories(reg: &Registry) -> Vec<Arc<dyn ModelFactory>> {
     reg.iter().filter_map(|p| p.model_factory()).collect()
 }
 
-fn registry(cli: &Cli) -> Result<Registry, String> {
+/// The built-ins and, unless `builtins_only`, the plugins the command line loads.
+fn registry(cli: &Cli, builtins_only: bool) -> Result<Registry, String> {
     let mut reg = Registry::with_builtins().map_err(|e| e.to_string())?;
+    if builtins_only {
+        return Ok(reg);
+    }
     for p in &cli.plugins {
         match &p.name {
             Some(name) => reg.load_as(&p.path, name),
@@ -302,6 +327,9 @@ fn run(reg: &Registry, file: &Path) -> Result<ExitCode, String> {
 }
 
 struct SuiteArgs<'a> {
+    /// The `--plugin` and `--plugin-dir` arguments (none: the built-ins).
+    plugin_args: &'a [PluginArg],
+    plugin_dirs: &'a [PathBuf],
     only_loaded: bool,
     backends: &'a [String],
     filter: Option<String>,
@@ -313,6 +341,10 @@ struct SuiteArgs<'a> {
     platform: PlatformArg,
     qemu_profile: Option<QemuProfileArg>,
     self_test: bool,
+    isolation: IsolationArg,
+    case_timeout: u64,
+    isolated_child: bool,
+    after: Option<String>,
 }
 
 fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
@@ -321,9 +353,11 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     let loaded: Vec<Arc<Plugin>> =
         reg.iter().filter(|p| !matches!(p.origin, ioasis::loader::Origin::Builtin)).cloned().collect();
     let mut plugins: Vec<Arc<Plugin>> = if a.only_loaded { loaded } else { reg.iter().cloned().collect() };
-    if !a.backends.is_empty() {
+    // An isolated run's plugin files are opened in its children, which apply --backend.
+    let files_in_children = a.only_loaded && a.isolation == IsolationArg::Process && !a.isolated_child && !a.self_test;
+    if !a.backends.is_empty() && !files_in_children {
         plugins.retain(|p| a.backends.iter().any(|b| *b == p.name || *b == p.info.name));
-        if plugins.is_empty() {
+        if plugins.is_empty() && !a.isolated_child {
             return Err(format!("no plugin named {} (see `ioasis plugins`)", a.backends.join(", ")));
         }
     }
@@ -342,17 +376,22 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
     };
     platform.available()?;
     let opts = ioasis_conformance::Options {
-        filter: a.filter,
+        filter: a.filter.clone(),
         seed: a.seed,
         unit_params: a.unit_params.into(),
         unit_model,
         platform,
+        after: a.after.clone(),
     };
+    if a.isolated_child {
+        ioasis_conformance::run_observed(&plugins, &[], &opts, &mut isolate::ChildEvents::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let human = matches!(a.format, Format::Human);
     if human && opts.platform != PlatformChoice::Simulated {
         println!("platform: {}", opts.platform);
     }
-    let report = ioasis_conformance::run(&plugins, &[], &opts, |r| {
+    let mut progress = |r: &ioasis_conformance::CaseResult| {
         if human {
             let (mark, detail) = match &r.outcome {
                 ioasis_conformance::Outcome::Passed(d) => ("pass", d),
@@ -361,7 +400,11 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
             };
             println!("{mark} {} {}/{}: {detail}", r.plugin, r.category, r.case);
         }
-    });
+    };
+    let report = match a.isolation {
+        IsolationArg::None => ioasis_conformance::run(&plugins, &[], &opts, &mut progress),
+        IsolationArg::Process => isolated(&plugins, &a, &opts, &mut progress)?,
+    };
     match a.format {
         Format::Human => println!("\n{}", report.summary()),
         Format::Json => println!("{}", report.to_json()),
@@ -378,6 +421,102 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
             ExitCode::from(NOTHING_RAN)
         }
     })
+}
+
+/// One child's worth of an isolated run: a built-in plugin or a plugin file.
+struct Target {
+    /// Names the plugin in a failure before any case ran.
+    label: String,
+    /// The options before `conformance` that select it.
+    global: Vec<String>,
+    /// Whether a load error ends the run (`--plugin`) or is a warning (a file of a directory).
+    explicit: bool,
+}
+
+/// The suite with every plugin's cases in child processes of this binary
+/// ([`ioasis_conformance::isolate`]). `builtins` are the built-ins selected; with `--plugin`
+/// or `--plugin-dir`, the files are opened only in the children.
+fn isolated(
+    builtins: &[Arc<Plugin>],
+    a: &SuiteArgs<'_>,
+    opts: &ioasis_conformance::Options,
+    progress: &mut dyn FnMut(&ioasis_conformance::CaseResult),
+) -> Result<ioasis_conformance::Report, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this program for its children: {e}"))?;
+    let mut targets = Vec::new();
+    if a.only_loaded {
+        for p in a.plugin_args {
+            let spec = match &p.name {
+                Some(n) => format!("{n}={}", p.path.display()),
+                None => p.path.display().to_string(),
+            };
+            targets.push(Target {
+                label: p.path.display().to_string(),
+                global: vec!["--plugin".into(), spec],
+                explicit: true,
+            });
+        }
+        for d in a.plugin_dirs {
+            let entries =
+                std::fs::read_dir(d).map_err(|e| format!("cannot read plugin directory {}: {e}", d.display()))?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll")))
+                .collect();
+            files.sort();
+            for f in files {
+                let path = f.display().to_string();
+                targets.push(Target { label: path.clone(), global: vec!["--plugin".into(), path], explicit: false });
+            }
+        }
+    } else {
+        for p in builtins {
+            targets.push(Target { label: p.name.clone(), global: Vec::new(), explicit: true });
+        }
+    }
+    let limits = isolate::Limits { case: std::time::Duration::from_secs(a.case_timeout), ..Default::default() };
+    let mut report = ioasis_conformance::Report::default();
+    for t in targets {
+        let make = |after: Option<&str>| {
+            let mut c = std::process::Command::new(&exe);
+            c.args(&t.global).args(["conformance", "--isolated-child", "--seed", &a.seed.to_string()]);
+            if !a.only_loaded {
+                c.args(["--backend", &t.label]);
+            }
+            for b in a.backends.iter().filter(|_| a.only_loaded) {
+                c.args(["--backend", b]);
+            }
+            if let Some(f) = &a.filter {
+                c.args(["--filter", f]);
+            }
+            if !a.unit_params.is_empty() {
+                c.args(["--unit-params", a.unit_params]);
+            }
+            if !a.unit_model.is_empty() {
+                c.args(["--unit-model", a.unit_model]);
+            }
+            if matches!(a.platform, PlatformArg::Qemu) {
+                c.args(["--platform", "qemu"]);
+            }
+            if let Some(p) = a.qemu_profile {
+                c.arg("--qemu-profile")
+                    .arg(p.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default());
+            }
+            if let Some(after) = after {
+                c.args(["--after", after]);
+            }
+            c
+        };
+        match isolate::supervise(&t.label, make, opts, limits, progress) {
+            Ok(results) => report.results.extend(results),
+            Err(isolate::Refused::Usage(why)) if t.explicit => {
+                return Err(why.strip_prefix("error: ").unwrap_or(&why).to_string())
+            }
+            Err(isolate::Refused::Usage(why)) => eprintln!("warning: {}", why.strip_prefix("error: ").unwrap_or(&why)),
+            Err(isolate::Refused::Spawn(why)) => return Err(why),
+        }
+    }
+    Ok(report)
 }
 
 /// `ioasis conformance --self-test`: every broken variant of `plugins`, and where it was caught.
@@ -424,7 +563,12 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let reg = match registry(&cli) {
+    // An isolated conformance run opens plugin files only in its children.
+    let builtins_only = matches!(
+        &cli.command,
+        Command::Conformance { isolation: IsolationArg::Process, isolated_child: false, self_test: false, .. }
+    );
+    let reg = match registry(&cli, builtins_only) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -446,9 +590,15 @@ fn main() -> ExitCode {
             platform,
             qemu_profile,
             self_test,
+            isolation,
+            case_timeout,
+            isolated_child,
+            after,
         } => conformance(
             &reg,
             SuiteArgs {
+                plugin_args: &cli.plugins,
+                plugin_dirs: &cli.plugin_dirs,
                 only_loaded: !cli.plugins.is_empty() || !cli.plugin_dirs.is_empty(),
                 backends,
                 filter: filter.clone(),
@@ -460,6 +610,10 @@ fn main() -> ExitCode {
                 platform: *platform,
                 qemu_profile: *qemu_profile,
                 self_test: *self_test,
+                isolation: *isolation,
+                case_timeout: *case_timeout,
+                isolated_child: *isolated_child,
+                after: after.clone(),
             },
         ),
         Command::Cases => {

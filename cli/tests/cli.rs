@@ -92,8 +92,13 @@ fn a_failing_step_fails_the_run() {
 fn refusing_an_incompatible_plugin_is_a_usage_error() {
     let o = ioasis(&["plugins", "--plugin", "/nonexistent/libx.so"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("cannot open plugin /nonexistent/libx.so"), "{}", text(&o));
-    assert!(text(&o).contains("No such file or directory"), "the dynamic loader's words: {}", text(&o));
+    assert!(text(&o).contains("/nonexistent/libx.so cannot be a plugin"), "{}", text(&o));
+    assert!(text(&o).contains("No such file or directory"), "{}", text(&o));
+    // The same in an isolated conformance run, where only the child opens the file.
+    let old = cdylib("ioasis_fixture_abi_old").display().to_string();
+    let o = ioasis(&["--plugin", &old, "conformance"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("was built against ioasis plugin interface 0.0, this host speaks"), "{}", text(&o));
 }
 
 #[test]
@@ -135,7 +140,13 @@ fn conformance_fails_a_broken_backend_and_writes_junit() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("FAILED mock permissions/read-only"), "{t}");
-    assert!(t.contains("reproduce: ioasis conformance --filter permissions/read-only --seed 0"), "{t}");
+    assert!(
+        t.contains(
+            "reproduce: ioasis conformance --backend mock --unit-params 'defect = \"ignore-read-only\"' \
+             --filter permissions/read-only --seed 0"
+        ),
+        "{t}"
+    );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testsuite name=\"mock\"") && xml.contains("<failure message="), "{xml}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -284,4 +295,104 @@ fn conformance_runs_on_qemu_or_says_why_not() {
         t.contains("skip mock capabilities/widths-and-formats: QEMU profile vtd-scalable is for plugin `vtd`"),
         "{t}"
     );
+}
+
+/// The JUnit file of a run: complete (it ends its root element) with `n` test cases.
+fn junit_is_complete(path: &Path, n: usize) -> String {
+    let x = std::fs::read_to_string(path).expect("the JUnit file is written");
+    assert!(x.trim_end().ends_with("</testsuites>"), "{x}");
+    assert_eq!(x.matches("<testcase ").count(), n, "{x}");
+    x
+}
+
+#[test]
+fn a_plugin_that_panics_without_a_guard_fails_its_cases_and_the_run_survives() {
+    let so = cdylib("ioasis_fixture_panics");
+    let junit = std::env::temp_dir().join(format!("ioasis-panics-{}.xml", std::process::id()));
+    let o = ioasis(&["--plugin", &so.display().to_string(), "conformance", "--junit", &junit.display().to_string()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL fixture-panics map-unmap/"), "{t}");
+    assert!(t.contains("the process died") && t.contains("panic"), "how it died is the reason: {t}");
+    assert!(t.contains("pass fixture-panics negotiation/"), "cases that never map still pass: {t}");
+    let x = junit_is_complete(&junit, ioasis_cases());
+    assert!(x.contains("the process died"), "{x}");
+    std::fs::remove_file(&junit).unwrap();
+}
+
+#[test]
+fn a_plugin_that_never_returns_fails_its_cases_as_hung_and_the_run_ends() {
+    let so = cdylib("ioasis_fixture_hangs");
+    let junit = std::env::temp_dir().join(format!("ioasis-hangs-{}.xml", std::process::id()));
+    let o = ioasis(&[
+        "--plugin",
+        &so.display().to_string(),
+        "conformance",
+        "--case-timeout",
+        "2",
+        "--junit",
+        &junit.display().to_string(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL fixture-hangs dirty/writes-reported-and-cleared: no result within 2 s"), "{t}");
+    assert!(t.contains("pass fixture-hangs map-unmap/"), "{t}");
+    junit_is_complete(&junit, ioasis_cases());
+    std::fs::remove_file(&junit).unwrap();
+}
+
+fn ioasis_cases() -> usize {
+    let o = ioasis(&["cases"]);
+    String::from_utf8_lossy(&o.stdout).lines().count()
+}
+
+#[test]
+fn a_reproduce_line_reruns_the_same_failure() {
+    // A broken VT-d driver on a legacy unit: the reproduce line must carry the backend, the
+    // defect parameter and the unit model, or it reruns something else.
+    let o = ioasis(&[
+        "conformance",
+        "--backend",
+        "vtd",
+        "--unit-params",
+        "defect = \"skip-context-cache-invalidation\"",
+        "--unit-model",
+        "generation = \"legacy\"",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let line = t.lines().find_map(|l| l.trim().strip_prefix("reproduce: ")).expect("a reproduce line");
+    assert!(
+        line.contains("--backend vtd") && line.contains("--unit-params") && line.contains("--unit-model"),
+        "{line}"
+    );
+    let failed = t.lines().find(|l| l.starts_with("FAILED vtd ")).expect("a failure").to_string();
+    let case = failed.split_whitespace().nth(2).unwrap().trim_end_matches(':').to_string();
+    let bin = env!("CARGO_BIN_EXE_ioasis");
+    let script = line.replacen("ioasis", &format!("'{bin}'"), 1);
+    let again = Command::new("sh").args(["-c", &script]).current_dir(root()).output().unwrap();
+    let t2 = text(&again);
+    assert_eq!(again.status.code(), Some(1), "{script}\n{t2}");
+    assert!(t2.contains(&format!("FAILED vtd {case}:")), "the same case fails: {script}\n{t2}");
+    assert_eq!(t2.matches("\nFAILED ").count() + usize::from(t2.starts_with("FAILED ")), 1, "{t2}");
+}
+
+#[test]
+fn a_bad_file_in_a_plugin_dir_is_a_warning_and_the_rest_run() {
+    let dir = std::env::temp_dir().join(format!("ioasis-plugin-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(cdylib("ioasis_fixture_vendor_acme"), dir.join("libacme.so")).unwrap();
+    std::fs::write(dir.join("libbroken.so"), b"not a library ".repeat(20)).unwrap();
+    let full = std::fs::read(mock_so()).unwrap();
+    std::fs::write(dir.join("libtruncated.so"), &full[..full.len() / 2]).unwrap();
+    for isolation in ["process", "none"] {
+        let o = ioasis(&["--plugin-dir", &dir.display().to_string(), "conformance", "--isolation", isolation]);
+        let t = text(&o);
+        assert!(t.contains("warning:") && t.contains("libbroken.so cannot be a plugin: not an ELF file"), "{t}");
+        assert!(t.contains("libtruncated.so cannot be a plugin: truncated"), "{t}");
+        // The good one ran: acme-iommu has no model, so its cases are skipped saying so.
+        assert!(t.contains("acme-iommu"), "{isolation}: {t}");
+        assert_eq!(o.status.code(), Some(3), "{isolation}: {t}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

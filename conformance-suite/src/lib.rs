@@ -13,6 +13,7 @@
 
 mod bench;
 mod cases;
+pub mod isolate;
 mod report;
 mod rig;
 pub mod variants;
@@ -38,6 +39,57 @@ pub struct Options {
     pub unit_model: toml::Table,
     /// Where the cases run.
     pub platform: PlatformChoice,
+    /// Run only the cases after this one (`category/name`): how an isolated run resumes after
+    /// a case that took its process down ([`isolate`]).
+    pub after: Option<String>,
+}
+
+/// What a run reports as it goes.
+pub trait Observer {
+    /// `plugin` is about to run case `id` (`category/name`).
+    fn started(&mut self, plugin: &str, id: &str) {
+        let _ = (plugin, id);
+    }
+    /// A case ended.
+    fn finished(&mut self, result: &CaseResult);
+}
+
+impl<F: FnMut(&CaseResult)> Observer for F {
+    fn finished(&mut self, result: &CaseResult) {
+        self(result)
+    }
+}
+
+/// Single-quotes `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The `ioasis` options that select `plugin` and its unit as `opts` configure it.
+fn selection(plugin: &Plugin, opts: &Options) -> String {
+    let mut args = match &plugin.origin {
+        ioasis::loader::Origin::Path(path) => {
+            let path = shell_quote(&path.display().to_string());
+            if plugin.name == plugin.info.name {
+                format!("--plugin {path}")
+            } else {
+                format!("--plugin {}={path}", plugin.name)
+            }
+        }
+        _ => format!("--backend {}", shell_quote(&plugin.name)),
+    };
+    if !opts.unit_params.trim().is_empty() {
+        args += &format!(" --unit-params {}", shell_quote(opts.unit_params.trim()));
+    }
+    if !opts.unit_model.is_empty() {
+        let text = toml::to_string(&opts.unit_model).unwrap_or_default();
+        args += &format!(" --unit-model {}", shell_quote(text.trim()));
+    }
+    args
 }
 
 /// What a case found when it did not fail.
@@ -92,8 +144,20 @@ pub fn run(
     opts: &Options,
     mut progress: impl FnMut(&CaseResult),
 ) -> Report {
+    run_observed(plugins, factories, opts, &mut progress)
+}
+
+/// [`run`], telling `observer` also when each case starts.
+pub fn run_observed(
+    plugins: &[Arc<Plugin>],
+    factories: &[&dyn ModelFactory],
+    opts: &Options,
+    observer: &mut dyn Observer,
+) -> Report {
     let mut report = Report::default();
     for plugin in plugins {
+        let selection = selection(plugin, opts);
+        let mut resumed = opts.after.is_none();
         // The plugin's own model (interface 0.4) first; a host may supply one for plugins
         // that export none.
         let own = plugin.model_factory();
@@ -124,6 +188,11 @@ pub fn run(
             if opts.filter.as_deref().is_some_and(|f| !id.contains(f)) {
                 continue;
             }
+            if !resumed {
+                resumed = opts.after.as_deref() == Some(id.as_str());
+                continue;
+            }
+            observer.started(&plugin.name, &id);
             let started = std::time::Instant::now();
             let outcome = match &bed {
                 Err(why) => Outcome::Skipped(why.clone()),
@@ -136,9 +205,10 @@ pub fn run(
                 seed: opts.seed,
                 platform: opts.platform,
                 millis: started.elapsed().as_millis() as u64,
+                selection: selection.clone(),
                 outcome,
             };
-            progress(&result);
+            observer.finished(&result);
             report.results.push(result);
         }
     }

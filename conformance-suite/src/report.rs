@@ -34,6 +34,9 @@ pub struct CaseResult {
     pub platform: PlatformChoice,
     /// How long it took.
     pub millis: u64,
+    /// The `ioasis` options that select this plugin and its unit (`--backend`, `--plugin`,
+    /// `--unit-params`, `--unit-model`), shell-quoted, for [`CaseResult::reproduce`].
+    pub selection: String,
     /// Outcome.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -42,8 +45,9 @@ pub struct CaseResult {
 impl CaseResult {
     /// The command line that reruns this case.
     pub fn reproduce(&self) -> String {
+        let selection = if self.selection.is_empty() { String::new() } else { format!(" {}", self.selection) };
         format!(
-            "ioasis conformance --filter {}/{} --seed {}{}",
+            "ioasis conformance{selection} --filter {}/{} --seed {}{}",
             self.category,
             self.case,
             self.seed,
@@ -275,6 +279,7 @@ mod tests {
             seed: 3,
             platform: PlatformChoice::default(),
             millis: 5,
+            selection: "--plugin /opt/p.so --unit-params 'defect = \"x\"'".into(),
             outcome,
         }
     }
@@ -291,7 +296,11 @@ mod tests {
         let x = r.to_junit();
         assert!(x.contains(r#"<testsuite name="p&lt;1&gt;" tests="3" failures="1" skipped="1""#), "{x}");
         assert!(x.contains("a &quot;bad&quot; &amp; &lt;odd&gt; thing"), "{x}");
-        assert!(x.contains("reproduce: ioasis conformance --filter c/n --seed 3"), "{x}");
+        assert!(
+            x.contains("reproduce: ioasis conformance --plugin /opt/p.so --unit-params &apos;defect = &quot;x&quot;&apos; --filter c/n --seed 3")
+                || x.contains("reproduce: ioasis conformance --plugin /opt/p.so --unit-params 'defect = &quot;x&quot;' --filter c/n --seed 3"),
+            "{x}"
+        );
         assert!(!r.passed());
         assert!(r.summary().contains("FAILED p<1> c/n"));
     }

@@ -52,7 +52,9 @@ fn each_broken_variant_fails_in_its_category() {
         );
         assert!(!r.passed());
         assert!(r.summary().contains(&format!("FAILED {} {}/", v.plugin, v.category)), "{}", r.summary());
-        assert!(r.summary().contains("reproduce: ioasis conformance --filter"), "{}", r.summary());
+        let line =
+            format!("reproduce: ioasis conformance --backend {} --unit-params 'defect = \"{}\"'", v.plugin, v.defect);
+        assert!(r.summary().contains(&line), "{}", r.summary());
     }
 }
 

@@ -121,6 +121,7 @@ fn a_failure_on_qemu_reproduces_on_qemu() {
     assert!(matches!(r.outcome, Outcome::Failed(_)), "{r:?}");
     assert_eq!(
         r.reproduce(),
-        "ioasis conformance --filter capabilities/stable-across-reads --seed 0 --platform qemu --qemu-profile vtd-legacy"
+        "ioasis conformance --backend vtd --unit-params 'no_such_parameter = 1' --filter capabilities/stable-across-reads \
+         --seed 0 --platform qemu --qemu-profile vtd-legacy"
     );
 }

@@ -34,5 +34,8 @@ fn the_filter_selects_cases() {
     let opts = Options { filter: Some("invalidation/no-stale".into()), seed: 1, ..Default::default() };
     let report = run(&plugins, &[&MockModelFactory], &opts, |_| {});
     assert_eq!(report.results.len(), 1);
-    assert_eq!(report.results[0].reproduce(), "ioasis conformance --filter invalidation/no-stale-iotlb --seed 1");
+    assert_eq!(
+        report.results[0].reproduce(),
+        "ioasis conformance --backend mock --filter invalidation/no-stale-iotlb --seed 1"
+    );
 }
