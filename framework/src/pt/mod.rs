@@ -11,8 +11,9 @@
 //! Guarantees:
 //! - map uses the largest page that the alignment of IOVA and PA, the length and
 //!   [`Geometry::sizes`] allow;
-//! - a table page is freed as soon as it holds no entry, so a present non-leaf entry always
-//!   leads to something mapped;
+//! - a table page is unlinked as soon as it holds no entry, so a present non-leaf entry always
+//!   leads to something mapped; unmap hands the unlinked pages back ([`Freed`]) for the
+//!   backend to release after its invalidation, not before;
 //! - every operation is all-or-nothing and leaves no table page behind on error (a split that
 //!   fails is reverted, a map that fails is rolled back);
 //! - unmap and dirty harvest tell the backend which range to invalidate, so that it flushes
@@ -148,12 +149,43 @@ pub struct Leaf {
 }
 
 /// What an unmap did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Unmapped {
     /// Bytes that were mapped in the range.
     pub bytes: u64,
     /// The range `(iova, len)` whose cached translations the backend must invalidate, if any.
     pub flush: Option<(u64, u64)>,
+    /// Table pages the unmap unlinked, to release once that invalidation has completed.
+    pub freed: Freed,
+}
+
+/// Table pages an unmap unlinked. Until the backend's invalidation completes, the unit may
+/// still reach them: through its paging-structure caches, or in a walk it began before the
+/// unlink. Freed at once, a page could be handed to another table and the unit would
+/// translate through that table's entries (Linux frees such pages only after the IOTLB sync,
+/// for the same reason). [`Freed::release`] them after the invalidation; pages dropped
+/// unreleased are leaked, never reused under the unit.
+#[must_use = "release the pages once the invalidation has completed"]
+#[derive(Debug, Default)]
+pub struct Freed(Vec<u64>);
+
+impl Freed {
+    /// Returns the pages to the host.
+    pub fn release(self, mem: &impl Memory) {
+        for page in self.0 {
+            mem.free(page);
+        }
+    }
+
+    /// How many pages there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a map did, so that it can be undone.
@@ -357,12 +389,13 @@ impl<F: Format> PageTable<F> {
             self.revert_splits(mem, &log);
             return Err(e);
         }
-        let (bytes, _) = self.unmap_in(mem, self.root, self.top(), iova, self.format.unmap_len(len))?;
-        Ok(Unmapped { bytes, flush: (bytes > 0).then_some((iova, len)) })
+        let mut freed = Freed::default();
+        let (bytes, _) = self.unmap_in(mem, self.root, self.top(), iova, self.format.unmap_len(len), &mut freed)?;
+        Ok(Unmapped { bytes, flush: (bytes > 0).then_some((iova, len)), freed })
     }
 
-    /// Clears leaves inside the range (which no leaf straddles) and frees tables left empty.
-    /// Returns (bytes unmapped, table now empty).
+    /// Clears leaves inside the range (which no leaf straddles) and unlinks tables left empty
+    /// into `freed`. Returns (bytes unmapped, table now empty).
     fn unmap_in(
         &self,
         mem: &impl Memory,
@@ -370,6 +403,7 @@ impl<F: Format> PageTable<F> {
         level: u32,
         iova: u64,
         len: u64,
+        freed: &mut Freed,
     ) -> Result<(u64, bool), PluginError> {
         let f = &self.format;
         let span = span(level);
@@ -384,11 +418,11 @@ impl<F: Format> PageTable<F> {
                     cleared = true;
                 } else {
                     let child = f.table_addr(e);
-                    let (b, empty) = self.unmap_in(mem, child, level - 1, va, chunk)?;
+                    let (b, empty) = self.unmap_in(mem, child, level - 1, va, chunk, freed)?;
                     bytes += b;
                     if empty {
                         mem.wr(entry_pa, 0)?;
-                        mem.free(child);
+                        freed.0.push(child);
                         cleared = true;
                     }
                 }

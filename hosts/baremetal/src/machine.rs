@@ -105,6 +105,13 @@ pub struct Machine {
     ram: Ram,
     pool: TablePool,
     units: RwLock<Vec<UnitSlot>>,
+    /// DMA in flight holds it shared, from its first translation to its last byte; a
+    /// register access holds it exclusively. So when a driver sees an invalidation complete
+    /// (by a register access, or by the status the unit writes during one), no walk or access
+    /// that began before it is still going on: the guarantee real units give (VT-d drains
+    /// reads and writes at invalidation completion; SMMUv3 CMD_SYNC; AMD-Vi COMPLETION_WAIT)
+    /// and on which a driver relies when it frees table pages after an invalidation.
+    drain: RwLock<()>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -138,7 +145,7 @@ impl Machine {
         let ram = ram(ram_bytes)?;
         let pool = TablePool::new(PhysAddr(ram_bytes - table_pool_bytes), table_pool_bytes / PAGE_SIZE);
         tracing::info!(ram_bytes, table_pool_bytes, memfd = ram.memfd().is_some(), "simulated machine created");
-        Ok(Self { ram, pool, units: RwLock::new(Vec::new()) })
+        Ok(Self { ram, pool, units: RwLock::new(Vec::new()), drain: RwLock::new(()) })
     }
 
     fn units_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<UnitSlot>> {
@@ -202,6 +209,7 @@ impl Machine {
     ) -> Result<DmaTarget, DmaError> {
         let model = self.unit(unit_base).ok_or(DmaError::NoUnit(unit_base))?;
         let req = DmaRequest { dev, pasid, iova, access };
+        let _in_flight = self.drain.read().unwrap_or_else(|p| p.into_inner());
         model.translate(self, &req).map_err(DmaError::Fault)
     }
 
@@ -219,6 +227,7 @@ impl Machine {
         if len > 0 && iova.raw().checked_add(len as u64 - 1).is_none() {
             return Err(DmaError::Wraps { iova, len });
         }
+        let _in_flight = self.drain.read().unwrap_or_else(|p| p.into_inner());
         let mut done = 0usize;
         while done < len {
             // Cannot wrap: checked above.
@@ -325,10 +334,12 @@ impl Platform for Machine {
     fn mmio_read(&self, base: PhysAddr, offset: u64, width: u8) -> Result<u64, HostError> {
         // The lock is released before calling the model, so a model may take its time.
         let model = self.unit_for_mmio(base, offset)?;
+        let _drained = self.drain.write().unwrap_or_else(|p| p.into_inner());
         model.mmio_read(self, offset, width)
     }
     fn mmio_write(&self, base: PhysAddr, offset: u64, width: u8, value: u64) -> Result<(), HostError> {
         let model = self.unit_for_mmio(base, offset)?;
+        let _drained = self.drain.write().unwrap_or_else(|p| p.into_inner());
         model.mmio_write(self, offset, width, value)
     }
 

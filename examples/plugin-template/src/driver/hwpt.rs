@@ -118,10 +118,14 @@ impl HwptInner {
         let t = self.table()?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let done = t.unmap(&self.core.io, iova, len)?;
-        // One invalidation for the whole range, and its completion waited for.
-        if let Some((a, l)) = done.flush {
-            self.flush(a, l)?;
-        }
+        // One invalidation for the whole range, and its completion waited for; the table
+        // pages the unmap unlinked go back only after it.
+        let flushed = match done.flush {
+            Some((a, l)) => self.flush(a, l),
+            None => Ok(()),
+        };
+        done.freed.release(&self.core.io);
+        flushed?;
         Ok(done.bytes)
     }
 

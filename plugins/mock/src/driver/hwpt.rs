@@ -72,6 +72,12 @@ impl HwptInner {
 impl Drop for HwptInner {
     fn drop(&mut self) {
         guard_or("HWPT drop", (), || {
+            // The descriptor page is the IOTLB tag: drop what the unit cached under it before
+            // the page (and so the tag) goes to another HWPT, whose devices would hit them.
+            if let Err(e) = self.core.io.invalidate(reg::INV_IOTLB_RANGE, self.desc, 0, 0) {
+                let msg = format!("invalidating the IOTLB entries of freed HWPT {:#x}: {e}", self.desc);
+                self.core.io.log(ioasis::abi::LogLevel::Error, &msg);
+            }
             if let Table::Paging(t) = &self.table {
                 t.destroy(&self.core.io);
             }
@@ -132,10 +138,13 @@ impl Hwpt for MockHwpt {
             let t = h.paging()?;
             let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
             let done = t.unmap(&h.core.io, iova.0, len)?;
-            match done.flush {
-                Some((a, l)) if h.core.params.defect != Some(Defect::SkipIotlbInvalidation) => h.flush(a, l)?,
-                _ => {}
-            }
+            let flushed = match done.flush {
+                Some((a, l)) if h.core.params.defect != Some(Defect::SkipIotlbInvalidation) => h.flush(a, l),
+                _ => Ok(()),
+            };
+            // Unlinked table pages go back only after the invalidation.
+            done.freed.release(&h.core.io);
+            flushed?;
             Ok(done.bytes)
         })
     }

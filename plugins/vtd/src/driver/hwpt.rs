@@ -298,9 +298,10 @@ impl Hwpt for VtdHwpt {
             let t = h.paging()?;
             let _g = lock(&h.lock);
             let done = t.unmap(&h.core.io, iova.0, len)?;
-            if done.flush.is_some() {
-                h.flush(done.flush)?;
-            }
+            let flushed = if done.flush.is_some() { h.flush(done.flush) } else { Ok(()) };
+            // Unlinked table pages go back only after the invalidation has completed.
+            done.freed.release(&h.core.io);
+            flushed?;
             Ok(done.bytes)
         })
     }

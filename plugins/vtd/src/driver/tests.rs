@@ -332,8 +332,12 @@ fn two_mib_aligned_map_uses_a_ps_leaf_with_read_write() {
     assert!(t.walk(&io, 0x4000_0000 + 2 * MB + 0x3000).unwrap().is_none());
     let l = t.walk(&io, 0x4000_0000 + 2 * MB + 0x4000).unwrap().unwrap();
     assert_eq!((l.span, l.value & ADDR), (4096, 0x8000_4000));
-    assert_eq!(t.unmap(&io, 0, 1 << 40).unwrap().bytes, 2 * MB - 0x1000 + 0x1000);
-    assert_eq!(t.count_pages(&io).unwrap(), 1, "empty tables are freed");
+    let done = t.unmap(&io, 0, 1 << 40).unwrap();
+    assert_eq!(done.bytes, 2 * MB - 0x1000 + 0x1000);
+    assert_eq!(t.count_pages(&io).unwrap(), 1, "empty tables are unlinked");
+    // One level-3 table, two level-2 and two level-1 ones (the split and the 4 KiB map).
+    assert_eq!(done.freed.len(), 5, "and handed back, to free after the invalidation");
+    done.freed.release(&io);
     t.destroy(&io);
     assert!(f.st().live.is_empty());
 }
