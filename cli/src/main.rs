@@ -138,6 +138,23 @@ enum Command {
     },
     /// List the conformance suite's cases.
     Cases,
+    /// Soak a simulated unit of each selected plugin: threads mapping, unmapping, attaching,
+    /// DMA-ing and tearing down at once, every DMA checked to land where a mapping says; no
+    /// table page may be left and no thread may stall. Prints the figures.
+    Soak {
+        /// How long, per plugin.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only the plugins with these names (repeatable).
+        #[arg(long = "backend", value_name = "NAME")]
+        backends: Vec<String>,
+        /// Backend parameters the unit is probed with (TOML text).
+        #[arg(long, default_value = "")]
+        unit_params: String,
+        /// Hardware model configuration of the unit (TOML text).
+        #[arg(long, default_value = "")]
+        unit_model: String,
+    },
 }
 
 /// A `--plugin` argument: `PATH` or `NAME=PATH`.
@@ -539,6 +556,41 @@ fn self_test(plugins: &[Arc<Plugin>], format: Format, seed: u64) -> Result<ExitC
     Ok(if results.iter().all(|r| r.caught()) { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
 }
 
+/// `ioasis soak`: the soak on each selected plugin's simulated unit.
+fn soak(
+    reg: &Registry,
+    only_loaded: bool,
+    backends: &[String],
+    seconds: u64,
+    unit_params: &str,
+    unit_model: &str,
+) -> Result<ExitCode, String> {
+    let unit_model: toml::Table =
+        toml::from_str(unit_model).map_err(|e| format!("--unit-model: {}", e.message().trim()))?;
+    let opts = ioasis_conformance::Options { unit_params: unit_params.into(), unit_model, ..Default::default() };
+    let selected: Vec<&Arc<Plugin>> = reg
+        .iter()
+        .filter(|p| !only_loaded || !matches!(p.origin, ioasis::loader::Origin::Builtin))
+        .filter(|p| backends.is_empty() || backends.iter().any(|b| *b == p.name || *b == p.info.name))
+        .collect();
+    if selected.is_empty() {
+        return Err("no plugin selected (see `ioasis plugins`)".into());
+    }
+    let mut failed = false;
+    for p in selected {
+        let factory = p
+            .model_factory()
+            .ok_or_else(|| format!("plugin `{}` exports no hardware model: nothing to soak", p.name))?;
+        let r = ioasis_conformance::soak(p, factory.as_ref(), &opts, std::time::Duration::from_secs(seconds))?;
+        println!("{}", r.summary());
+        for v in &r.violations {
+            println!("  VIOLATION {v}");
+        }
+        failed |= !r.violations.is_empty();
+    }
+    Ok(if failed { ExitCode::from(FAILED) } else { ExitCode::SUCCESS })
+}
+
 /// Dies quietly on a closed pipe (`ioasis plugins | head`), as command-line tools do, instead
 /// of panicking in `println!`.
 fn default_sigpipe() {
@@ -615,6 +667,14 @@ fn main() -> ExitCode {
                 isolated_child: *isolated_child,
                 after: after.clone(),
             },
+        ),
+        Command::Soak { seconds, backends, unit_params, unit_model } => soak(
+            &reg,
+            !cli.plugins.is_empty() || !cli.plugin_dirs.is_empty(),
+            backends,
+            *seconds,
+            unit_params,
+            unit_model,
         ),
         Command::Cases => {
             ioasis_conformance::case_names().iter().for_each(|c| println!("{c}"));

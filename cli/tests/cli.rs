@@ -396,3 +396,13 @@ fn a_bad_file_in_a_plugin_dir_is_a_warning_and_the_rest_run() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn soak_prints_its_figures_and_passes_on_the_bundled_plugins() {
+    let o = ioasis(&["soak", "--seconds", "1", "--backend", "mock"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("mock: 1.0 s:") && t.contains("operations/s; 0 violation(s)"), "{t}");
+    let o = ioasis(&["soak", "--seconds", "1", "--backend", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -16,6 +16,7 @@ mod cases;
 pub mod isolate;
 mod report;
 mod rig;
+mod soak;
 pub mod variants;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use ioasis::platform::ModelFactory;
 
 pub use bench::{PlatformChoice, QemuProfile};
 pub use report::{variant_table, variants_json, CaseResult, Outcome, Report, VariantResult, Verdict};
+pub use soak::{soak, SoakReport};
 
 /// How to run the suite.
 #[derive(Clone, Debug, Default)]
