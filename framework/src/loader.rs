@@ -17,7 +17,7 @@
 //! under another name, e.g. an old build of a bundled plugin beside the built-in one.
 
 mod file;
-pub use file::MAX_PLUGIN_BYTES;
+pub use file::{check_bytes as check_plugin_bytes, MAX_PLUGIN_BYTES};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -27,6 +27,16 @@ pub(super) fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// [`check`]'s header checks on a file's bytes: whether they can be a whole shared object for
+/// this machine (for fuzzing the check without files).
+pub fn check_bytes(bytes: &[u8]) -> Result<(), String> {
+    if cfg!(target_os = "linux") {
+        elf::check(&mut &bytes[..], bytes.len() as u64)
+    } else {
+        Ok(())
+    }
+}
+
 /// The parts of the ELF format (System V gABI, "ELF Header" and "Program Header") that say
 /// whether a file is a whole shared object for this machine.
 mod elf {
