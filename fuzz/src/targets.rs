@@ -60,6 +60,12 @@ pub static TARGETS: &[Target] = &[
         one: |b| ioasis::loader::check_plugin_bytes(b).is_ok(),
     },
     Target {
+        name: "vtd-vs-mock",
+        about: "random API calls on VT-d and on the mock, whose results and DMA must agree",
+        seeds: api_seeds,
+        one: vtd_against_mock,
+    },
+    Target {
         name: "vtd-model",
         about: "the VT-d model: hostile register writes, table memory and DMA requests",
         seeds: model_seeds,
@@ -217,4 +223,112 @@ fn model(factory: &dyn ModelFactory, b: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// One side of the differential target: a context on a simulated unit of `plugin`.
+struct Side {
+    machine: Arc<Machine>,
+    ctx: Context,
+    devices: Vec<ioasis::DeviceId>,
+    ioases: Vec<ioasis::IoasId>,
+}
+
+const DIFF_BASE: PhysAddr = PhysAddr(0xfed0_0000);
+const DIFF_DEVICES: u8 = 3;
+
+impl Side {
+    fn new(plugin: &str, factory: &dyn ModelFactory) -> Option<Self> {
+        let machine = Arc::new(Machine::new(MachineConfig { ram_bytes: 256 << 20, table_pool_bytes: 32 << 20 }).ok()?);
+        machine.add_unit(DIFF_BASE, factory.window(), factory.build(&toml::Table::new()).ok()?).ok()?;
+        let ctx = Context::new(machine.clone());
+        ctx.add_unit(&registry().get(plugin)?, "u0", DIFF_BASE, 0, "").ok()?;
+        let mut devices = Vec::new();
+        for d in 1..=DIFF_DEVICES {
+            let dev = ctx.bind_device(DeviceDesc::pci("d", RequesterId::new(0, 0, d, 0), "u0")).ok()?;
+            ctx.negotiate(dev, &Intent::new([IntentItem::UntaggedDma])).ok()?;
+            devices.push(dev);
+        }
+        let ioases = vec![ctx.alloc_ioas(), ctx.alloc_ioas()];
+        Some(Self { machine, ctx, devices, ioases })
+    }
+
+    /// Applies `op` and says what came of it, in terms both backends must agree on.
+    fn apply(&self, op: &[u8]) -> String {
+        let a = u64::from_le_bytes(op[1..9].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(op[9..17].try_into().unwrap_or_default());
+        let ioas = self.ioases[(b & 1) as usize];
+        let dev = self.devices[(b >> 1) as usize % self.devices.len()];
+        // Addresses in a few MiB, in units that make 4 KiB, 2 MiB and unaligned cases likely.
+        let unit = [0x1000u64, 0x20_0000, 0x800][(b >> 8) as usize % 3];
+        let iova = (a & 0x3f) * unit;
+        let len = (((a >> 10) & 0xf) + 1) * unit;
+        let pa = 0x100_0000 + ((a >> 20) & 0x3f) * unit;
+        let kind = |r: Result<String, ioasis::Error>| match r {
+            Ok(v) => format!("ok {v}"),
+            // The error's kind, not its words: backends word their refusals differently.
+            Err(e) => format!("error {}", format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default()),
+        };
+        match op[0] % 6 {
+            0 => {
+                let prot = [Prot::READ, Prot::WRITE, Prot::RW][(b >> 4) as usize % 3];
+                kind(self.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), len, prot).map(|i| format!("{i}")))
+            }
+            1 => {
+                let mode = if b & 0x10 != 0 { ioasis::UnmapMode::Cut } else { ioasis::UnmapMode::Exact };
+                kind(self.ctx.unmap(ioas, Iova(iova), len, mode).map(|n| n.to_string()))
+            }
+            2 => kind(self.ctx.attach(dev, None, ioasis::Target::Ioas(ioas)).map(|()| String::new())),
+            3 => kind(self.ctx.replace(dev, None, ioasis::Target::Ioas(ioas)).map(|()| String::new())),
+            4 => kind(self.ctx.detach(dev, None).map(|()| String::new())),
+            _ => {
+                let rid = RequesterId::new(0, 0, 1 + (b >> 1) as u8 % DIFF_DEVICES, 0);
+                let access = if b & 0x20 != 0 { Prot::WRITE } else { Prot::READ };
+                // Where each kind of map would have put this slot.
+                let probes = [0x1000u64, 0x20_0000, 0x800].map(|u| (a & 0x3f) * u + (a >> 40) % u);
+                let seen: Vec<String> = probes
+                    .iter()
+                    .map(|&at| match self.machine.translate(DIFF_BASE, DeviceRef::Rid(rid), None, Iova(at), access) {
+                        Ok(t) => format!("dma at {}", t.pa),
+                        Err(_) => "dma faults".to_string(),
+                    })
+                    .collect();
+                seen.join(", ")
+            }
+        }
+    }
+}
+
+/// The same random API calls on VT-d and on the mock (the reference): every result and every
+/// DMA translation must agree. A backend that maps a page too few, keeps a stale entry, or
+/// refuses what the other takes, disagrees.
+fn vtd_against_mock(b: &[u8]) -> bool {
+    let (Some(mock), Some(vtd)) = (Side::new("mock", &MockModelFactory), Side::new("vtd", &VtdModelFactory)) else {
+        return false;
+    };
+    for (i, op) in b.chunks_exact(17).take(64).enumerate() {
+        let (want, got) = (mock.apply(op), vtd.apply(op));
+        if std::env::var_os("IOASIS_FUZZ_TRACE").is_some() {
+            eprintln!("{i}: {want}");
+        }
+        assert_eq!(got, want, "operation {i} ({op:02x?}): VT-d and the mock disagree");
+    }
+    let (m, v) = (mock.ctx.teardown(), vtd.ctx.teardown());
+    assert!(m.is_ok() && v.is_ok(), "teardown: mock {m:?}, VT-d {v:?}");
+    assert_eq!(vtd.ctx.table_pages(), 0, "VT-d left table pages");
+    true
+}
+
+/// Programs of random API calls: a map and an attach first, so that DMA has somewhere to go.
+fn api_seeds() -> Vec<Vec<u8>> {
+    let mut rng = crate::engine::Rng::new(0x5eed);
+    (0..8)
+        .map(|_| {
+            let mut p = vec![0u8; 17 * 40];
+            for b in p.iter_mut() {
+                *b = rng.next_u64() as u8;
+            }
+            (p[0], p[17]) = (0, 2);
+            p
+        })
+        .collect()
 }

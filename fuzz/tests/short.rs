@@ -4,7 +4,7 @@
 fn every_target_survives_a_short_run() {
     for t in ioasis_fuzz::TARGETS {
         let cases = match t.name {
-            "scenario-toml" | "platform-toml" | "intent-toml" => 300,
+            "scenario-toml" | "platform-toml" | "intent-toml" | "vtd-vs-mock" => 300,
             _ => 3000,
         };
         let r = ioasis_fuzz::engine::run(&(t.seeds)(), cases, 1, t.one);
