@@ -160,10 +160,11 @@ pub fn run_observed(
     for plugin in plugins {
         let selection = selection(plugin, opts);
         let mut resumed = opts.after.is_none();
-        // The plugin's own model (interface 0.4) first; a host may supply one for plugins
-        // that export none.
+        // A model the host supplies for the plugin first (in-process, it shows the suite what
+        // the interface does not carry, such as the page responses the unit received); else
+        // the plugin's own (interface 0.4).
         let own = plugin.model_factory();
-        let factory = own.as_deref().or_else(|| factories.iter().find(|f| f.plugin() == plugin.info.name).copied());
+        let factory = factories.iter().find(|f| f.plugin() == plugin.info.name).copied().or(own.as_deref());
         let bed = match opts.platform {
             PlatformChoice::Simulated => factory.map(Bed::Simulated).ok_or_else(|| {
                 let old = if plugin.interface.minor < 4 {

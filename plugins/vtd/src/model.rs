@@ -801,6 +801,18 @@ impl UnitModel for VtdModel {
     /// and nested PASID entries and 5-level first-stage tables are
     /// [`ModelQueryError::UnsupportedMode`]; unreadable structures and entries the unit would
     /// reject are [`ModelQueryError::BadEntry`].
+    /// Page group responses from the invalidation queue (VT-d 6.5.2.9), as the suite compares
+    /// them with the requests: the source is the requester id, the table index of a PCI device.
+    fn page_responses(&self) -> Option<Vec<ioasis::platform::PageResponseSeen>> {
+        let seen = |r: &PageResponseRecord| ioasis::platform::PageResponseSeen {
+            source: u32::from(r.rid),
+            pasid: r.pasid.map(ioasis::Pasid),
+            group: r.group,
+            code: r.code,
+        };
+        Some(lock(&self.state).responses.iter().map(seen).collect())
+    }
+
     fn guest_stage1(
         &self,
         mem: &dyn PhysMemory,
