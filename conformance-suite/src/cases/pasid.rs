@@ -1,11 +1,11 @@
 //! PASID attach: one PASID of a device to its own IOAS.
 
-use ioasis::abi::{HwptFlags, PageResponse};
+use ioasis::abi::{Fault, HwptFlags, PageResponse};
 use ioasis::{Features, HwptSpec, IntentItem, Iova, Pasid, PhysAddr, Prot, Target};
 
 use super::{done, e, skip};
 use crate::bench::Need;
-use crate::rig::{any_fault, rid, Rig};
+use crate::rig::{any_fault, faulted, rid, Rig};
 use crate::Pass;
 
 pub(crate) fn pasid_attach(r: &Rig, _: u64) -> Result<Pass, String> {
@@ -35,19 +35,27 @@ pub(crate) fn pasid_fault_carries_pasid(r: &Rig, _: u64) -> Result<Pass, String>
     if !r.caps.features.contains(Features::PASID) {
         return skip("the unit has no PASID support");
     }
-    let dev = r.device(2, &[IntentItem::PasidIoas])?;
+    // Without PRI: its faults are records, never page requests.
+    let dev = r.bind(2, |d| d.pasid_bits = 20)?;
+    r.ctx.negotiate(dev, &ioasis::Intent::new([IntentItem::PasidIoas])).map_err(e)?;
     let ioas = r.ctx.alloc_ioas();
     r.ctx.attach(dev, Some(Pasid(9)), Target::Ioas(ioas)).map_err(e)?;
-    let f = any_fault(r.write(2, Some(9), 0x5000, b"x"), "DMA with PASID 9 to nothing")?;
+    let f = faulted(r.write(2, Some(9), 0x5000, b"x"), Fault::NOT_PRESENT, "DMA with PASID 9 to nothing")?;
     if f.pasid.into_option() != Some(Pasid(9)) || f.dev != rid(2) {
         return Err(format!("fault names {} PASID {:?}, expected {} PASID 9", f.dev, f.pasid, rid(2)));
     }
+    // A PASID with nothing attached is the PASID's fault, not a missing page.
+    let f = faulted(r.write(2, Some(10), 0x5000, b"x"), Fault::BAD_PASID, "DMA with PASID 10, never attached")?;
+    if f.pasid.into_option() != Some(Pasid(10)) {
+        return Err(format!("the fault of PASID 10 names PASID {:?}", f.pasid));
+    }
     r.ctx.poll_faults().map_err(e)?;
     let log = r.ctx.take_fault_log();
-    if log.first().map(|f| f.pasid.into_option()) != Some(Some(Pasid(9))) {
-        return Err(format!("recorded fault {log:?} lacks PASID 9"));
+    let got: Vec<_> = log.iter().map(|f| (f.pasid.into_option(), f.reason)).collect();
+    if got != [(Some(Pasid(9)), Fault::NOT_PRESENT), (Some(Pasid(10)), Fault::BAD_PASID)] {
+        return Err(format!("recorded faults {log:?}: expected PASID 9 not-present, then PASID 10 bad-pasid"));
     }
-    done("the PASID is recorded with the fault")
+    done("the PASID and why are recorded with the fault; an unattached PASID is bad-pasid")
 }
 
 /// The widest PASID (2^width - 1) in a fault record and in a page request and its response.
