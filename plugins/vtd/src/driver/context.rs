@@ -127,11 +127,6 @@ impl VtdUnit {
         let st = t.devices.entry(sid).or_insert_with(|| DevState { ctx_entry: entry, ..Default::default() });
         let old_lo = io.rd(entry)?;
         let old_hi = io.rd(entry + 8)?;
-        if let Some((lo, hi)) = new {
-            if old_lo == lo && old_hi == hi {
-                return self.record(st, None, h, entry, sid, ats);
-            }
-        }
         if old_lo & context::P != 0 {
             io.wr(entry, old_lo & !context::P)?;
             c.write_buffer_flush()?;
