@@ -60,6 +60,7 @@ pub(crate) const ALL: &[Case] = &[
     Case::new("pasid", "widest-pasid-in-faults-and-page-requests", pasid::widest_pasid_in_faults_and_page_requests)
         .dma_from(2),
     Case::new("nested", "x86-64-stage1-over-stage2", nested::x86_64_stage1_over_stage2),
+    Case::new("nested", "stage1-page-sizes", nested::stage1_page_sizes),
     Case::new("nested", "needs-its-grant-and-faults", nested::needs_its_grant_and_faults).dma_from(3),
     Case::new("nested", "pasid-nested-with-dirty-parent", nested::pasid_nested_with_dirty_parent),
     Case::new("semantics", "replace-to-the-current-target", semantics::replace_to_the_current_target),

@@ -12,6 +12,8 @@ use crate::Pass;
 const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
+/// Page size: a leaf above the 4 KiB level.
+const PS: u64 = 1 << 7;
 
 /// Where guest physical 0 really is.
 pub(crate) const G2H: u64 = 64 << 20;
@@ -62,6 +64,51 @@ pub(crate) fn x86_64_stage1_over_stage2(r: &Rig, _: u64) -> Result<Pass, String>
     r.ctx.unmap(ioas, Iova(0x20_0000), 0x1000, UnmapMode::Cut).map_err(e)?;
     any_fault(r.read(1, None, 0x4000_0020, 4), "DMA after its stage-2 page was unmapped")?;
     done("stage-1 walked through stage-2; guest and host invalidations honoured")
+}
+
+/// A guest's 2 MiB and 1 GiB stage-1 leaves translate exactly when the nested HWPT says its
+/// stage-1 has those page sizes (VT-d: 1 GiB only with CAP.FS1GP, 9.7); a leaf of a size it
+/// does not have faults.
+pub(crate) fn stage1_page_sizes(r: &Rig, _: u64) -> Result<Pass, String> {
+    if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
+        return skip("the unit cannot nest an x86-64 stage-1");
+    }
+    let dev = r.device(1, &[IntentItem::NestedStage1 { format: PtFormat::X86_64 }])?;
+    let ioas = r.ctx.alloc_ioas();
+    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(G2H), 16 << 20, Prot::RW).map_err(e)?;
+    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None };
+    let parent = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    // Guest tables at 0x1000 (level 3), 0x2000 (level 2), 0x3000 (level 1). IOVA 2 GiB: a
+    // 1 GiB leaf at level 2 to guest 0. IOVA 0x4020_0000: a 2 MiB leaf at level 1 to guest
+    // 2 MiB, below a level-2 entry for 1 GiB.
+    let (root, l2, l1) = (0x1000u64, 0x2000u64, 0x3000u64);
+    let put = |table: u64, index: u64, v: u64| r.put(G2H + table + index * 8, &v.to_le_bytes());
+    put(root, 0, l2 | P | RW | US)?;
+    put(l2, 1, l1 | P | RW | US)?;
+    put(l1, 1, (2 << 20) | PS | P | RW | US)?;
+    put(l2, 2, PS | P | RW | US)?;
+    let spec =
+        HwptSpec::Nested { parent, format: PtFormat::X86_64, root: Iova(root), words: vec![], fault_queue: None };
+    let nested = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    let sizes = r.ctx.hwpt_info(nested).map_err(e)?.page_sizes;
+    r.ctx.attach(dev, None, Target::Hwpt(nested)).map_err(e)?;
+    let mut seen = Vec::new();
+    for (size, iova, guest) in
+        [(2u64 << 20, 0x4020_0000u64 + 0x1230, (2u64 << 20) + 0x1230), (1 << 30, 0x8000_1230, 0x1230)]
+    {
+        let name = if size == 2 << 20 { "2 MiB" } else { "1 GiB" };
+        if sizes.contains(size) {
+            r.lands(1, None, iova, G2H + guest, b"leaf")
+                .map_err(|why| format!("the nested HWPT has {name} stage-1 pages, but: {why}"))?;
+            seen.push(name);
+        } else {
+            any_fault(
+                r.write(1, None, iova, b"leaf"),
+                &format!("DMA through a {name} stage-1 leaf, a size the nested HWPT does not have ({sizes})"),
+            )?;
+        }
+    }
+    done(format!("stage-1 leaves of the sizes the nested HWPT has ({sizes}) translate, others fault; {seen:?}"))
 }
 
 pub(crate) fn needs_its_grant_and_faults(r: &Rig, _: u64) -> Result<Pass, String> {

@@ -176,3 +176,22 @@ fn each_broken_vtd_variant_is_caught_in_its_category() {
         );
     }
 }
+
+/// A scalable unit without 1 GiB first-stage pages (CAP.FS1GP clear, VT-d 11.4.2): nested
+/// HWPTs must not offer them, and the suite's stage-1 page-size case checks that they fault.
+#[test]
+fn conformance_scalable_without_first_stage_gigabyte_pages() {
+    use ioasis_plugin_vtd::layout::regs::cap;
+    let config = ioasis_plugin_vtd::model::VtdModelConfig::scalable();
+    let mut model = model_config("scalable");
+    model.insert("cap".into(), toml::Value::Integer((config.cap & !cap::FS1GP) as i64));
+    let opts = Options { seed: 1, unit_model: model, filter: Some("nested/".into()), ..Default::default() };
+    let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
+    assert!(report.passed(), "{}", report.summary());
+    let sizes = report.results.iter().find(|r| r.case == "stage1-page-sizes").expect("the case ran");
+    assert!(
+        matches!(&sizes.outcome, Outcome::Passed(d) if d.contains("(4K,2M)")),
+        "only 4 KiB and 2 MiB first-stage pages: {:?}",
+        sizes.outcome
+    );
+}
