@@ -95,8 +95,11 @@ impl Hwpt for MockHwpt {
         let h = &self.0;
         let (format, page_sizes, ias) = match &h.table {
             Table::Paging(t) => (ioasis::PtFormat::MOCK, t.geometry.sizes, t.geometry.ias),
+            // Stage-1 leaves above 4 KiB need the unit's page-size bits as stage-2 ones do
+            // (mock spec §5): the parent's sizes.
             Table::Nested { format, parent } => {
-                (*format, PageSizes::SZ_4K_2M_1G, parent.paging().map_or(48, |t| t.geometry.ias))
+                let sizes = parent.paging().map_or(PageSizes(1 << 12), |t| t.geometry.sizes);
+                (*format, sizes, parent.paging().map_or(48, |t| t.geometry.ias))
             }
             Table::Fixed => (PtFormat::NONE, PageSizes(0), h.core.caps_ias()),
         };
