@@ -195,3 +195,34 @@ fn conformance_scalable_without_first_stage_gigabyte_pages() {
         sizes.outcome
     );
 }
+
+/// An unmap of a HWPT with 300 ATS devices invalidates each one's device TLB: more
+/// descriptors than the invalidation queue holds (256 slots), so the batch goes in chunks, each
+/// with its wait, none overrunning the descriptors the unit has not read yet (6.5.2).
+#[test]
+fn an_invalidation_batch_larger_than_the_queue_goes_in_chunks() {
+    for generation in ["legacy", "scalable"] {
+        let (m, ctx, _unit) = machine(generation, "");
+        let ioas = ctx.alloc_ioas();
+        ctx.map(ioas, Some(Iova(0x40_0000)), PhysAddr(0x80_0000), 2 * MB, Prot::RW).unwrap();
+        let mut rids = Vec::new();
+        for i in 0..300u32 {
+            let rid = RequesterId::new(0, 1 + (i / 256) as u8, ((i % 256) >> 3) as u8, (i & 7) as u8);
+            let mut d = DeviceDesc::pci(&format!("d{i}"), rid, "dmar0");
+            d.ats = true;
+            let dev = ctx.bind_device(d).unwrap();
+            ctx.negotiate(dev, &Intent::new(vec![IntentItem::UntaggedDma])).unwrap();
+            ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+            rids.push(rid);
+        }
+        for rid in [rids[0], rids[299]] {
+            m.dma_write(PhysAddr(BASE), DeviceRef::Rid(rid), None, Iova(0x40_0010), b"x").expect("DMA lands");
+        }
+        ctx.unmap(ioas, Iova(0x40_0000), 2 * MB, ioasis::UnmapMode::Exact).expect("the batch completes");
+        for rid in [rids[0], rids[150], rids[299]] {
+            let r = m.dma_write(PhysAddr(BASE), DeviceRef::Rid(rid), None, Iova(0x40_0010), b"y");
+            assert!(r.is_err(), "[{generation}] {rid}: DMA after the unmap");
+        }
+        ctx.teardown().unwrap();
+    }
+}
