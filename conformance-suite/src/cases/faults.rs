@@ -81,6 +81,11 @@ pub(crate) fn page_request_and_response(r: &Rig, _: u64) -> Result<Pass, String>
     if !ev.fault.page_request || ev.device != dev || ev.fault.addr != Iova(0x8000) {
         return Err(format!("unexpected event {ev:?}"));
     }
+    // A read asks for read access only (VT-d 7.5.1.1 RD/WR, PCIe PRI): a handler that maps
+    // what was asked for must not be told to make the page writable.
+    if ev.fault.access != Prot::READ {
+        return Err(format!("the page request of a DMA read asks for {}, expected r-", ev.fault.access));
+    }
     r.ctx.map(ioas, Some(Iova(0x8000)), PhysAddr(0x9000), 0x1000, Prot::RW).map_err(e)?;
     let seen = r.page_responses().map_or(0, |s| s.len());
     r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
