@@ -27,8 +27,8 @@ pub(super) fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// [`check`]'s header checks on a file's bytes: whether they can be a whole shared object for
-/// this machine (for fuzzing the check without files).
+/// The header checks the loader makes of a plugin file, on its bytes: whether they can be a
+/// whole shared object for this machine (for fuzzing the check without files).
 pub fn check_bytes(bytes: &[u8]) -> Result<(), String> {
     if cfg!(target_os = "linux") {
         elf::check(&mut &bytes[..], bytes.len() as u64)
