@@ -30,15 +30,25 @@ pub(crate) fn stage1(r: &Rig, root: u64, iova: u64, out: u64, write: bool) -> Re
     Ok(())
 }
 
-pub(crate) fn x86_64_stage1_over_stage2(r: &Rig, _: u64) -> Result<Pass, String> {
+/// Device 00:01.0 with an x86-64 nested-stage-1 contract, and a stage-2 (paging HWPT of a new
+/// IOAS) that maps the guest's first 16 MiB at [`G2H`]: (device, IOAS, stage-2 HWPT). `None`
+/// when the unit cannot nest an x86-64 stage-1.
+fn guest(r: &Rig) -> Result<Option<(ioasis::DeviceId, ioasis::IoasId, ioasis::HwptId)>, String> {
     if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
-        return skip("the unit cannot nest an x86-64 stage-1");
+        return Ok(None);
     }
     let dev = r.device(1, &[IntentItem::NestedStage1 { format: PtFormat::X86_64 }])?;
     let ioas = r.ctx.alloc_ioas();
     r.ctx.map(ioas, Some(Iova(0)), PhysAddr(G2H), 16 << 20, Prot::RW).map_err(e)?;
     let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None };
     let parent = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    Ok(Some((dev, ioas, parent)))
+}
+
+pub(crate) fn x86_64_stage1_over_stage2(r: &Rig, _: u64) -> Result<Pass, String> {
+    let Some((dev, ioas, parent)) = guest(r)? else {
+        return skip("the unit cannot nest an x86-64 stage-1");
+    };
     stage1(r, 0x1000, 0x4000_0000, 0x10_0000, true)?;
     let spec =
         HwptSpec::Nested { parent, format: PtFormat::X86_64, root: Iova(0x1000), words: vec![], fault_queue: None };
@@ -70,14 +80,9 @@ pub(crate) fn x86_64_stage1_over_stage2(r: &Rig, _: u64) -> Result<Pass, String>
 /// stage-1 has those page sizes (VT-d: 1 GiB only with CAP.FS1GP, 9.7); a leaf of a size it
 /// does not have faults.
 pub(crate) fn stage1_page_sizes(r: &Rig, _: u64) -> Result<Pass, String> {
-    if !r.caps.nested_formats.contains(&PtFormat::X86_64) {
+    let Some((dev, _, parent)) = guest(r)? else {
         return skip("the unit cannot nest an x86-64 stage-1");
-    }
-    let dev = r.device(1, &[IntentItem::NestedStage1 { format: PtFormat::X86_64 }])?;
-    let ioas = r.ctx.alloc_ioas();
-    r.ctx.map(ioas, Some(Iova(0)), PhysAddr(G2H), 16 << 20, Prot::RW).map_err(e)?;
-    let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: None };
-    let parent = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
+    };
     // Guest tables at 0x1000 (level 3), 0x2000 (level 2), 0x3000 (level 1). IOVA 2 GiB: a
     // 1 GiB leaf at level 2 to guest 0. IOVA 0x4020_0000: a 2 MiB leaf at level 1 to guest
     // 2 MiB, below a level-2 entry for 1 GiB.
