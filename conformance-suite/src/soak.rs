@@ -21,6 +21,7 @@ use ioasis::platform::ModelFactory;
 use ioasis::{IntentItem, IoasId, Iova, PhysAddr, Prot, Target, UnmapMode};
 
 use crate::bench::Simulated;
+use crate::cases::Rng;
 use crate::rig::Rig;
 use crate::Options;
 
@@ -57,21 +58,6 @@ impl Counts {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
-    }
-}
-
-/// A small xorshift generator: each thread has its own, seeded from its index.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
