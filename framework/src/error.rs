@@ -168,6 +168,14 @@ pub enum Error {
         /// The plugin's error.
         error: PluginError,
     },
+    /// The plugin panicked in an earlier call and is out of service ([`crate::loader::Plugin::failed`]).
+    #[error("plugin {plugin} failed earlier and is out of service: {why}")]
+    PluginFailed {
+        /// The plugin.
+        plugin: String,
+        /// Its first panic.
+        why: String,
+    },
     /// A range whose start lies above its last address.
     #[error("range {start:#x}..={last:#x} is inverted (start above last)")]
     InvertedRange {

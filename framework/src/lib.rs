@@ -30,6 +30,7 @@ pub mod ioas;
 pub mod loader;
 pub mod object;
 pub mod platform;
+pub mod plugin;
 pub mod pt;
 mod services;
 

@@ -219,6 +219,8 @@ pub struct Plugin {
     pub(crate) ext_0_3: Option<PluginExt03_Ref>,
     /// Its hardware model (interface 0.4): `None` for an older plugin or one without a model.
     pub(crate) model: Option<Arc<HostModelFactory>>,
+    /// Set by the first call that panicked ([`Plugin::failed`]).
+    failed: std::sync::OnceLock<String>,
 }
 
 impl fmt::Debug for Plugin {
@@ -268,7 +270,7 @@ impl Plugin {
             .map_err(|error| LoadError::Backend { name: info.name.clone(), error })?;
         tracing::debug!(plugin = %name, own_name = %info.name, %origin, "plugin ready");
         let model = ext_0_4.map(|e| Arc::new(HostModelFactory::new(&info.name, (e.model_factory())())));
-        Ok(Plugin { name, info, origin, interface, backend, ext_0_3, model })
+        Ok(Plugin { name, info, origin, interface, backend, ext_0_3, model, failed: Default::default() })
     }
 
     /// Loads a plugin from a shared library, under its own name, which must be a vendor
@@ -325,6 +327,21 @@ impl Plugin {
             backend,
             ext_0_3: None,
             model: None,
+            failed: Default::default(),
+        }
+    }
+
+    /// Why the plugin is out of service: the first of its calls that panicked (a
+    /// [`ErrorCode::PANICKED`](crate::abi::ErrorCode::PANICKED) answer). Its backend refuses
+    /// every later call ([`crate::plugin`]), and the host probes no unit with it.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Notes a plugin's answer: a `PANICKED` error marks the plugin failed.
+    pub(crate) fn note(&self, error: &PluginError) {
+        if error.code == crate::abi::ErrorCode::PANICKED && self.failed.set(error.message.to_string()).is_ok() {
+            tracing::error!(plugin = %self.name, "plugin failed: {}", error.message);
         }
     }
 

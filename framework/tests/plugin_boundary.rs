@@ -183,21 +183,38 @@ fn bad_plugin_files_are_refused_in_words_that_say_why() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The mock's `panic_on` has no guard of its own around it: the framework's glue
+/// ([`ioasis::plugin`]) contains the panic, and the plugin is out of service from then on.
 #[test]
-fn a_panic_inside_the_loaded_plugin_becomes_an_error() {
+fn a_panic_inside_the_loaded_plugin_becomes_an_error_and_the_plugin_is_out_of_service() {
     let loaded = Arc::new(Plugin::load_as(&cdylib("ioasis_mock"), "mock-so").unwrap());
     let rig = Rig::with_params(&[cap::FULL], &loaded, "panic_on = \"map\"");
     let dev = rig.paging_device(1, 0, &[]);
     let ioas = rig.ctx.alloc_ioas();
     rig.ctx.attach(dev, None, Target::Ioas(ioas)).unwrap();
+    assert!(loaded.failed().is_none());
     let e = rig.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 0x1000, Prot::RW).unwrap_err();
     assert_eq!(e.plugin_code(), Some(ErrorCode::PANICKED), "{e}");
     assert!(e.to_string().contains("injected panic in map"), "{e}");
-    // Nothing was recorded, and the process and the plugin carry on.
+    // Nothing was recorded; the plugin is marked failed, on both sides of the boundary.
     assert!(rig.ctx.areas(ioas).unwrap().is_empty());
-    rig.ctx.detach(dev, None).unwrap();
-    rig.ctx.teardown().unwrap();
-    assert_eq!(rig.ctx.table_pages(), 0);
+    assert!(loaded.failed().is_some_and(|why| why.contains("injected panic in map")), "{:?}", loaded.failed());
+    // Every later call is refused without entering the plugin, naming the first panic.
+    let e = rig.ctx.detach(dev, None).unwrap_err();
+    assert_eq!(e.plugin_code(), Some(ErrorCode::PANICKED), "{e}");
+    assert!(e.to_string().contains("failed earlier (panicked in map"), "{e}");
+    let e = rig.ctx.add_unit(&loaded, "u9", PhysAddr(common::UNIT_BASE + 0x10_0000), 0, "").unwrap_err();
+    assert!(matches!(e, ioasis::Error::PluginFailed { .. }), "{e}");
+    // The host forgets its objects all the same; the process carries on.
+    let e = rig.ctx.teardown().unwrap_err();
+    assert_eq!(e.plugin_code(), Some(ErrorCode::PANICKED), "{e}");
+    assert!(rig.ctx.areas(ioas).is_err());
+    // Another load of the same library is a new backend, in service.
+    let again = Arc::new(Plugin::load_as(&cdylib("ioasis_mock"), "mock-so-2").unwrap());
+    let rig = Rig::with_params(&[cap::FULL], &again, "");
+    let ioas = rig.ctx.alloc_ioas();
+    rig.ctx.map(ioas, Some(Iova(0)), PhysAddr(0), 0x1000, Prot::RW).unwrap();
+    assert!(again.failed().is_none());
 }
 
 #[test]

@@ -156,13 +156,14 @@ impl Context {
         if let Some(u) = self.read().units.values().find(|u| u.mmio_base == mmio_base) {
             return Err(Error::WindowInUse { base: mmio_base, unit: u.name.clone() });
         }
+        if let Some(why) = plugin.failed() {
+            return Err(Error::PluginFailed { plugin: plugin.name.clone(), why: why.to_string() });
+        }
         let desc = UnitDesc { name: RString::from(name), mmio_base, segment, params: RString::from(params) };
         let services = UnitServices::boxed(self.platform.clone(), mmio_base, name, self.fail.clone());
-        let hw = plugin.backend().probe(&desc, services).into_result().map_err(|error| Error::Plugin {
-            plugin: plugin.name.clone(),
-            unit: name.to_string(),
-            op: "probe",
-            error,
+        let hw = plugin.backend().probe(&desc, services).into_result().map_err(|error| {
+            plugin.note(&error);
+            Error::Plugin { plugin: plugin.name.clone(), unit: name.to_string(), op: "probe", error }
         })?;
         let caps = hw.caps();
         if let Err(what) = caps.check() {
@@ -464,6 +465,7 @@ impl Drop for Context {
 }
 
 pub(crate) fn plugin_err(unit: &UnitObj, op: &'static str, error: PluginError) -> Error {
+    unit.plugin.note(&error);
     Error::Plugin { plugin: unit.plugin.name.clone(), unit: unit.name.clone(), op, error }
 }
 

@@ -2,10 +2,8 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
-use ioasis::abi::{
-    guard, guard_or, CacheInvalidation, ErrorCode, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation,
-};
+use ioasis::abi::{CacheInvalidation, ErrorCode, HwptFlags, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::plugin::HwptDriver;
 use ioasis::pt::Memory;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
@@ -71,18 +69,16 @@ impl HwptInner {
 
 impl Drop for HwptInner {
     fn drop(&mut self) {
-        guard_or("HWPT drop", (), || {
-            // The descriptor page is the IOTLB tag: drop what the unit cached under it before
-            // the page (and so the tag) goes to another HWPT, whose devices would hit them.
-            if let Err(e) = self.core.io.invalidate(reg::INV_IOTLB_RANGE, self.desc, 0, 0) {
-                let msg = format!("invalidating the IOTLB entries of freed HWPT {:#x}: {e}", self.desc);
-                self.core.io.log(ioasis::abi::LogLevel::Error, &msg);
-            }
-            if let Table::Paging(t) = &self.table {
-                t.destroy(&self.core.io);
-            }
-            self.core.io.free(self.desc);
-        })
+        // The descriptor page is the IOTLB tag: drop what the unit cached under it before
+        // the page (and so the tag) goes to another HWPT, whose devices would hit them.
+        if let Err(e) = self.core.io.invalidate(reg::INV_IOTLB_RANGE, self.desc, 0, 0) {
+            let msg = format!("invalidating the IOTLB entries of freed HWPT {:#x}: {e}", self.desc);
+            self.core.io.log(ioasis::abi::LogLevel::Error, &msg);
+        }
+        if let Table::Paging(t) = &self.table {
+            t.destroy(&self.core.io);
+        }
+        self.core.io.free(self.desc);
     }
 }
 
@@ -90,7 +86,7 @@ impl Drop for HwptInner {
 #[derive(Clone)]
 pub struct MockHwpt(pub Arc<HwptInner>);
 
-impl Hwpt for MockHwpt {
+impl HwptDriver for MockHwpt {
     fn info(&self) -> HwptInfo {
         let h = &self.0;
         let (format, page_sizes, ias) = match &h.table {
@@ -113,81 +109,68 @@ impl Hwpt for MockHwpt {
         }
     }
 
-    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
-        guard("map", || {
-            let h = &self.0;
-            h.maybe_panic("map");
-            let t = h.paging()?;
-            if h.core.params.defect == Some(Defect::LastPageRefused) {
-                let top = 1u64 << t.geometry.ias.min(63);
-                if iova.0.checked_add(len).is_none_or(|end| end >= top) {
-                    return Err(PluginError::new(
-                        ErrorCode::OUT_OF_RANGE,
-                        format!("{iova}+{len:#x} beyond the aperture"),
-                    ));
-                }
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), PluginError> {
+        let h = &self.0;
+        h.maybe_panic("map");
+        let t = h.paging()?;
+        if h.core.params.defect == Some(Defect::LastPageRefused) {
+            let top = 1u64 << t.geometry.ias.min(63);
+            if iova.0.checked_add(len).is_none_or(|end| end >= top) {
+                return Err(PluginError::new(ErrorCode::OUT_OF_RANGE, format!("{iova}+{len:#x} beyond the aperture")));
             }
-            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
-            // A new mapping replaces only non-present entries, which the unit never caches:
-            // no invalidation is needed (mock spec §1: faults are not cached).
-            t.map(&h.core.io, iova.0, pa.0, len, prot)
-        })
+        }
+        let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // A new mapping replaces only non-present entries, which the unit never caches:
+        // no invalidation is needed (mock spec §1: faults are not cached).
+        t.map(&h.core.io, iova.0, pa.0, len, prot)
     }
 
-    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
-        guard("unmap", || {
-            let h = &self.0;
-            h.maybe_panic("unmap");
-            let t = h.paging()?;
-            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let done = t.unmap(&h.core.io, iova.0, len)?;
-            let flushed = match done.flush {
-                Some((a, l)) if h.core.params.defect != Some(Defect::SkipIotlbInvalidation) => h.flush(a, l),
-                _ => Ok(()),
-            };
-            // Unlinked table pages go back only after the invalidation.
-            done.freed.release(&h.core.io);
-            flushed?;
-            Ok(done.bytes)
-        })
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64, PluginError> {
+        let h = &self.0;
+        h.maybe_panic("unmap");
+        let t = h.paging()?;
+        let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let done = t.unmap(&h.core.io, iova.0, len)?;
+        let flushed = match done.flush {
+            Some((a, l)) if h.core.params.defect != Some(Defect::SkipIotlbInvalidation) => h.flush(a, l),
+            _ => Ok(()),
+        };
+        // Unlinked table pages go back only after the invalidation.
+        done.freed.release(&h.core.io);
+        flushed?;
+        Ok(done.bytes)
     }
 
-    fn split(&self, iova: Iova) -> RResult<(), PluginError> {
-        guard("split", || {
-            let h = &self.0;
-            let t = h.paging()?;
-            let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
-            t.split(&h.core.io, iova.0)
-        })
+    fn split(&self, iova: Iova) -> Result<(), PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        let _g = h.lock.lock().unwrap_or_else(|p| p.into_inner());
+        t.split(&h.core.io, iova.0)
     }
 
-    fn translate(&self, iova: Iova) -> ROption<Translation> {
-        guard_or("translate", ROption::RNone, || {
-            let h = &self.0;
-            let Ok(t) = h.paging() else { return ROption::RNone };
-            match t.translate(&h.core.io, iova.0) {
-                Ok(Some((pa, prot, page_size))) => ROption::RSome(Translation { pa: PhysAddr(pa), prot, page_size }),
-                _ => ROption::RNone,
-            }
-        })
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        let h = &self.0;
+        let t = h.paging().ok()?;
+        match t.translate(&h.core.io, iova.0) {
+            Ok(Some((pa, prot, page_size))) => Some(Translation { pa: PhysAddr(pa), prot, page_size }),
+            _ => None,
+        }
     }
 
-    fn set_dirty_tracking(&self, enable: bool) -> RResult<(), PluginError> {
-        guard("set_dirty_tracking", || {
-            let h = &self.0;
-            if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
-                return Err(PluginError::unsupported("HWPT was not allocated with dirty tracking"));
-            }
-            let io = &h.core.io;
-            let w0 = io.rd(h.desc)?;
-            let new = if enable { w0 | desc::DIRTY_EN } else { w0 & !desc::DIRTY_EN };
-            io.wr(h.desc, new)?;
-            if h.core.params.defect == Some(Defect::DirtyEnableStaleDescriptor) {
-                return h.flush(0, 0);
-            }
-            // The descriptor is cached per device: drop every cache.
-            io.invalidate(reg::INV_ALL, 0, 0, 0)
-        })
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), PluginError> {
+        let h = &self.0;
+        if !h.flags.contains(HwptFlags::DIRTY_TRACKING) {
+            return Err(PluginError::unsupported("HWPT was not allocated with dirty tracking"));
+        }
+        let io = &h.core.io;
+        let w0 = io.rd(h.desc)?;
+        let new = if enable { w0 | desc::DIRTY_EN } else { w0 & !desc::DIRTY_EN };
+        io.wr(h.desc, new)?;
+        if h.core.params.defect == Some(Defect::DirtyEnableStaleDescriptor) {
+            return h.flush(0, 0);
+        }
+        // The descriptor is cached per device: drop every cache.
+        io.invalidate(reg::INV_ALL, 0, 0, 0)
     }
 
     fn read_and_clear_dirty(
@@ -195,58 +178,50 @@ impl Hwpt for MockHwpt {
         iova: Iova,
         len: u64,
         page_shift: u8,
-        mut bitmap: RSliceMut<'_, u64>,
+        bitmap: &mut [u64],
         keep: bool,
-    ) -> RResult<(), PluginError> {
-        guard("read_and_clear_dirty", || {
-            let h = &self.0;
-            let t = h.paging()?;
-            if let Some((a, l)) =
-                t.read_and_clear_dirty(&h.core.io, iova.0, len, page_shift, bitmap.as_mut_slice(), keep)?
-            {
-                if h.core.params.defect != Some(Defect::DirtyClearWithoutFlush) {
-                    h.flush(a, l)?;
-                }
+    ) -> Result<(), PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        if let Some((a, l)) = t.read_and_clear_dirty(&h.core.io, iova.0, len, page_shift, bitmap, keep)? {
+            if h.core.params.defect != Some(Defect::DirtyClearWithoutFlush) {
+                h.flush(a, l)?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
-    fn invalidate(&self, reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
-        guard("invalidate", || {
-            let h = &self.0;
-            if h.kind != HwptKind::NESTED {
-                return Err(PluginError::invalid("cache invalidation requests are for nested HWPTs"));
-            }
-            let mut n = 0;
-            for r in reqs.iter() {
-                match r.scope {
-                    CacheInvalidation::ALL | CacheInvalidation::PASID => {
-                        h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, 0, 0)?
-                    }
-                    CacheInvalidation::RANGE if r.len > 0 => {
-                        h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, r.iova.0, r.len)?
-                    }
-                    s => {
-                        return Err(PluginError::new(
-                            ErrorCode::INVALID,
-                            format!("request {n}: unknown scope {s} or empty range"),
-                        ))
-                    }
+    fn invalidate(&self, reqs: &[CacheInvalidation]) -> Result<u32, PluginError> {
+        let h = &self.0;
+        if h.kind != HwptKind::NESTED {
+            return Err(PluginError::invalid("cache invalidation requests are for nested HWPTs"));
+        }
+        let mut n = 0;
+        for r in reqs.iter() {
+            match r.scope {
+                CacheInvalidation::ALL | CacheInvalidation::PASID => {
+                    h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, 0, 0)?
                 }
-                n += 1;
+                CacheInvalidation::RANGE if r.len > 0 => {
+                    h.core.io.invalidate(reg::INV_IOTLB_RANGE, h.desc, r.iova.0, r.len)?
+                }
+                s => {
+                    return Err(PluginError::new(
+                        ErrorCode::INVALID,
+                        format!("request {n}: unknown scope {s} or empty range"),
+                    ))
+                }
             }
-            Ok(n)
-        })
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || {
-            let h = &self.0;
-            match &h.table {
-                Table::Paging(t) => 1 + t.count_pages(&h.core.io).unwrap_or(0),
-                _ => 1,
-            }
-        })
+        let h = &self.0;
+        match &h.table {
+            Table::Paging(t) => 1 + t.count_pages(&h.core.io).unwrap_or(0),
+            _ => 1,
+        }
     }
 }

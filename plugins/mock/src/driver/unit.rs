@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{ROption, RString, RVec};
 use ioasis::abi::{
-    guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
+    DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, ItemVerdict, LogLevel, PageResponse,
+    PluginError, UnitDesc, ViommuRequest,
 };
+use ioasis::plugin::UnitDriver;
 use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, Prot, PtFormat, UnitCaps};
 use serde::Deserialize;
@@ -270,12 +271,12 @@ impl MockUnit {
         }
     }
 
-    pub(super) fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+    pub(super) fn alloc(&self, req: &HwptRequest) -> Result<MockHwpt, PluginError> {
         self.alloc_in(req, 0)
     }
 
     /// Allocates a HWPT; a nested one gets `vmid` in its descriptor (§4 word 3, §7).
-    pub(super) fn alloc_in(&self, req: &HwptRequest, vmid: u8) -> Result<HwptBox, PluginError> {
+    pub(super) fn alloc_in(&self, req: &HwptRequest, vmid: u8) -> Result<MockHwpt, PluginError> {
         let c = &self.core;
         let io = &c.io;
         if self.tables().shut_down {
@@ -374,21 +375,20 @@ impl MockUnit {
         if let Table::Nested { parent, .. } = &inner.table {
             parent.children.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&inner));
         }
-        Ok(Hwpt_TO::from_ptr(abi_stable::std_types::RArc::new(MockHwpt(inner)), abi_stable::sabi_trait::TD_CanDowncast))
+        Ok(MockHwpt(inner))
     }
 
-    /// Finds our HWPT behind a host handle (its descriptor address).
+    /// Our HWPT behind a box the host passed back (a parent), if this unit made it.
     pub(super) fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>, PluginError> {
-        let handle = hwpt.info().handle;
-        // The handle is the descriptor page; check it is one of ours by asking the object
-        // itself through our registry of live attachments or by matching the core.
-        let obj: Option<&MockHwpt> = hwpt.obj.downcast_as::<MockHwpt>().ok();
-        match obj {
-            Some(m) if Arc::ptr_eq(&m.0.core, &self.core) && m.0.desc == handle => Ok(m.0.clone()),
-            _ => Err(PluginError::not_found(format!(
-                "HWPT {handle:#x} was not made by unit {} of this plugin",
-                self.name
-            ))),
+        self.own(ioasis::plugin::hwpt_of::<MockHwpt>(hwpt)?)
+    }
+
+    /// The HWPT, if this unit (not another unit of the plugin) made it.
+    pub(super) fn own(&self, m: &MockHwpt) -> Result<Arc<HwptInner>, PluginError> {
+        if Arc::ptr_eq(&m.0.core, &self.core) {
+            Ok(m.0.clone())
+        } else {
+            Err(PluginError::not_found(format!("HWPT {:#x} was not made by unit {}", m.0.desc, self.name)))
         }
     }
 
@@ -487,11 +487,11 @@ impl MockUnit {
         }
     }
 
-    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<u32>, hwpt: &HwptBox) -> Result<(), PluginError> {
+    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<u32>, hwpt: &MockHwpt) -> Result<(), PluginError> {
         if self.core.params.panic_on.as_deref() == Some("attach") {
             panic!("mock: injected panic in attach (params.panic_on)");
         }
-        let h = self.lookup(hwpt)?;
+        let h = self.own(hwpt)?;
         let io = &self.core.io;
         let id = dev.dev.table_index();
         let mut t = self.tables();
@@ -684,7 +684,10 @@ impl MockUnit {
     }
 }
 
-impl Unit for MockUnit {
+impl UnitDriver for MockUnit {
+    type Hwpt = MockHwpt;
+    type Viommu = super::viommu::MockViommu;
+
     fn caps(&self) -> UnitCaps {
         let c = &self.core;
         let mut features = Features(0);
@@ -721,55 +724,56 @@ impl Unit for MockUnit {
         }
     }
 
-    fn negotiate(&self, dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
-        guard_or("negotiate", RVec::new(), || items.iter().map(|c| self.judge(dev, *c)).collect())
+    fn negotiate(&self, dev: &DeviceInfo, items: &[IntentCode]) -> Vec<ItemVerdict> {
+        items.iter().map(|c| self.judge(dev, *c)).collect()
     }
 
-    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
-        guard("alloc_hwpt", || self.alloc(req))
+    fn alloc_hwpt(&self, req: &HwptRequest) -> Result<MockHwpt, PluginError> {
+        self.alloc(req)
     }
 
-    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
-        guard("attach", || self.do_attach(dev, pasid.into_option().map(|p| p.0), hwpt))
+    fn attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &MockHwpt) -> Result<(), PluginError> {
+        self.do_attach(dev, pasid.map(|p| p.0), hwpt)
     }
 
-    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
-        guard("detach", || self.do_detach(dev, pasid.into_option().map(|p| p.0)))
+    fn detach(&self, dev: &DeviceInfo, pasid: Option<Pasid>) -> Result<(), PluginError> {
+        self.do_detach(dev, pasid.map(|p| p.0))
     }
 
-    fn read_faults(&self, max: u32) -> RResult<RVec<Fault>, PluginError> {
-        guard("read_faults", || self.do_read_faults(max).map(RVec::from))
+    fn read_faults(&self, max: u32) -> Result<Vec<Fault>, PluginError> {
+        self.do_read_faults(max)
     }
 
-    fn page_response(&self, resp: &PageResponse) -> RResult<(), PluginError> {
-        guard("page_response", || {
-            let mut dev_word = resp.dev.table_index() as u64;
-            if let ROption::RSome(p) = resp.pasid {
-                dev_word |= ((p.0 as u64) << 32) | (1 << 63);
-            }
-            let cmd = if self.core.params.defect == Some(Defect::PageResponseFieldsSwapped) {
-                resp.code as u64 | ((resp.group as u64 & 0xf) << 32)
-            } else {
-                resp.group as u64 | ((resp.code as u64 & 0xf) << 32)
-            };
-            self.core.io.page_response(dev_word, cmd)
-        })
+    fn page_response(&self, resp: &PageResponse) -> Result<(), PluginError> {
+        let mut dev_word = resp.dev.table_index() as u64;
+        if let ROption::RSome(p) = resp.pasid {
+            dev_word |= ((p.0 as u64) << 32) | (1 << 63);
+        }
+        let cmd = if self.core.params.defect == Some(Defect::PageResponseFieldsSwapped) {
+            resp.code as u64 | ((resp.group as u64 & 0xf) << 32)
+        } else {
+            resp.group as u64 | ((resp.code as u64 & 0xf) << 32)
+        };
+        self.core.io.page_response(dev_word, cmd)
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || {
-            let t = self.tables();
-            if t.shut_down {
-                return 0;
-            }
-            2 + t.l2.len() as u64
-                + t.devices.values().map(|d| d.pasid_pages.len() as u64).sum::<u64>()
-                + u64::from(t.vm_table != 0)
-                + t.vms.len() as u64
-        })
+        let t = self.tables();
+        if t.shut_down {
+            return 0;
+        }
+        2 + t.l2.len() as u64
+            + t.devices.values().map(|d| d.pasid_pages.len() as u64).sum::<u64>()
+            + u64::from(t.vm_table != 0)
+            + t.vms.len() as u64
     }
 
-    fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || self.do_shutdown())
+    fn shutdown(&self) -> Result<(), PluginError> {
+        self.do_shutdown()
+    }
+
+    /// A vIOMMU on this unit (mock spec §7).
+    fn alloc_viommu(&self, req: &ViommuRequest) -> Result<super::viommu::MockViommu, PluginError> {
+        super::viommu::MockViommu::alloc(self.handle(), req)
     }
 }

@@ -5,16 +5,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, ROption, RResult, RSlice};
+use abi_stable::std_types::ROption;
 use ioasis::abi::{
-    guard, guard_or, DeviceInfo, ErrorCode, HwQueueKind, HwQueueRequest, HwptBox, HwptFlags, HwptKind, HwptRequest,
-    InvalidateOutcome, PluginError, Stage1Config, Viommu, ViommuBox, ViommuFeatures, ViommuInfo, ViommuKind,
-    ViommuRequest, Viommu_TO, VirtualCommand,
+    DeviceInfo, ErrorCode, HwQueueKind, HwQueueRequest, HwptBox, HwptFlags, HwptKind, HwptRequest, InvalidateOutcome,
+    PluginError, Stage1Config, ViommuFeatures, ViommuInfo, ViommuKind, ViommuRequest, VirtualCommand,
 };
+use ioasis::plugin::ViommuDriver;
 use ioasis::pt::Memory;
 
-use super::hwpt::HwptInner;
+use super::hwpt::{HwptInner, MockHwpt};
 use super::unit::MockUnit;
 use crate::format::{cap, reg, vm, ADDR_MASK, VALID};
 
@@ -54,7 +53,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl MockViommu {
     /// Creates a vIOMMU: a free VMID, its virtual-id table, its VM table entry (§7).
-    pub fn alloc(unit: MockUnit, req: &ViommuRequest) -> Result<ViommuBox, PluginError> {
+    pub fn alloc(unit: MockUnit, req: &ViommuRequest) -> Result<MockViommu, PluginError> {
         let c = unit.core.clone();
         if !c.has(cap::VIOMMU) {
             return Err(PluginError::unsupported(format!(
@@ -122,7 +121,7 @@ impl MockViommu {
         t.vms.insert(vmid, ids_page);
         drop(t);
         let inner = Inner { unit, parent: req.parent.clone(), vmid, ids_page, state: Mutex::new(State::default()) };
-        Ok(Viommu_TO::from_ptr(RArc::new(MockViommu(Arc::new(inner))), TD_Opaque))
+        Ok(MockViommu(Arc::new(inner)))
     }
 }
 
@@ -173,7 +172,7 @@ impl Inner {
         Ok(())
     }
 
-    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> Result<HwptBox, PluginError> {
+    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> Result<MockHwpt, PluginError> {
         let req = HwptRequest {
             kind: HwptKind::NESTED,
             flags,
@@ -182,7 +181,7 @@ impl Inner {
             space: ioasis::AddressSpace::host(),
         };
         let h = self.unit.alloc_in(&req, self.vmid)?;
-        let inner = self.unit.lookup(&h)?;
+        let inner = self.unit.own(&h)?;
         let mut s = lock(&self.state);
         s.nested.retain(|w| w.strong_count() > 0);
         s.nested.push(Arc::downgrade(&inner));
@@ -296,61 +295,57 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        guard_or("vIOMMU drop", (), || {
-            if lock(&self.state).hw_queue.is_some() {
-                let _ = self.free_hw_queue(1);
-            }
-            let io = &self.unit.core.io;
-            let mut t = self.unit.tables();
-            if t.shut_down {
-                return;
-            }
-            let _ = io.wr(t.vm_table + u64::from(self.vmid) * vm::ENTRY_SIZE, 0);
-            let _ = io.invalidate(reg::INV_ALL, 0, 0, 0);
-            if let Some(p) = t.vms.remove(&self.vmid) {
-                io.free(p);
-            }
-            if t.vms.is_empty() && t.vm_table != 0 {
-                let _ = io.reg_wr(reg::VMTAB, 0);
-                io.free(t.vm_table);
-                t.vm_table = 0;
-            }
-        })
+        if lock(&self.state).hw_queue.is_some() {
+            let _ = self.free_hw_queue(1);
+        }
+        let io = &self.unit.core.io;
+        let mut t = self.unit.tables();
+        if t.shut_down {
+            return;
+        }
+        let _ = io.wr(t.vm_table + u64::from(self.vmid) * vm::ENTRY_SIZE, 0);
+        let _ = io.invalidate(reg::INV_ALL, 0, 0, 0);
+        if let Some(p) = t.vms.remove(&self.vmid) {
+            io.free(p);
+        }
+        if t.vms.is_empty() && t.vm_table != 0 {
+            let _ = io.reg_wr(reg::VMTAB, 0);
+            io.free(t.vm_table);
+            t.vm_table = 0;
+        }
     }
 }
 
-impl Viommu for MockViommu {
+impl ViommuDriver for MockViommu {
+    type Hwpt = MockHwpt;
+
     fn info(&self) -> ViommuInfo {
         let features =
             if self.0.unit.core.has(cap::VCMDQ) { ViommuFeatures::HW_QUEUE } else { ViommuFeatures::default() };
         ViommuInfo { kind: ViommuKind::MOCK, tag: u64::from(self.0.vmid), features }
     }
 
-    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> RResult<HwptBox, PluginError> {
-        guard("alloc_nested", || self.0.alloc_nested(flags, stage1))
+    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> Result<MockHwpt, PluginError> {
+        self.0.alloc_nested(flags, stage1)
     }
 
-    fn set_vdevice(&self, dev: &DeviceInfo, virt_id: u64) -> RResult<(), PluginError> {
-        guard("set_vdevice", || self.0.set_vdevice(dev, virt_id))
+    fn set_vdevice(&self, dev: &DeviceInfo, virt_id: u64) -> Result<(), PluginError> {
+        self.0.set_vdevice(dev, virt_id)
     }
 
-    fn clear_vdevice(&self, dev: &DeviceInfo) -> RResult<(), PluginError> {
-        guard("clear_vdevice", || self.0.clear_vdevice(dev))
+    fn clear_vdevice(&self, dev: &DeviceInfo) -> Result<(), PluginError> {
+        self.0.clear_vdevice(dev)
     }
 
-    fn invalidate(&self, cmds: RSlice<'_, VirtualCommand>) -> InvalidateOutcome {
-        let none = InvalidateOutcome {
-            handled: 0,
-            error: ROption::RSome(PluginError::new(ErrorCode::PANICKED, "plugin panicked in invalidate")),
-        };
-        guard_or("invalidate", none, || self.0.invalidate(cmds.as_slice()))
+    fn invalidate(&self, cmds: &[VirtualCommand]) -> InvalidateOutcome {
+        self.0.invalidate(cmds)
     }
 
-    fn alloc_hw_queue(&self, req: &HwQueueRequest) -> RResult<u64, PluginError> {
-        guard("alloc_hw_queue", || self.0.alloc_hw_queue(req))
+    fn alloc_hw_queue(&self, req: &HwQueueRequest) -> Result<u64, PluginError> {
+        self.0.alloc_hw_queue(req)
     }
 
-    fn free_hw_queue(&self, handle: u64) -> RResult<(), PluginError> {
-        guard("free_hw_queue", || self.0.free_hw_queue(handle))
+    fn free_hw_queue(&self, handle: u64) -> Result<(), PluginError> {
+        self.0.free_hw_queue(handle)
     }
 }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use ioasis::abi::{DeviceInfo, ErrorCode, HwptBox, HwptKind, PluginError};
+use ioasis::abi::{DeviceInfo, ErrorCode, HwptKind, PluginError};
 use ioasis::pt::Memory;
 
-use super::hwpt::{dev_tlb_all, HwptInner, Table, User};
+use super::hwpt::{dev_tlb_all, HwptInner, Table, User, VtdHwpt};
 use super::inv::Desc;
 use super::unit::{Defect, DevState, Tables, VtdUnit};
 use crate::layout::qi;
@@ -53,8 +53,8 @@ impl VtdUnit {
         b
     }
 
-    pub(super) fn do_attach(&self, dev: &DeviceInfo, pasid: Option<u32>, hwpt: &HwptBox) -> Result<(), PluginError> {
-        let h = self.lookup(hwpt)?;
+    pub(super) fn do_attach(&self, dev: &DeviceInfo, pasid: Option<u32>, hwpt: &VtdHwpt) -> Result<(), PluginError> {
+        let h = self.own(hwpt)?;
         let sid = self.sid_of(dev)?;
         let mut t = self.tables();
         if t.shut_down {

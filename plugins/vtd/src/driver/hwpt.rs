@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
-use ioasis::abi::{guard, guard_or, CacheInvalidation, Hwpt, HwptFlags, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::abi::{CacheInvalidation, HwptFlags, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::plugin::HwptDriver;
 use ioasis::pt::Memory;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
@@ -153,14 +153,12 @@ pub fn dev_tlb_all(sid: u16) -> Desc {
 
 impl Drop for HwptInner {
     fn drop(&mut self) {
-        guard_or("HWPT drop", (), || {
-            if let Table::Paging(t) = &self.table {
-                t.destroy(&self.core.io);
-            }
-            if self.did != 0 && self.shared_did.is_none() {
-                self.core.free_did(self.did);
-            }
-        })
+        if let Table::Paging(t) = &self.table {
+            t.destroy(&self.core.io);
+        }
+        if self.did != 0 && self.shared_did.is_none() {
+            self.core.free_did(self.did);
+        }
     }
 }
 
@@ -247,7 +245,7 @@ impl VtdHwpt {
     }
 }
 
-impl Hwpt for VtdHwpt {
+impl HwptDriver for VtdHwpt {
     fn info(&self) -> HwptInfo {
         let h = &self.0;
         let c = &h.core;
@@ -269,67 +267,59 @@ impl Hwpt for VtdHwpt {
         }
     }
 
-    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
-        guard("map", || {
-            let h = &self.0;
-            let t = h.paging()?;
-            if h.core.bug(Defect::ApertureLastPageRefused)
-                && iova.0.checked_add(len).is_none_or(|end| end >= 1u64 << h.core.ias)
-            {
-                return Err(PluginError::new(
-                    ioasis::abi::ErrorCode::OUT_OF_RANGE,
-                    format!("{iova}+{len:#x} is beyond the {}-bit aperture", h.core.ias),
-                ));
-            }
-            let _g = lock(&h.lock);
-            t.map(&h.core.io, iova.0, pa.0, len, prot)?;
-            if h.core.cap & crate::layout::regs::cap::CM != 0 {
-                // 6.1: with caching mode, not-present entries may be cached: invalidate.
-                h.flush(Some((iova.0, len)))
-            } else {
-                h.core.write_buffer_flush()
-            }
-        })
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        if h.core.bug(Defect::ApertureLastPageRefused)
+            && iova.0.checked_add(len).is_none_or(|end| end >= 1u64 << h.core.ias)
+        {
+            return Err(PluginError::new(
+                ioasis::abi::ErrorCode::OUT_OF_RANGE,
+                format!("{iova}+{len:#x} is beyond the {}-bit aperture", h.core.ias),
+            ));
+        }
+        let _g = lock(&h.lock);
+        t.map(&h.core.io, iova.0, pa.0, len, prot)?;
+        if h.core.cap & crate::layout::regs::cap::CM != 0 {
+            // 6.1: with caching mode, not-present entries may be cached: invalidate.
+            h.flush(Some((iova.0, len)))
+        } else {
+            h.core.write_buffer_flush()
+        }
     }
 
-    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
-        guard("unmap", || {
-            let h = &self.0;
-            let t = h.paging()?;
-            let _g = lock(&h.lock);
-            let done = t.unmap(&h.core.io, iova.0, len)?;
-            let flushed = if done.flush.is_some() { h.flush(done.flush) } else { Ok(()) };
-            // Unlinked table pages go back only after the invalidation has completed.
-            done.freed.release(&h.core.io);
-            flushed?;
-            Ok(done.bytes)
-        })
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64, PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        let _g = lock(&h.lock);
+        let done = t.unmap(&h.core.io, iova.0, len)?;
+        let flushed = if done.flush.is_some() { h.flush(done.flush) } else { Ok(()) };
+        // Unlinked table pages go back only after the invalidation has completed.
+        done.freed.release(&h.core.io);
+        flushed?;
+        Ok(done.bytes)
     }
 
-    fn split(&self, iova: Iova) -> RResult<(), PluginError> {
-        guard("split", || {
-            let h = &self.0;
-            let t = h.paging()?;
-            let _g = lock(&h.lock);
-            // Identical translations in smaller pages: a cached large page stays correct, and a
-            // later page-selective invalidation covers it (6.5.2.3: entries overlapping the range).
-            t.split(&h.core.io, iova.0)
-        })
+    fn split(&self, iova: Iova) -> Result<(), PluginError> {
+        let h = &self.0;
+        let t = h.paging()?;
+        let _g = lock(&h.lock);
+        // Identical translations in smaller pages: a cached large page stays correct, and a
+        // later page-selective invalidation covers it (6.5.2.3: entries overlapping the range).
+        t.split(&h.core.io, iova.0)
     }
 
-    fn translate(&self, iova: Iova) -> ROption<Translation> {
-        guard_or("translate", ROption::RNone, || {
-            let h = &self.0;
-            let Ok(t) = h.paging() else { return ROption::RNone };
-            match t.translate(&h.core.io, iova.0) {
-                Ok(Some((pa, prot, page_size))) => ROption::RSome(Translation { pa: PhysAddr(pa), prot, page_size }),
-                _ => ROption::RNone,
-            }
-        })
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        let h = &self.0;
+        let t = h.paging().ok()?;
+        match t.translate(&h.core.io, iova.0) {
+            Ok(Some((pa, prot, page_size))) => Some(Translation { pa: PhysAddr(pa), prot, page_size }),
+            _ => None,
+        }
     }
 
-    fn set_dirty_tracking(&self, enable: bool) -> RResult<(), PluginError> {
-        guard("set_dirty_tracking", || self.set_dirty(enable))
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), PluginError> {
+        self.set_dirty(enable)
     }
 
     fn read_and_clear_dirty(
@@ -337,20 +327,20 @@ impl Hwpt for VtdHwpt {
         iova: Iova,
         len: u64,
         page_shift: u8,
-        mut bitmap: RSliceMut<'_, u64>,
+        bitmap: &mut [u64],
         keep: bool,
-    ) -> RResult<(), PluginError> {
-        guard("read_and_clear_dirty", || self.dirty(iova.0, len, page_shift, bitmap.as_mut_slice(), keep))
+    ) -> Result<(), PluginError> {
+        self.dirty(iova.0, len, page_shift, bitmap, keep)
     }
 
-    fn invalidate(&self, reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
-        guard("invalidate", || self.nested_invalidate(reqs.as_slice()))
+    fn invalidate(&self, reqs: &[CacheInvalidation]) -> Result<u32, PluginError> {
+        self.nested_invalidate(reqs)
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || match &self.0.table {
+        match &self.0.table {
             Table::Paging(t) => t.count_pages(&self.0.core.io).unwrap_or(0),
             _ => 0,
-        })
+        }
     }
 }

@@ -23,31 +23,19 @@ mod tests;
 mod unit;
 mod viommu;
 
-use abi_stable::sabi_extern_fn;
-use abi_stable::sabi_trait::TD_CanDowncast;
-use abi_stable::std_types::{RArc, RResult};
-use ioasis::abi::{guard, Backend, HostServicesBox, PluginError, UnitBox, UnitDesc, Unit_TO, ViommuBox, ViommuRequest};
+use ioasis::abi::{HostServicesBox, PluginError, UnitDesc};
+use ioasis::plugin::Driver;
 
+pub(crate) use unit::VtdUnit;
 pub use unit::{Defect, Mode, VtdParams};
 
 /// The VT-d backend.
 pub struct VtdBackend;
 
-impl Backend for VtdBackend {
-    fn probe(&self, desc: &UnitDesc, host: HostServicesBox) -> RResult<UnitBox, PluginError> {
-        guard("probe", || {
-            let unit = unit::VtdUnit::probe(desc, io::Io::new(host))?;
-            // Downcastable, so that the 0.3 extension can find its unit behind a `UnitBox`.
-            Ok(Unit_TO::from_ptr(RArc::new(unit), TD_CanDowncast))
-        })
-    }
-}
+impl Driver for VtdBackend {
+    type Unit = VtdUnit;
 
-/// Interface 0.3: a vIOMMU on one of this plugin's units.
-#[sabi_extern_fn]
-pub(crate) fn alloc_viommu(unit: &UnitBox, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
-    match unit.obj.downcast_as::<unit::VtdUnit>() {
-        Ok(u) => u.alloc_viommu(req),
-        Err(_) => RResult::RErr(PluginError::not_found("the unit was not made by the VT-d plugin")),
+    fn probe(&self, desc: &UnitDesc, host: HostServicesBox) -> Result<VtdUnit, PluginError> {
+        unit::VtdUnit::probe(desc, io::Io::new(host))
     }
 }

@@ -9,17 +9,20 @@ use std::sync::{Arc, Mutex};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use ioasis::abi::{
-    DeviceInfo, ErrorCode, HostError, HostServices, HostServices_TO, HwptFlags, HwptKind, HwptRequest, LogLevel, Unit,
+    DeviceInfo, ErrorCode, HostError, HostServices, HostServices_TO, HwptFlags, HwptKind, HwptRequest, LogLevel,
     UnitDesc,
 };
 use ioasis::{AddressSpace, DeviceRef, Iova, PageSizes, Pasid, PhysAddr, Prot, RequesterId};
 
+use super::hwpt::VtdHwpt;
 use super::io::Io;
 use super::pagetable::new_table;
 use super::unit::VtdUnit;
+use super::viommu::VtdViommu;
 use crate::layout::qi;
 use crate::layout::regs::{self, cap, ecap, fsts, gcmd, off};
 use crate::layout::tables::{context, pasid_entry, sl, ADDR};
+use ioasis::plugin::{boxed_hwpt, HwptDriver, UnitDriver, ViommuDriver};
 
 /// QEMU 7.2's intel-iommu registers (legacy): QI, PT, PSI, MAMV 18, 2M/1G, 39/48-bit.
 const CAP: u64 = 0x00d2_008c_222f_0606;
@@ -368,7 +371,7 @@ fn legacy_attach_writes_the_context_entry() {
     let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
     h.map(Iova(0x10000), PhysAddr(0x20_0000), 0x4000, Prot::RW).unwrap();
     let d = dev(4);
-    unit.attach(&d, ROption::RNone, &h).unwrap();
+    unit.attach(&d, None, &h).unwrap();
     let rt = f.st().regs[&off::RTADDR] & !0xfff;
     let root_lo = f.rd(rt); // bus 0
     assert_eq!(root_lo & 1, 1);
@@ -391,12 +394,12 @@ fn legacy_attach_writes_the_context_entry() {
     assert!(s.descs.iter().any(|x| x[0] == qi::cc::q0(qi::cc::DEVICE, 1, 0x20)), "{:x?}", s.descs);
     drop(s);
     // PASID attach needs scalable mode.
-    let e = unit.attach(&d, ROption::RSome(Pasid(3)), &h).unwrap_err();
+    let e = unit.attach(&d, Some(Pasid(3)), &h).unwrap_err();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("scalable"));
     // Detach blocks: P clear, then the old domain's IOTLB is flushed.
     f.st().descs.clear();
-    unit.detach(&d, ROption::RNone).unwrap();
+    unit.detach(&d, None).unwrap();
     assert_eq!(f.rd(ctx + 0x20 * 16) & context::P, 0);
     assert!(f.st().descs.iter().any(|x| x[0] == qi::iotlb::q0(qi::iotlb::DOMAIN, 1)));
     drop(h);
@@ -410,7 +413,7 @@ fn unmap_sends_one_page_selective_batch_with_a_wait() {
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
     h.map(Iova(0x10000), PhysAddr(0x20_0000), 0x4000, Prot::RW).unwrap();
-    unit.attach(&dev(4), ROption::RNone, &h).unwrap();
+    unit.attach(&dev(4), None, &h).unwrap();
     f.st().descs.clear();
     assert_eq!(h.unmap(Iova(0x10000), 0x4000).unwrap(), 0x4000);
     let s = f.st();
@@ -430,7 +433,7 @@ fn caching_mode_invalidates_after_map_and_plain_units_do_not() {
         let f = Fake::new(cap_value, ECAP);
         let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
         let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-        unit.attach(&dev(4), ROption::RNone, &h).unwrap();
+        unit.attach(&dev(4), None, &h).unwrap();
         f.st().descs.clear();
         h.map(Iova(0x40_0000), PhysAddr(0x20_0000), 0x2000, Prot::RW).unwrap();
         let s = f.st();
@@ -452,7 +455,7 @@ fn register_based_invalidation_without_qi() {
     assert_eq!(unit.table_pages(), 1);
     let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
     h.map(Iova(0x10000), PhysAddr(0x20_0000), 0x1000, Prot::RW).unwrap();
-    unit.attach(&dev(4), ROption::RNone, &h).unwrap();
+    unit.attach(&dev(4), None, &h).unwrap();
     f.st().writes.clear();
     h.unmap(Iova(0x10000), 0x1000).unwrap();
     let s = f.st();
@@ -511,8 +514,8 @@ fn scalable_attach_writes_pasid_entries() {
     assert_eq!(caps.nested_formats.as_slice(), &[ioasis::PtFormat::X86_64]);
     let h = unit.alloc_hwpt(&paging(HwptFlags::DIRTY_TRACKING)).unwrap();
     let d = dev(4);
-    unit.attach(&d, ROption::RNone, &h).unwrap();
-    unit.attach(&d, ROption::RSome(Pasid(0x45)), &h).unwrap();
+    unit.attach(&d, None, &h).unwrap();
+    unit.attach(&d, Some(Pasid(0x45)), &h).unwrap();
     let rt = f.st().regs[&off::RTADDR] & !0xfff;
     let ctx = f.rd(rt) & ADDR;
     let q0 = f.rd(ctx + 4 * 8 * 32);
@@ -529,9 +532,9 @@ fn scalable_attach_writes_pasid_entries() {
     assert_ne!(f.rd(e) & pasid_entry::SSADE, 0);
     let pt0 = f.rd(pdir) & ADDR;
     assert_ne!(f.rd(pt0) & pasid_entry::SSADE, 0, "RID_PASID entry too");
-    unit.detach(&d, ROption::RSome(Pasid(0x45))).unwrap();
+    unit.detach(&d, Some(Pasid(0x45))).unwrap();
     assert_eq!(f.rd(e), 0);
-    unit.detach(&d, ROption::RNone).unwrap();
+    unit.detach(&d, None).unwrap();
     assert_eq!(f.rd(ctx + 4 * 8 * 32), 0);
     drop(h);
     unit.shutdown().unwrap();
@@ -540,23 +543,26 @@ fn scalable_attach_writes_pasid_entries() {
 
 // ---- vIOMMUs (interface 0.3). ----
 
-use ioasis::abi::{
-    Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuBox, ViommuKind, ViommuRequest, VirtualCommand,
-};
+use ioasis::abi::{Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuKind, ViommuRequest, VirtualCommand};
 use ioasis::PtFormat;
 
 use crate::layout::qi::{p_dev_tlb, p_iotlb};
 
-fn viommu_req(parent: &ioasis::abi::HwptBox, kind: ViommuKind) -> ViommuRequest {
-    ViommuRequest { kind, flags: ioasis::abi::ViommuFlags(0), parent: parent.clone(), space: AddressSpace::host() }
+fn viommu_req(parent: &VtdHwpt, kind: ViommuKind) -> ViommuRequest {
+    ViommuRequest {
+        kind,
+        flags: ioasis::abi::ViommuFlags(0),
+        parent: boxed_hwpt(parent.clone()),
+        space: AddressSpace::host(),
+    }
 }
 
 fn stage1(root: u64) -> Stage1Config {
     Stage1Config { format: PtFormat::X86_64, root: Iova(root), words: Default::default() }
 }
 
-fn alloc_viommu(unit: &VtdUnit, parent: &ioasis::abi::HwptBox) -> ViommuBox {
-    unit.alloc_viommu(&viommu_req(parent, ViommuKind::VTD)).into_result().expect("vIOMMU")
+fn alloc_viommu(unit: &VtdUnit, parent: &VtdHwpt) -> VtdViommu {
+    unit.alloc_viommu(&viommu_req(parent, ViommuKind::VTD)).expect("vIOMMU")
 }
 
 fn cmd(q0: u64, q1: u64) -> VirtualCommand {
@@ -584,18 +590,18 @@ fn viommu_nested_hwpts_share_its_did_which_goes_with_the_last_of_them() {
     assert_eq!(info.kind, ViommuKind::VTD);
     assert_eq!(info.features.0, 0, "no hardware queue");
     assert_eq!(unit.core().dids_in_use(), base + 1, "the vIOMMU holds one DID");
-    let n1 = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).into_result().unwrap();
-    let n2 = v.alloc_nested(HwptFlags::default(), &stage1(0x8000)).into_result().unwrap();
+    let n1 = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).unwrap();
+    let n2 = v.alloc_nested(HwptFlags::default(), &stage1(0x8000)).unwrap();
     assert_eq!(unit.core().dids_in_use(), base + 1, "nested HWPTs allocate none");
-    unit.attach(&dev(4), ROption::RNone, &n1).unwrap();
+    unit.attach(&dev(4), None, &n1).unwrap();
     // Another first stage of the same DID at the same PASID would share IOTLB entries: refused,
     // nothing changed.
-    let e = unit.attach(&dev(5), ROption::RNone, &n2).into_result().unwrap_err();
+    let e = unit.attach(&dev(5), None, &n2).unwrap_err();
     assert_eq!(e.code, ErrorCode::BUSY);
     assert!(e.message.contains("PASID 0x0 of 00:04.0 uses another first stage"), "{}", e.message);
     assert_eq!(pasid_entry_of(&f, 0x28, 0).0, 0, "nothing written for 00:05.0");
-    unit.attach(&dev(5), ROption::RNone, &n1).unwrap();
-    unit.attach(&dev(5), ROption::RSome(Pasid(3)), &n2).unwrap();
+    unit.attach(&dev(5), None, &n1).unwrap();
+    unit.attach(&dev(5), Some(Pasid(3)), &n2).unwrap();
     for (devfn, pasid, root) in [(0x20, 0, 0x1000), (0x28, 0, 0x1000), (0x28, 3, 0x8000)] {
         let (e0, e1, e2) = pasid_entry_of(&f, devfn, pasid);
         assert_eq!(e0 & pasid_entry::PGTT_MASK, pasid_entry::PGTT_NESTED);
@@ -605,9 +611,9 @@ fn viommu_nested_hwpts_share_its_did_which_goes_with_the_last_of_them() {
     // The vIOMMU goes first: its DID stays while nested HWPTs use it.
     drop(v);
     assert_eq!(unit.core().dids_in_use(), base + 1);
-    unit.detach(&dev(4), ROption::RNone).unwrap();
-    unit.detach(&dev(5), ROption::RSome(Pasid(3))).unwrap();
-    unit.detach(&dev(5), ROption::RNone).unwrap();
+    unit.detach(&dev(4), None).unwrap();
+    unit.detach(&dev(5), Some(Pasid(3))).unwrap();
+    unit.detach(&dev(5), None).unwrap();
     drop(n1);
     assert_eq!(unit.core().dids_in_use(), base + 1);
     drop(n2);
@@ -624,7 +630,7 @@ fn alloc_viommu_refusals_name_what_is_missing() {
     let f = Fake::new(CAP, SM_ECAP & !ecap::NEST);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).err().unwrap();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("ECAP.NEST (bit 26) is 0"), "{}", e.message);
     assert_eq!(unit.core().dids_in_use(), 1, "nothing allocated");
@@ -632,59 +638,59 @@ fn alloc_viommu_refusals_name_what_is_missing() {
     let f = Fake::new(CAP, SM_ECAP & !ecap::FSTS);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).err().unwrap();
     assert!(e.message.contains("ECAP.FSTS (bit 47) is 0"), "{}", e.message);
     // A legacy unit.
     let f = Fake::new(CAP, ECAP);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).err().unwrap();
     assert!(e.message.contains("ECAP.SMTS (bit 43) is 0"), "{}", e.message);
     // A scalable unit driven in legacy mode.
     let f = Fake::new(CAP, SM_ECAP);
     let unit = VtdUnit::probe(&desc("mode = \"legacy\""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::VTD)).err().unwrap();
     assert!(e.message.contains("legacy mode"), "{}", e.message);
     // A nesting unit: the wrong kind, a parent that is not a second-stage paging HWPT.
     let f = Fake::new(CAP, SM_ECAP);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::SMMUV3)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&s2, ViommuKind::SMMUV3)).err().unwrap();
     assert!(e.message.contains("not smmuv3"), "{}", e.message);
     let blocking = HwptRequest { kind: HwptKind::BLOCKING, ..paging(HwptFlags::default()) };
     let b = unit.alloc_hwpt(&blocking).unwrap();
-    let e = unit.alloc_viommu(&viommu_req(&b, ViommuKind::VTD)).into_result().err().unwrap();
+    let e = unit.alloc_viommu(&viommu_req(&b, ViommuKind::VTD)).err().unwrap();
     assert!(e.message.contains("second-stage paging HWPT"), "{}", e.message);
     let other = Fake::new(CAP, SM_ECAP);
     let unit2 = VtdUnit::probe(&desc(""), Io::new(other.host())).unwrap();
     let foreign = unit2.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
-    assert!(unit.alloc_viommu(&viommu_req(&foreign, ViommuKind::VTD)).into_result().is_err());
+    assert!(unit.alloc_viommu(&viommu_req(&foreign, ViommuKind::VTD)).is_err());
     assert_eq!(unit.core().dids_in_use(), 1, "only the paging HWPT's");
     // No hardware queue, with a reason.
     let v = alloc_viommu(&unit, &s2);
     let q = HwQueueRequest { kind: HwQueueKind(1), index: 0, iova: Iova(0), pa: PhysAddr(0), len: 4096 };
-    let e = v.alloc_hw_queue(&q).into_result().unwrap_err();
+    let e = v.alloc_hw_queue(&q).unwrap_err();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("no hardware-accelerated guest invalidation queue"), "{}", e.message);
     // A stage-1 root with reserved bits above MGAW, or unaligned.
-    assert!(v.alloc_nested(HwptFlags::default(), &stage1(1 << 50)).into_result().is_err());
-    assert!(v.alloc_nested(HwptFlags::default(), &stage1(0x1008)).into_result().is_err());
+    assert!(v.alloc_nested(HwptFlags::default(), &stage1(1 << 50)).is_err());
+    assert!(v.alloc_nested(HwptFlags::default(), &stage1(0x1008)).is_err());
 }
 
 /// A vIOMMU with device 00:04.0 (ATS) as virtual 01:02.0 and device 00:05.0 as virtual 01:03.0,
 /// each on a nested HWPT (untagged: PASID 0), and device 00:06.0 attached but with no vDEVICE.
-fn viommu_rig() -> (Fake, VtdUnit, ViommuBox, Vec<ioasis::abi::HwptBox>) {
+fn viommu_rig() -> (Fake, VtdUnit, VtdViommu, Vec<VtdHwpt>) {
     let f = Fake::new(CAP, SM_ECAP);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
     let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
     let v = alloc_viommu(&unit, &s2);
-    let n = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).into_result().unwrap();
+    let n = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).unwrap();
     let ats = DeviceInfo { ats: true, ..dev(4) };
-    unit.attach(&ats, ROption::RNone, &n).unwrap();
-    unit.attach(&dev(5), ROption::RNone, &n).unwrap();
-    v.set_vdevice(&ats, 0x0110).into_result().unwrap();
-    v.set_vdevice(&dev(5), 0x0118).into_result().unwrap();
+    unit.attach(&ats, None, &n).unwrap();
+    unit.attach(&dev(5), None, &n).unwrap();
+    v.set_vdevice(&ats, 0x0110).unwrap();
+    v.set_vdevice(&dev(5), 0x0118).unwrap();
     f.st().descs.clear();
     (f, unit, v, vec![s2, n])
 }
@@ -703,7 +709,7 @@ fn guest_invalidations_are_mapped_to_the_vms_ids_and_end_with_one_wait() {
         // Virtual 01:03.0 has no device-TLB: nothing to send.
         cmd(p_dev_tlb::q0(0x0118, 0, 0), 0),
     ];
-    let out = v.invalidate(cmds.as_slice().into());
+    let out = v.invalidate(&cmds);
     assert_eq!((out.handled, out.error.into_option()), (4, None));
     let s = f.st();
     let expect = [
@@ -723,7 +729,7 @@ fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
     let good = cmd(p_iotlb::q0(p_iotlb::PASID, 1, 0), 0);
     let run = |bad: VirtualCommand| {
         f.st().descs.clear();
-        let out = v.invalidate([good, bad, good].as_slice().into());
+        let out = v.invalidate(&[good, bad, good]);
         let e = out.error.into_option().expect("refused");
         assert_eq!(out.handled, 1, "{}", e.message);
         let s = f.st();
@@ -763,14 +769,14 @@ fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
     let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0x2));
     assert!(m.contains("reserved bits 0x2 set in qword 1"), "{m}");
     // A cleared vDEVICE is unknown from then on.
-    v.clear_vdevice(&DeviceInfo { ats: true, ..dev(4) }).into_result().unwrap();
+    v.clear_vdevice(&DeviceInfo { ats: true, ..dev(4) }).unwrap();
     let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0));
     assert!(m.contains("not one of the VM's devices"), "{m}");
     // Virtual ids are 16-bit requester ids, each names one device.
-    assert!(v.set_vdevice(&dev(6), 0x1_0000).into_result().is_err());
-    assert!(v.set_vdevice(&dev(6), 0x0118).into_result().is_err());
-    assert!(v.set_vdevice(&dev(5), 0x0120).into_result().is_err());
-    v.set_vdevice(&dev(6), 0x0120).into_result().unwrap();
+    assert!(v.set_vdevice(&dev(6), 0x1_0000).is_err());
+    assert!(v.set_vdevice(&dev(6), 0x0118).is_err());
+    assert!(v.set_vdevice(&dev(5), 0x0120).is_err());
+    v.set_vdevice(&dev(6), 0x0120).unwrap();
 }
 
 #[test]

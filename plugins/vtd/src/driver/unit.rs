@@ -7,12 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
-use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{ROption, RString, RVec};
 use ioasis::abi::{
-    guard, guard_or, DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Stage1Config, Unit, UnitDesc, ViommuBox, ViommuKind, ViommuRequest, Viommu_TO,
+    DeviceInfo, ErrorCode, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, ItemVerdict, LogLevel, PageResponse,
+    PluginError, Stage1Config, UnitDesc, ViommuKind, ViommuRequest,
 };
+use ioasis::plugin::UnitDriver;
 use ioasis::pt::Memory;
 use ioasis::{DeviceRef, Features, IntentCode, IntentItem, PageSizes, Pasid, PtFormat, UnitCaps};
 use serde::Deserialize;
@@ -524,7 +524,7 @@ impl VtdUnit {
         }
     }
 
-    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+    fn alloc(&self, req: &HwptRequest) -> Result<VtdHwpt, PluginError> {
         let c = &self.core;
         if self.tables().shut_down {
             return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
@@ -563,13 +563,12 @@ impl VtdUnit {
                 }
             }
         };
-        let inner = c.new_hwpt(req.kind, f, table, did, None);
-        Ok(Hwpt_TO::from_ptr(RArc::new(VtdHwpt(inner)), TD_CanDowncast))
+        Ok(VtdHwpt(c.new_hwpt(req.kind, f, table, did, None)))
     }
 
     /// A vIOMMU (one VM's slice of the unit) over `req.parent`, this unit's second-stage
     /// paging HWPT, with a domain id of its own for the VM's nested HWPTs.
-    pub(crate) fn do_alloc_viommu(&self, req: &ViommuRequest) -> Result<ViommuBox, PluginError> {
+    pub(crate) fn do_alloc_viommu(&self, req: &ViommuRequest) -> Result<VtdViommu, PluginError> {
         let c = &self.core;
         if self.tables().shut_down {
             return Err(PluginError::new(ErrorCode::BUSY, "unit is shut down"));
@@ -596,18 +595,20 @@ impl VtdUnit {
         let did = c.alloc_did()?;
         let v = VtdViommu::new(c.clone(), self.name.clone(), parent, Arc::new(SharedDid { core: c.clone(), did }));
         c.io.log(LogLevel::Debug, &format!("unit {}: vIOMMU with DID {did}", self.name));
-        Ok(Viommu_TO::from_ptr(RArc::new(v), TD_Opaque))
+        Ok(v)
     }
 
-    /// Finds our HWPT behind a host object.
+    /// Our HWPT behind a box the host passed back (a parent), if this unit made it.
     pub(super) fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>, PluginError> {
-        let handle = hwpt.info().handle;
-        match hwpt.obj.downcast_as::<VtdHwpt>().ok() {
-            Some(h) if Arc::ptr_eq(&h.0.core, &self.core) && h.0.handle == handle => Ok(h.0.clone()),
-            _ => Err(PluginError::not_found(format!(
-                "HWPT {handle:#x} was not made by unit {} of this plugin",
-                self.name
-            ))),
+        self.own(ioasis::plugin::hwpt_of::<VtdHwpt>(hwpt)?)
+    }
+
+    /// The HWPT, if this unit (not another unit of the plugin) made it.
+    pub(super) fn own(&self, h: &VtdHwpt) -> Result<Arc<HwptInner>, PluginError> {
+        if Arc::ptr_eq(&h.0.core, &self.core) {
+            Ok(h.0.clone())
+        } else {
+            Err(PluginError::not_found(format!("HWPT {:#x} was not made by unit {}", h.0.handle, self.name)))
         }
     }
 
@@ -672,28 +673,13 @@ impl VtdUnit {
     }
 }
 
-impl VtdUnit {
-    /// Interface 0.3's `alloc_viommu` (the plugin's `PluginExt03`), also what tests call.
-    pub(crate) fn alloc_viommu(&self, req: &ViommuRequest) -> RResult<ViommuBox, PluginError> {
-        guard("alloc_viommu", || self.do_alloc_viommu(req))
-    }
-}
+impl UnitDriver for VtdUnit {
+    type Hwpt = VtdHwpt;
+    type Viommu = VtdViommu;
 
-impl Unit for VtdUnit {
     fn caps(&self) -> UnitCaps {
-        guard_or(
-            "caps",
-            UnitCaps {
-                model: RString::from("VT-d"),
-                paging_format: PtFormat::VTD_SECOND_LEVEL,
-                page_sizes: PageSizes::SZ_4K,
-                ias_bits: 39,
-                oas_bits: 39,
-                pasid_bits: 0,
-                features: Features(0),
-                nested_formats: RVec::new(),
-            },
-            || {
+        {
+            {
                 let c = &self.core;
                 let mut features = Features(0);
                 for (on, f) in [
@@ -730,51 +716,54 @@ impl Unit for VtdUnit {
                     features,
                     nested_formats: nested,
                 }
-            },
-        )
+            }
+        }
     }
 
-    fn negotiate(&self, dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
-        guard_or("negotiate", RVec::new(), || items.iter().map(|c| self.judge(dev, *c)).collect())
+    fn negotiate(&self, dev: &DeviceInfo, items: &[IntentCode]) -> Vec<ItemVerdict> {
+        items.iter().map(|c| self.judge(dev, *c)).collect()
     }
 
-    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
-        guard("alloc_hwpt", || self.alloc(req))
+    fn alloc_hwpt(&self, req: &HwptRequest) -> Result<VtdHwpt, PluginError> {
+        self.alloc(req)
     }
 
-    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
-        guard("attach", || self.do_attach(dev, pasid.into_option().map(|p| p.0), hwpt))
+    fn attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &VtdHwpt) -> Result<(), PluginError> {
+        self.do_attach(dev, pasid.map(|p| p.0), hwpt)
     }
 
-    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
-        guard("detach", || self.do_detach(dev, pasid.into_option().map(|p| p.0)))
+    fn detach(&self, dev: &DeviceInfo, pasid: Option<Pasid>) -> Result<(), PluginError> {
+        self.do_detach(dev, pasid.map(|p| p.0))
     }
 
-    fn read_faults(&self, max: u32) -> RResult<RVec<Fault>, PluginError> {
-        guard("read_faults", || self.do_read_faults(max).map(RVec::from))
+    fn read_faults(&self, max: u32) -> Result<Vec<Fault>, PluginError> {
+        self.do_read_faults(max)
     }
 
-    fn page_response(&self, resp: &PageResponse) -> RResult<(), PluginError> {
-        guard("page_response", || self.do_page_response(resp))
+    fn page_response(&self, resp: &PageResponse) -> Result<(), PluginError> {
+        self.do_page_response(resp)
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || {
-            let t = self.tables();
-            if t.shut_down {
-                return 0;
-            }
-            let queue = if self.core.inv.queued() { 2 } else { 0 };
-            let devs: u64 = t
-                .devices
-                .values()
-                .map(|d| d.pasid_tables.len() as u64 + if d.pasid_dir != 0 { u64::from(d.pasid_dir_pages) } else { 0 })
-                .sum();
-            1 + t.ctx.len() as u64 + queue + u64::from(t.prq.is_some()) + devs
-        })
+        let t = self.tables();
+        if t.shut_down {
+            return 0;
+        }
+        let queue = if self.core.inv.queued() { 2 } else { 0 };
+        let devs: u64 = t
+            .devices
+            .values()
+            .map(|d| d.pasid_tables.len() as u64 + if d.pasid_dir != 0 { u64::from(d.pasid_dir_pages) } else { 0 })
+            .sum();
+        1 + t.ctx.len() as u64 + queue + u64::from(t.prq.is_some()) + devs
     }
 
-    fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || self.do_shutdown())
+    fn shutdown(&self) -> Result<(), PluginError> {
+        self.do_shutdown()
+    }
+
+    /// A vIOMMU (one VM's slice of the unit), interface 0.3.
+    fn alloc_viommu(&self, req: &ViommuRequest) -> Result<VtdViommu, PluginError> {
+        self.do_alloc_viommu(req)
     }
 }

@@ -12,13 +12,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
-use abi_stable::sabi_trait::TD_CanDowncast;
-use abi_stable::std_types::{RArc, ROption, RResult, RSlice};
-use ioasis::abi::Viommu;
+use abi_stable::std_types::ROption;
 use ioasis::abi::{
-    guard, guard_or, DeviceInfo, ErrorCode, HwQueueRequest, HwptBox, HwptFlags, HwptKind, Hwpt_TO, InvalidateOutcome,
-    LogLevel, PluginError, Stage1Config, ViommuFeatures, ViommuInfo, ViommuKind, VirtualCommand,
+    DeviceInfo, ErrorCode, HwQueueRequest, HwptFlags, HwptKind, InvalidateOutcome, LogLevel, PluginError, Stage1Config,
+    ViommuFeatures, ViommuInfo, ViommuKind, VirtualCommand,
 };
+use ioasis::plugin::ViommuDriver;
 use ioasis::DeviceRef;
 
 use super::hwpt::{HwptInner, SharedDid, VtdHwpt};
@@ -96,7 +95,7 @@ impl VtdViommu {
         }
     }
 
-    fn do_alloc_nested(&self, flags: HwptFlags, s1: &Stage1Config) -> Result<HwptBox, PluginError> {
+    fn do_alloc_nested(&self, flags: HwptFlags, s1: &Stage1Config) -> Result<VtdHwpt, PluginError> {
         let v = &self.0;
         v.core.check_flags(flags)?;
         let table = v.core.nested_table(v.parent.clone(), s1)?;
@@ -104,7 +103,7 @@ impl VtdViommu {
         let mut nested = lock(&v.nested);
         nested.retain(|w| w.strong_count() > 0);
         nested.push(Arc::downgrade(&inner));
-        Ok(Hwpt_TO::from_ptr(RArc::new(VtdHwpt(inner)), TD_CanDowncast))
+        Ok(VtdHwpt(inner))
     }
 
     fn do_set_vdevice(&self, dev: &DeviceInfo, virt_id: u64) -> Result<(), PluginError> {
@@ -283,33 +282,31 @@ impl VtdViommu {
     }
 }
 
-impl Viommu for VtdViommu {
+impl ViommuDriver for VtdViommu {
+    type Hwpt = VtdHwpt;
+
     fn info(&self) -> ViommuInfo {
         ViommuInfo { kind: ViommuKind::VTD, tag: u64::from(self.did()), features: ViommuFeatures(0) }
     }
 
-    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> RResult<HwptBox, PluginError> {
-        guard("alloc_nested", || self.do_alloc_nested(flags, stage1))
+    fn alloc_nested(&self, flags: HwptFlags, stage1: &Stage1Config) -> Result<VtdHwpt, PluginError> {
+        self.do_alloc_nested(flags, stage1)
     }
 
-    fn set_vdevice(&self, dev: &DeviceInfo, virt_id: u64) -> RResult<(), PluginError> {
-        guard("set_vdevice", || self.do_set_vdevice(dev, virt_id))
+    fn set_vdevice(&self, dev: &DeviceInfo, virt_id: u64) -> Result<(), PluginError> {
+        self.do_set_vdevice(dev, virt_id)
     }
 
-    fn clear_vdevice(&self, dev: &DeviceInfo) -> RResult<(), PluginError> {
-        guard("clear_vdevice", || self.do_clear_vdevice(dev))
+    fn clear_vdevice(&self, dev: &DeviceInfo) -> Result<(), PluginError> {
+        self.do_clear_vdevice(dev)
     }
 
-    fn invalidate(&self, cmds: RSlice<'_, VirtualCommand>) -> InvalidateOutcome {
-        let panicked = InvalidateOutcome {
-            handled: 0,
-            error: ROption::RSome(PluginError::new(ErrorCode::PANICKED, "vtd vIOMMU invalidate panicked")),
-        };
-        guard_or("viommu invalidate", panicked, || self.do_invalidate(cmds.as_slice()))
+    fn invalidate(&self, cmds: &[VirtualCommand]) -> InvalidateOutcome {
+        self.do_invalidate(cmds)
     }
 
-    fn alloc_hw_queue(&self, req: &HwQueueRequest) -> RResult<u64, PluginError> {
-        RResult::RErr(PluginError::unsupported(format!(
+    fn alloc_hw_queue(&self, req: &HwQueueRequest) -> Result<u64, PluginError> {
+        Err(PluginError::unsupported(format!(
             "unit {}: VT-d has no hardware-accelerated guest invalidation queue (no CAP_REG/ECAP_REG bit \
              offers one; queue {} of kind {} refused): the VMM emulates the guest's queue and passes its \
              descriptors to invalidate",
@@ -317,7 +314,7 @@ impl Viommu for VtdViommu {
         )))
     }
 
-    fn free_hw_queue(&self, handle: u64) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::not_found(format!("unit {}: no hardware queue {handle:#x}", self.0.unit)))
+    fn free_hw_queue(&self, handle: u64) -> Result<(), PluginError> {
+        Err(PluginError::not_found(format!("unit {}: no hardware queue {handle:#x}", self.0.unit)))
     }
 }
