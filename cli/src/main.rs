@@ -401,8 +401,9 @@ fn conformance(reg: &Registry, a: SuiteArgs<'_>) -> Result<ExitCode, String> {
         after: a.after.clone(),
     };
     if a.isolated_child {
-        ioasis_conformance::run_observed(&plugins, &[], &opts, &mut isolate::ChildEvents::stdout());
-        return Ok(ExitCode::SUCCESS);
+        let mut events = isolate::ChildEvents::stdout();
+        ioasis_conformance::run_observed(&plugins, &[], &opts, &mut events);
+        return Ok(if events.restart { ExitCode::from(isolate::RESTART) } else { ExitCode::SUCCESS });
     }
     let human = matches!(a.format, Format::Human);
     if human && opts.platform != PlatformChoice::Simulated {

@@ -62,16 +62,24 @@ struct Wire {
     detail: String,
 }
 
+/// The exit status of a child that stopped after a case in which its plugin went out of
+/// service (it panicked): the parent resumes after that case in a fresh process, with a fresh
+/// load of the plugin.
+pub const RESTART: u8 = 75;
+const RESTART_STATUS: i32 = RESTART as i32;
+
 /// The child's observer: an event line on stdout per case start and end, flushed at once so
 /// that the parent has it even if the next case kills the process.
 pub struct ChildEvents<W: Write> {
     out: W,
+    /// The plugin went out of service and the run stopped: exit with [`RESTART`].
+    pub restart: bool,
 }
 
 impl ChildEvents<std::io::Stdout> {
     /// Events on this process's stdout.
     pub fn stdout() -> Self {
-        Self { out: std::io::stdout() }
+        Self { out: std::io::stdout(), restart: false }
     }
 }
 
@@ -104,6 +112,11 @@ impl<W: Write> Observer for ChildEvents<W> {
             outcome: outcome.into(),
             detail: detail.clone(),
         }));
+    }
+
+    fn out_of_service(&mut self, _plugin: &str, _why: &str) -> bool {
+        self.restart = true;
+        true
     }
 }
 
@@ -145,10 +158,17 @@ pub fn supervise(
             progress(&r);
             results.push(r);
         };
+        let mut last = None;
         for w in std::mem::take(&mut run.finished) {
+            last = Some(format!("{}/{}", w.category, w.case));
             plugin = w.plugin.clone();
             selection = w.selection.clone();
             push(from_wire(w, opts), &mut results);
+        }
+        if let (None, None, Some(RESTART_STATUS), Some(last)) = (run.timed_out, &run.current, status.code(), last) {
+            // The plugin went out of service in `last`: the rest runs in a fresh process.
+            after = Some(last);
+            continue;
         }
         let why = match (run.timed_out, status.success()) {
             (Some(limit), _) => format!("no result within {} s: it hangs (the process was killed)", limit.as_secs()),

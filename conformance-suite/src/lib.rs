@@ -54,6 +54,13 @@ pub trait Observer {
     }
     /// A case ended.
     fn finished(&mut self, result: &CaseResult);
+    /// The plugin went out of service in the case that just ended (it panicked:
+    /// [`Plugin::failed`] says where); `true` stops the run there (a supervised child does, so
+    /// that its parent resumes in a fresh process). Otherwise its remaining cases fail unrun.
+    fn out_of_service(&mut self, plugin: &str, why: &str) -> bool {
+        let _ = (plugin, why);
+        false
+    }
 }
 
 impl<F: FnMut(&CaseResult)> Observer for F {
@@ -186,6 +193,8 @@ pub fn run_observed(
                 plugin.info.name
             )),
         };
+        // The case in which the plugin went out of service, and why.
+        let mut out_of_service: Option<(String, String)> = None;
         for case in cases::ALL {
             let id = format!("{}/{}", case.category, case.name);
             if opts.filter.as_deref().is_some_and(|f| !id.contains(f)) {
@@ -197,9 +206,12 @@ pub fn run_observed(
             }
             observer.started(&plugin.name, &id);
             let started = std::time::Instant::now();
-            let outcome = match &bed {
-                Err(why) => Outcome::Skipped(why.clone()),
-                Ok(bed) => run_case(plugin, *bed, opts, case),
+            let outcome = match (&bed, &out_of_service) {
+                (_, Some((since, why))) => {
+                    Outcome::Failed(format!("not run: the plugin is out of service since case {since} ({why})"))
+                }
+                (Err(why), None) => Outcome::Skipped(why.clone()),
+                (Ok(bed), None) => run_case(plugin, *bed, opts, case),
             };
             let result = CaseResult {
                 plugin: plugin.name.clone(),
@@ -213,6 +225,12 @@ pub fn run_observed(
             };
             observer.finished(&result);
             report.results.push(result);
+            if let (None, Some(why)) = (&out_of_service, plugin.failed()) {
+                if observer.out_of_service(&plugin.name, why) {
+                    return report;
+                }
+                out_of_service = Some((id, why.to_string()));
+            }
         }
     }
     report
