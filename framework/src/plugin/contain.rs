@@ -140,6 +140,12 @@ pub(super) fn backend<D: Driver>(d: D, health: &Arc<Health>) -> Contained<D> {
     Contained::new(d, health)
 }
 
+/// A driver as the backend object of a host that provides one in-process
+/// ([`crate::loader::Plugin::from_host`]), every call guarded as a plugin's are.
+pub fn backend_box<D: Driver>(d: D) -> crate::abi::BackendBox {
+    crate::abi::Backend_TO::from_ptr(RArc::new(backend(d, &Health::new())), abi_stable::sabi_trait::TD_Opaque)
+}
+
 fn unit_box<U: UnitDriver>(u: U, health: &Arc<Health>) -> UnitBox {
     Unit_TO::from_ptr(RArc::new(Contained::new(u, health)), TD_CanDowncast)
 }

@@ -19,7 +19,7 @@ mod entry;
 
 use abi_stable::std_types::RString;
 
-pub use contain::{boxed_hwpt, hwpt_of, Contained, Health};
+pub use contain::{backend_box, boxed_hwpt, hwpt_of, Contained, Health};
 pub use entry::{alloc_viommu, info, model_factory, new_backend};
 
 use crate::abi::{

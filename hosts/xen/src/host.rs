@@ -75,10 +75,7 @@ impl XenHost {
         if !physinfo.directio() {
             config.flags &= !cdf::IOMMU;
         }
-        let backend = ioasis::abi::Backend_TO::from_ptr(
-            abi_stable::std_types::RArc::new(XenBackend::new(xen.clone(), pci)),
-            abi_stable::sabi_trait::TD_Opaque,
-        );
+        let backend = ioasis::plugin::backend_box(XenBackend::new(xen.clone(), pci));
         let (major, minor) = xen.version();
         let info = PluginInfoOwned {
             name: PLUGIN_NAME.into(),

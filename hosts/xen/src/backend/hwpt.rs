@@ -1,15 +1,15 @@
 //! A domain as a paging HWPT: map and unmap pass MMIO ranges through with
 //! `XEN_DOMCTL_iomem_permission` and `XEN_DOMCTL_memory_mapping`.
 //!
-//! Xen's p2m is Xen's: dom0 cannot read it, so [`Hwpt::translate`] answers from what this HWPT
+//! Xen's p2m is Xen's: dom0 cannot read it, so [`HwptDriver::translate`] answers from what this HWPT
 //! asked Xen to map (Xen either did it or failed the call; nothing else changes it from here).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
-use ioasis::abi::{guard, guard_or, CacheInvalidation, ErrorCode, Hwpt, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::abi::{CacheInvalidation, ErrorCode, HwptInfo, HwptKind, PluginError, Translation};
 use ioasis::format::PtFormat;
+use ioasis::plugin::HwptDriver;
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PAGE_SIZE};
 
 use super::plugin_error;
@@ -33,7 +33,7 @@ struct Inner {
 
 /// A domain's guest-physical space, or the blocking table (see the module docs).
 #[derive(Clone)]
-pub(crate) struct DomainHwpt(Arc<Inner>);
+pub struct DomainHwpt(Arc<Inner>);
 
 /// Highest guest-physical address Xen's x86 p2m takes (52-bit frame numbers).
 const APERTURE_LAST: u64 = (1 << 52) - 1;
@@ -167,30 +167,30 @@ impl DomainHwpt {
     }
 }
 
-impl Hwpt for DomainHwpt {
+impl HwptDriver for DomainHwpt {
     fn info(&self) -> HwptInfo {
         self.0.info.clone()
     }
 
-    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
-        guard("map", || self.do_map(iova, pa, len, prot))
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), PluginError> {
+        self.do_map(iova, pa, len, prot)
     }
 
-    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
-        guard("unmap", || self.do_unmap(iova, len))
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64, PluginError> {
+        self.do_unmap(iova, len)
     }
 
-    fn split(&self, _iova: Iova) -> RResult<(), PluginError> {
+    fn split(&self, _iova: Iova) -> Result<(), PluginError> {
         // Xen splits its own superpages when a frame range is removed.
-        RResult::ROk(())
+        Ok(())
     }
 
-    fn translate(&self, iova: Iova) -> ROption<Translation> {
-        guard_or("translate", None, || self.do_translate(iova)).into()
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        self.do_translate(iova)
     }
 
-    fn set_dirty_tracking(&self, _enable: bool) -> RResult<(), PluginError> {
-        RResult::RErr(unsupported("Xen 4.17 gives dom0 no dirty log of device writes"))
+    fn set_dirty_tracking(&self, _enable: bool) -> Result<(), PluginError> {
+        Err(unsupported("Xen 4.17 gives dom0 no dirty log of device writes"))
     }
 
     fn read_and_clear_dirty(
@@ -198,14 +198,14 @@ impl Hwpt for DomainHwpt {
         _iova: Iova,
         _len: u64,
         _page_shift: u8,
-        _bitmap: RSliceMut<'_, u64>,
+        _bitmap: &mut [u64],
         _keep: bool,
-    ) -> RResult<(), PluginError> {
-        RResult::RErr(unsupported("Xen 4.17 gives dom0 no dirty log of device writes"))
+    ) -> Result<(), PluginError> {
+        Err(unsupported("Xen 4.17 gives dom0 no dirty log of device writes"))
     }
 
-    fn invalidate(&self, _reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
-        RResult::RErr(unsupported("Xen keeps its IOTLB in step with the p2m itself; there is no stage-1 here"))
+    fn invalidate(&self, _reqs: &[CacheInvalidation]) -> Result<u32, PluginError> {
+        Err(unsupported("Xen keeps its IOTLB in step with the p2m itself; there is no stage-1 here"))
     }
 
     fn table_pages(&self) -> u64 {

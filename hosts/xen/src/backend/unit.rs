@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{ROption, RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{RString, RVec};
 use ioasis::abi::{
-    guard, guard_or, Backend, DeviceInfo, ErrorCode, Fault, HostServicesBox, HwptBox, HwptKind, HwptRequest, Hwpt_TO,
-    ItemVerdict, PageResponse, PluginError, Unit, UnitBox, UnitDesc, Unit_TO,
+    DeviceInfo, ErrorCode, Fault, HostServicesBox, HwptKind, HwptRequest, ItemVerdict, PageResponse, PluginError,
+    UnitDesc,
 };
 use ioasis::format::PtFormat;
+use ioasis::plugin::{Driver, HwptDriver, NoViommu, UnitDriver};
 use ioasis::{DeviceRef, Features, IntentCode, PageSizes, Pasid, UnitCaps};
 
 use super::hwpt::DomainHwpt;
@@ -59,28 +59,28 @@ impl PciView {
     }
 }
 
-impl Backend for XenBackend {
-    fn probe(&self, desc: &UnitDesc, _host: HostServicesBox) -> RResult<UnitBox, PluginError> {
-        guard("probe", || {
-            let physinfo = self.xen.physinfo().map_err(|e| plugin_error("physinfo", &e))?;
-            let (major, minor) = self.xen.version();
-            tracing::info!(unit = %desc.name, major, minor, capabilities = physinfo.capabilities, "Xen probed");
-            let unit = XenUnit {
-                xen: self.xen.clone(),
-                segment: desc.segment,
-                physinfo,
-                pci: self.pci.clone(),
-                version: (major, minor),
-                assigned: Mutex::new(BTreeMap::new()),
-                next_blocking: AtomicU64::new(BLOCKED_HANDLE),
-            };
-            Ok(Unit_TO::from_ptr(abi_stable::std_types::RArc::new(unit), TD_Opaque))
-        })
+impl Driver for XenBackend {
+    type Unit = XenUnit;
+
+    fn probe(&self, desc: &UnitDesc, _host: HostServicesBox) -> Result<XenUnit, PluginError> {
+        let physinfo = self.xen.physinfo().map_err(|e| plugin_error("physinfo", &e))?;
+        let (major, minor) = self.xen.version();
+        tracing::info!(unit = %desc.name, major, minor, capabilities = physinfo.capabilities, "Xen probed");
+        let unit = XenUnit {
+            xen: self.xen.clone(),
+            segment: desc.segment,
+            physinfo,
+            pci: self.pci.clone(),
+            version: (major, minor),
+            assigned: Mutex::new(BTreeMap::new()),
+            next_blocking: AtomicU64::new(BLOCKED_HANDLE),
+        };
+        Ok(unit)
     }
 }
 
 /// One PCI segment of devices whose DMA Xen's IOMMU driver translates.
-struct XenUnit {
+pub struct XenUnit {
     xen: Arc<Xen>,
     segment: u16,
     physinfo: PhysInfo,
@@ -114,7 +114,7 @@ impl XenUnit {
         self.assigned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox, PluginError> {
+    fn alloc(&self, req: &HwptRequest) -> Result<DomainHwpt, PluginError> {
         let hwpt = match req.kind {
             HwptKind::PAGING => {
                 if req.flags.0 != 0 {
@@ -151,7 +151,7 @@ impl XenUnit {
             }
             other => return Err(err(ErrorCode::INVALID, format!("unknown HWPT kind {}", other.0))),
         };
-        Ok(Hwpt_TO::from_ptr(abi_stable::std_types::RArc::new(hwpt), TD_Opaque))
+        Ok(hwpt)
     }
 
     fn deassign(&self, sbdf: Sbdf, dom: DomId) -> Result<(), PluginError> {
@@ -175,7 +175,7 @@ impl XenUnit {
         Ok(())
     }
 
-    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &HwptBox) -> Result<(), PluginError> {
+    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &DomainHwpt) -> Result<(), PluginError> {
         if pasid.is_some() {
             return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 attaches whole devices, not PASIDs"));
         }
@@ -212,7 +212,10 @@ impl XenUnit {
     }
 }
 
-impl Unit for XenUnit {
+impl UnitDriver for XenUnit {
+    type Hwpt = DomainHwpt;
+    type Viommu = NoViommu<DomainHwpt>;
+
     fn caps(&self) -> UnitCaps {
         UnitCaps {
             model: RString::from(format!(
@@ -231,60 +234,54 @@ impl Unit for XenUnit {
         }
     }
 
-    fn negotiate(&self, dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
-        guard_or("negotiate", RVec::new(), || {
-            let sbdf = self.sbdf(dev);
-            let mut assignable = || match sbdf {
-                Some(sbdf) => self.xen.test_assign_device(DOMID_INVALID, sbdf),
-                None => Ok(()),
-            };
-            let present = sbdf.and_then(|s| self.pci.present(s));
-            items.iter().map(|i| judge(*i, sbdf, &self.physinfo, present, &mut assignable)).collect()
-        })
+    fn negotiate(&self, dev: &DeviceInfo, items: &[IntentCode]) -> Vec<ItemVerdict> {
+        let sbdf = self.sbdf(dev);
+        let mut assignable = || match sbdf {
+            Some(sbdf) => self.xen.test_assign_device(DOMID_INVALID, sbdf),
+            None => Ok(()),
+        };
+        let present = sbdf.and_then(|s| self.pci.present(s));
+        items.iter().map(|i| judge(*i, sbdf, &self.physinfo, present, &mut assignable)).collect()
     }
 
-    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
-        guard("alloc_hwpt", || self.alloc(req))
+    fn alloc_hwpt(&self, req: &HwptRequest) -> Result<DomainHwpt, PluginError> {
+        self.alloc(req)
     }
 
-    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
-        guard("attach", || self.do_attach(dev, pasid.into_option(), hwpt))
+    fn attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &DomainHwpt) -> Result<(), PluginError> {
+        self.do_attach(dev, pasid, hwpt)
     }
 
-    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
-        guard("detach", || {
-            if pasid.is_some() {
-                return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 attaches whole devices, not PASIDs"));
-            }
-            let sbdf = self.pci(dev)?;
-            let current = self.assigned().get(&sbdf).copied();
-            match current {
-                Some(dom) => self.deassign(sbdf, dom),
-                None => Ok(()),
-            }
-        })
+    fn detach(&self, dev: &DeviceInfo, pasid: Option<Pasid>) -> Result<(), PluginError> {
+        if pasid.is_some() {
+            return Err(err(ErrorCode::UNSUPPORTED, "Xen 4.17 attaches whole devices, not PASIDs"));
+        }
+        let sbdf = self.pci(dev)?;
+        let current = self.assigned().get(&sbdf).copied();
+        match current {
+            Some(dom) => self.deassign(sbdf, dom),
+            None => Ok(()),
+        }
     }
 
-    fn read_faults(&self, _max: u32) -> RResult<RVec<Fault>, PluginError> {
+    fn read_faults(&self, _max: u32) -> Result<Vec<Fault>, PluginError> {
         // Xen takes the IOMMU's fault records itself (its console log shows them).
-        RResult::ROk(RVec::new())
+        Ok(Vec::new())
     }
 
-    fn page_response(&self, _resp: &PageResponse) -> RResult<(), PluginError> {
-        RResult::RErr(err(ErrorCode::UNSUPPORTED, "Xen forwards no page requests to dom0"))
+    fn page_response(&self, _resp: &PageResponse) -> Result<(), PluginError> {
+        Err(err(ErrorCode::UNSUPPORTED, "Xen forwards no page requests to dom0"))
     }
 
     fn table_pages(&self) -> u64 {
         0
     }
 
-    fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || {
-            let held: Vec<(Sbdf, DomId)> = self.assigned().iter().map(|(s, d)| (*s, *d)).collect();
-            for (sbdf, dom) in held {
-                self.deassign(sbdf, dom)?;
-            }
-            Ok(())
-        })
+    fn shutdown(&self) -> Result<(), PluginError> {
+        let held: Vec<(Sbdf, DomId)> = self.assigned().iter().map(|(s, d)| (*s, *d)).collect();
+        for (sbdf, dom) in held {
+            self.deassign(sbdf, dom)?;
+        }
+        Ok(())
     }
 }
