@@ -5,20 +5,19 @@ mod hwpt;
 mod io;
 mod unit;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RResult};
-use ioasis::abi::{guard, Backend, HostServicesBox, PluginError, UnitBox, UnitDesc, Unit_TO};
+use ioasis::abi::{HostServicesBox, PluginError, UnitDesc};
+use ioasis::plugin::Driver;
 
-pub use unit::AcmeParams;
+pub use hwpt::AcmeHwpt;
+pub use unit::{AcmeParams, AcmeUnit};
 
 /// The acme-tiny backend.
 pub struct AcmeBackend;
 
-impl Backend for AcmeBackend {
-    fn probe(&self, desc: &UnitDesc, host: HostServicesBox) -> RResult<UnitBox, PluginError> {
-        guard("probe", || {
-            let unit = unit::AcmeUnit::probe(desc, io::Io::new(host))?;
-            Ok(Unit_TO::from_ptr(RArc::new(unit), TD_Opaque))
-        })
+impl Driver for AcmeBackend {
+    type Unit = AcmeUnit;
+
+    fn probe(&self, desc: &UnitDesc, host: HostServicesBox) -> Result<AcmeUnit, PluginError> {
+        Ok(unit::AcmeUnit::probe(desc, io::Io::new(host))?)
     }
 }

@@ -14,14 +14,8 @@ pub mod factory;
 pub mod layout;
 pub mod model;
 
-use abi_stable::prefix_type::WithMetadata;
-use abi_stable::sabi_extern_fn;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RResult, RString};
-use ioasis::abi::{
-    guard, BackendBox, Backend_TO, ModelFactoryBox, PluginError, PluginExt04, PluginExt04_Ref, PluginInfo, PluginRoot,
-    PluginRoot_Ref, INTERFACE_VERSION,
-};
+use ioasis::abi::{ModelFactoryBox, PluginError, PluginInfo};
+use ioasis::plugin::{plugin_info, Plugin};
 
 pub use driver::AcmeBackend;
 pub use factory::AcmeModelFactory;
@@ -29,40 +23,35 @@ pub use factory::AcmeModelFactory;
 /// The plugin's name: `<vendor>-<what>`, lowercase, unique among the plugins a host loads.
 pub const NAME: &str = "acme-tiny";
 
-#[sabi_extern_fn]
-fn info() -> PluginInfo {
-    PluginInfo {
-        name: RString::from(NAME),
-        version: RString::from(env!("CARGO_PKG_VERSION")),
-        vendor: RString::from("Acme"),
-        description: RString::from("acme-tiny IOMMU: 4 KiB paging, 16-bit requester ids (plugin template)"),
+/// The plugin. Its driver is written in plain Rust against [`ioasis::plugin`]'s traits; the
+/// framework's glue makes the ABI objects and guards every entry point, so a panic anywhere in
+/// the driver becomes an error and puts the plugin out of service instead of aborting the host.
+pub struct AcmeTiny;
+
+impl Plugin for AcmeTiny {
+    type Driver = AcmeBackend;
+
+    fn info() -> PluginInfo {
+        plugin_info(
+            NAME,
+            env!("CARGO_PKG_VERSION"),
+            "Acme",
+            "acme-tiny IOMMU: 4 KiB paging, 16-bit requester ids (plugin template)",
+        )
+    }
+
+    fn driver() -> Result<AcmeBackend, PluginError> {
+        Ok(AcmeBackend)
+    }
+
+    /// The hardware model, for the conformance suite (interface 0.4).
+    fn model() -> Option<ModelFactoryBox> {
+        Some(ioasis::abi::export_model_factory(AcmeModelFactory))
     }
 }
 
-#[sabi_extern_fn]
-fn new_backend() -> RResult<BackendBox, PluginError> {
-    guard("new_backend", || Ok(Backend_TO::from_ptr(RArc::new(AcmeBackend), TD_Opaque)))
-}
-
-const ROOT: &WithMetadata<PluginRoot> =
-    &WithMetadata::new(PluginRoot { interface: INTERFACE_VERSION, info, new_backend });
-
-/// The plugin's root module.
-pub fn root_module() -> PluginRoot_Ref {
-    PluginRoot_Ref(ROOT.static_as_prefix())
-}
-
-#[sabi_extern_fn]
-fn model_factory() -> ModelFactoryBox {
-    ioasis::abi::export_model_factory(AcmeModelFactory)
-}
-
-const EXT_0_4: &WithMetadata<PluginExt04> = &WithMetadata::new(PluginExt04 { model_factory });
-
-/// The plugin's interface 0.4 extension: its hardware model, for the conformance suite.
-pub fn ext_0_4() -> PluginExt04_Ref {
-    PluginExt04_Ref(EXT_0_4.static_as_prefix())
-}
+// `root_module()`, `ext_0_3()` and `ext_0_4()`, every entry point guarded.
+ioasis::plugin_modules!(AcmeTiny);
 
 // Optional: a host that links this crate (the rlib) has the plugin built in.
 inventory::submit! {

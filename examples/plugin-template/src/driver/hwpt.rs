@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut};
-use ioasis::abi::{guard, guard_or, CacheInvalidation, Hwpt, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::abi::{CacheInvalidation, HwptInfo, HwptKind, PluginError, Translation};
+use ioasis::plugin::HwptDriver;
 use ioasis::pt::{self, Format, Geometry};
 use ioasis::{Iova, IovaRange, PageSizes, PhysAddr, Prot, PtFormat};
 
@@ -139,17 +139,15 @@ impl HwptInner {
 
 impl Drop for HwptInner {
     fn drop(&mut self) {
-        guard_or("HWPT drop", (), || {
-            if let Some(t) = &self.table {
-                // No device uses the DID any more; drop what the unit cached under it before
-                // the DID is given to another table.
-                if let Err(e) = self.flush(0, 0) {
-                    self.core.io.log(ioasis::abi::LogLevel::Error, &format!("freeing DID {}: {e}", self.did));
-                }
-                t.destroy(&self.core.io);
-                self.core.free_did(self.did);
+        if let Some(t) = &self.table {
+            // No device uses the DID any more; drop what the unit cached under it before
+            // the DID is given to another table.
+            if let Err(e) = self.flush(0, 0) {
+                self.core.io.log(ioasis::abi::LogLevel::Error, &format!("freeing DID {}: {e}", self.did));
             }
-        })
+            t.destroy(&self.core.io);
+            self.core.free_did(self.did);
+        }
     }
 }
 
@@ -157,14 +155,13 @@ impl Drop for HwptInner {
 #[derive(Clone)]
 pub struct AcmeHwpt(pub Arc<HwptInner>);
 
-impl Hwpt for AcmeHwpt {
+impl HwptDriver for AcmeHwpt {
     fn info(&self) -> HwptInfo {
         let h = &self.0;
         let (format, page_sizes) = match h.table {
             Some(_) => (FORMAT, PageSizes::SZ_4K),
             None => (PtFormat::NONE, PageSizes(0)),
         };
-        // Plain values, nothing that can panic: no guard needed.
         HwptInfo {
             kind: h.kind,
             format,
@@ -174,30 +171,28 @@ impl Hwpt for AcmeHwpt {
         }
     }
 
-    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> RResult<(), PluginError> {
-        guard("map", || Ok(self.0.map(iova.0, pa.0, len, prot)?))
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), PluginError> {
+        Ok(self.0.map(iova.0, pa.0, len, prot)?)
     }
 
-    fn unmap(&self, iova: Iova, len: u64) -> RResult<u64, PluginError> {
-        guard("unmap", || Ok(self.0.unmap(iova.0, len)?))
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64, PluginError> {
+        Ok(self.0.unmap(iova.0, len)?)
     }
 
-    fn split(&self, iova: Iova) -> RResult<(), PluginError> {
-        guard("split", || Ok(self.0.split(iova.0)?))
+    fn split(&self, iova: Iova) -> Result<(), PluginError> {
+        Ok(self.0.split(iova.0)?)
     }
 
-    fn translate(&self, iova: Iova) -> ROption<Translation> {
-        guard_or("translate", ROption::RNone, || {
-            let Ok(t) = self.0.table() else { return ROption::RNone };
-            match t.translate(&self.0.core.io, iova.0) {
-                Ok(Some((pa, prot, page_size))) => ROption::RSome(Translation { pa: PhysAddr(pa), prot, page_size }),
-                _ => ROption::RNone,
-            }
-        })
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        let t = self.0.table().ok()?;
+        match t.translate(&self.0.core.io, iova.0) {
+            Ok(Some((pa, prot, page_size))) => Some(Translation { pa: PhysAddr(pa), prot, page_size }),
+            _ => None,
+        }
     }
 
-    fn set_dirty_tracking(&self, _enable: bool) -> RResult<(), PluginError> {
-        guard("set_dirty_tracking", || Err(DriverError::Unsupported("dirty tracking".into()).into()))
+    fn set_dirty_tracking(&self, _enable: bool) -> Result<(), PluginError> {
+        Err(DriverError::Unsupported("dirty tracking".into()).into())
     }
 
     fn read_and_clear_dirty(
@@ -205,20 +200,20 @@ impl Hwpt for AcmeHwpt {
         _iova: Iova,
         _len: u64,
         _page_shift: u8,
-        _bitmap: RSliceMut<'_, u64>,
+        _bitmap: &mut [u64],
         _keep: bool,
-    ) -> RResult<(), PluginError> {
-        guard("read_and_clear_dirty", || Err(DriverError::Unsupported("dirty tracking".into()).into()))
+    ) -> Result<(), PluginError> {
+        Err(DriverError::Unsupported("dirty tracking".into()).into())
     }
 
-    fn invalidate(&self, _reqs: RSlice<'_, CacheInvalidation>) -> RResult<u32, PluginError> {
-        guard("invalidate", || Err(DriverError::Unsupported("nested translation".into()).into()))
+    fn invalidate(&self, _reqs: &[CacheInvalidation]) -> Result<u32, PluginError> {
+        Err(DriverError::Unsupported("nested translation".into()).into())
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || match &self.0.table {
+        match &self.0.table {
             Some(t) => t.count_pages(&self.0.core.io).unwrap_or(0),
             None => 0,
-        })
+        }
     }
 }

@@ -4,12 +4,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use abi_stable::sabi_trait::TD_CanDowncast;
-use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RString, RVec};
 use ioasis::abi::{
-    guard, guard_or, host_ok, DeviceInfo, Fault, HwptBox, HwptFlags, HwptKind, HwptRequest, Hwpt_TO, ItemVerdict,
-    LogLevel, PageResponse, PluginError, Unit, UnitDesc,
+    host_ok, DeviceInfo, Fault, HwptFlags, HwptKind, HwptRequest, ItemVerdict, LogLevel, PageResponse, PluginError,
+    UnitDesc,
 };
+use ioasis::plugin::{NoViommu, UnitDriver};
 use ioasis::pt::Memory;
 use ioasis::{
     DeviceRef, Features, IntentCode, IntentItem, Iova, PageSizes, Pasid, PhysAddr, Prot, RequesterId, UnitCaps,
@@ -155,7 +155,7 @@ impl AcmeUnit {
         }
     }
 
-    fn alloc(&self, req: &HwptRequest) -> Result<HwptBox> {
+    fn alloc(&self, req: &HwptRequest) -> Result<AcmeHwpt> {
         if self.state().shut_down {
             return Err(DriverError::ShutDown);
         }
@@ -175,15 +175,15 @@ impl AcmeUnit {
             HwptKind::NESTED => return Err(DriverError::Unsupported("nested translation".into())),
             other => return Err(DriverError::Invalid(format!("unknown HWPT kind {}", other.0))),
         };
-        // Downcastable, so that attach finds its own HWPT behind a `HwptBox`.
-        Ok(Hwpt_TO::from_ptr(RArc::new(AcmeHwpt(Arc::new(inner))), TD_CanDowncast))
+        Ok(AcmeHwpt(Arc::new(inner)))
     }
 
-    /// Our HWPT behind a host handle.
-    fn lookup(&self, hwpt: &HwptBox) -> Result<Arc<HwptInner>> {
-        match hwpt.obj.downcast_as::<AcmeHwpt>() {
-            Ok(h) if Arc::ptr_eq(&h.0.core, &self.core) => Ok(h.0.clone()),
-            _ => Err(DriverError::ForeignHwpt(hwpt.info().handle)),
+    /// The HWPT, if this unit (not another unit of the plugin) made it.
+    fn own(&self, h: &AcmeHwpt) -> Result<Arc<HwptInner>> {
+        if Arc::ptr_eq(&h.0.core, &self.core) {
+            Ok(h.0.clone())
+        } else {
+            Err(DriverError::ForeignHwpt(h.0.handle))
         }
     }
 
@@ -195,11 +195,11 @@ impl AcmeUnit {
         }
     }
 
-    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &HwptBox) -> Result<()> {
+    fn do_attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &AcmeHwpt) -> Result<()> {
         if pasid.is_some() {
             return Err(DriverError::Unsupported("PASID support".into()));
         }
-        let h = self.lookup(hwpt)?;
+        let h = self.own(hwpt)?;
         let rid = self.rid(dev)?;
         let mut st = self.state();
         if st.shut_down {
@@ -304,7 +304,11 @@ fn free_pages(io: &Io, dt: u64) {
     }
 }
 
-impl Unit for AcmeUnit {
+impl UnitDriver for AcmeUnit {
+    type Hwpt = AcmeHwpt;
+    // No vIOMMU: the default `alloc_viommu` refuses.
+    type Viommu = NoViommu<AcmeHwpt>;
+
     fn caps(&self) -> UnitCaps {
         let c = &self.core;
         let caps = |model: RString| UnitCaps {
@@ -317,38 +321,42 @@ impl Unit for AcmeUnit {
             features: Features(0),
             nested_formats: RVec::new(),
         };
-        guard_or("caps", caps(RString::new()), || caps(RString::from(format!("acme-tiny rev 1 (CAP {:#x})", c.cap))))
+        caps(RString::from(format!("acme-tiny rev 1 (CAP {:#x})", c.cap)))
     }
 
-    fn negotiate(&self, _dev: &DeviceInfo, items: RSlice<'_, IntentCode>) -> RVec<ItemVerdict> {
-        guard_or("negotiate", RVec::new(), || items.iter().map(|c| self.judge(*c)).collect())
+    fn negotiate(&self, _dev: &DeviceInfo, items: &[IntentCode]) -> Vec<ItemVerdict> {
+        items.iter().map(|c| self.judge(*c)).collect()
     }
 
-    fn alloc_hwpt(&self, req: &HwptRequest) -> RResult<HwptBox, PluginError> {
-        guard("alloc_hwpt", || Ok(self.alloc(req)?))
+    fn alloc_hwpt(&self, req: &HwptRequest) -> std::result::Result<AcmeHwpt, PluginError> {
+        Ok(self.alloc(req)?)
     }
 
-    fn attach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>, hwpt: &HwptBox) -> RResult<(), PluginError> {
-        guard("attach", || Ok(self.do_attach(dev, pasid.into_option(), hwpt)?))
+    fn attach(&self, dev: &DeviceInfo, pasid: Option<Pasid>, hwpt: &AcmeHwpt) -> std::result::Result<(), PluginError> {
+        Ok(self.do_attach(dev, pasid, hwpt)?)
     }
 
-    fn detach(&self, dev: &DeviceInfo, pasid: ROption<Pasid>) -> RResult<(), PluginError> {
-        guard("detach", || Ok(self.do_detach(dev, pasid.into_option())?))
+    fn detach(&self, dev: &DeviceInfo, pasid: Option<Pasid>) -> std::result::Result<(), PluginError> {
+        Ok(self.do_detach(dev, pasid)?)
     }
 
-    fn read_faults(&self, max: u32) -> RResult<RVec<Fault>, PluginError> {
-        guard("read_faults", || Ok(self.do_read_faults(max).map(RVec::from)?))
+    fn read_faults(&self, max: u32) -> std::result::Result<Vec<Fault>, PluginError> {
+        Ok(self.do_read_faults(max)?)
     }
 
-    fn page_response(&self, _resp: &PageResponse) -> RResult<(), PluginError> {
-        guard("page_response", || Err(DriverError::Unsupported("page requests".into()).into()))
+    fn page_response(&self, _resp: &PageResponse) -> std::result::Result<(), PluginError> {
+        Err(DriverError::Unsupported("page requests".into()).into())
     }
 
     fn table_pages(&self) -> u64 {
-        guard_or("table_pages", 0, || if self.state().shut_down { 0 } else { u64::from(dte::PAGES) + 1 })
+        if self.state().shut_down {
+            0
+        } else {
+            u64::from(dte::PAGES) + 1
+        }
     }
 
-    fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || Ok(self.do_shutdown()?))
+    fn shutdown(&self) -> std::result::Result<(), PluginError> {
+        Ok(self.do_shutdown()?)
     }
 }
