@@ -146,7 +146,7 @@ pub fn backend_box<D: Driver>(d: D) -> crate::abi::BackendBox {
     crate::abi::Backend_TO::from_ptr(RArc::new(backend(d, &Health::new())), abi_stable::sabi_trait::TD_Opaque)
 }
 
-fn unit_box<U: UnitDriver>(u: U, health: &Arc<Health>) -> UnitBox {
+pub(super) fn unit_box<U: UnitDriver>(u: U, health: &Arc<Health>) -> UnitBox {
     Unit_TO::from_ptr(RArc::new(Contained::new(u, health)), TD_CanDowncast)
 }
 
@@ -156,7 +156,7 @@ pub fn boxed_hwpt<H: HwptDriver>(h: H) -> HwptBox {
     hwpt_box(h, &Health::new())
 }
 
-fn hwpt_box<H: HwptDriver>(h: H, health: &Arc<Health>) -> HwptBox {
+pub(super) fn hwpt_box<H: HwptDriver>(h: H, health: &Arc<Health>) -> HwptBox {
     Hwpt_TO::from_ptr(RArc::new(Contained::new(h, health)), TD_CanDowncast)
 }
 

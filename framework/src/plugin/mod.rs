@@ -16,6 +16,8 @@
 
 mod contain;
 mod entry;
+#[cfg(test)]
+mod tests;
 
 use abi_stable::std_types::RString;
 
