@@ -86,7 +86,7 @@ fn refused(what: &str, first: &str) -> PluginError {
 }
 
 /// One of a plugin's objects as the host holds it: the plugin's own value and its backend's
-/// [`Health`]. Every ABI call runs through [`Health::call`].
+/// [`Health`]. Every ABI call runs guarded, through the health.
 pub struct Contained<T> {
     inner: ManuallyDrop<T>,
     health: Arc<Health>,
