@@ -394,6 +394,11 @@ mod tests {
             match *how {
                 "abort" => out += "echo 'plugin panicked in map' >&2; kill -ABRT $$\n",
                 "hang" => out += "sleep 30\n",
+                // The case fails with a contained panic; the plugin is out of service.
+                "restart" => {
+                    out += &format!("echo '{}'\nexit {RESTART}\n", line(&wire(case, "failed")));
+                    break;
+                }
                 _ => out += &format!("echo '{}'\n", line(&wire(case, how))),
             }
         }
@@ -437,6 +442,30 @@ mod tests {
         let Outcome::Failed(why) = &results[2].outcome else { unreachable!() };
         assert!(why.contains("no result within") && why.contains("hangs"), "{why}");
         assert_eq!(results[1].selection, "--backend p", "the reproduce line survives the crash");
+    }
+
+    #[test]
+    fn a_child_whose_plugin_went_out_of_service_is_followed_by_a_fresh_one() {
+        let cases = [("a", "passed"), ("b", "restart"), ("c", "passed"), ("d", "restart"), ("e", "passed")];
+        let limits = Limits { case: Duration::from_secs(5), load: Duration::from_secs(10) };
+        let mut afters = Vec::new();
+        let results = supervise(
+            "label",
+            |after| {
+                afters.push(after.map(str::to_string));
+                script(&cases, after, "")
+            },
+            &Options::default(),
+            limits,
+            &mut |_| {},
+        )
+        .unwrap();
+        let got: Vec<(&str, bool)> =
+            results.iter().map(|r| (r.case.as_str(), matches!(r.outcome, Outcome::Failed(_)))).collect();
+        assert_eq!(got, [("a", false), ("b", true), ("c", false), ("d", true), ("e", false)]);
+        assert_eq!(afters, [None, Some("c/b".to_string()), Some("c/d".to_string())]);
+        let Outcome::Failed(why) = &results[1].outcome else { unreachable!() };
+        assert_eq!(why, "d", "the case's own failure, not a death");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Keeping panics on the plugin's side of the boundary.
 //!
 //! Functions behind `#[sabi_extern_fn]` and `sabi_trait` vtables are `extern "C"`: a panic that
-//! reaches them aborts the whole process. Every entry point of a plugin runs its body inside
-//! [`guard`], which turns a panic into an [`ErrorCode::PANICKED`] error.
+//! reaches them aborts the whole process. A plugin written against [`crate::plugin`]'s traits
+//! needs nothing of this: the glue guards every entry point (and marks the plugin failed). A
+//! hand-written implementation of the ABI's traits runs each body inside [`guard`], which turns
+//! a panic into an [`ErrorCode::PANICKED`] error.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -96,7 +96,8 @@ impl RootModule for PluginRoot_Ref {
 /// Exports a plugin's root module from a `cdylib` crate.
 ///
 /// `$root` is a `fn() -> PluginRoot_Ref` from the plugin's rlib (the same function that its
-/// built-in registration uses). The cdylib crate must depend on `abi_stable`.
+/// built-in registration uses), normally the `root_module` that
+/// [`plugin_modules!`](crate::plugin_modules) made. The cdylib crate must depend on `abi_stable`.
 /// Use it once per cdylib: the exported symbols have fixed names.
 ///
 /// `ext_0_3 = f` (a `fn() -> PluginExt03_Ref`: the plugin's vIOMMU objects, interface 0.3) and
