@@ -264,6 +264,17 @@ fn run_case(plugin: &Arc<Plugin>, bed: Bed<'_>, opts: &Options, case: &Case) -> 
         Some(why) => Outcome::Skipped(format!("platform limit: {why}")),
         None => outcome,
     };
+    // The backend's own count of its table pages (units and HWPTs) must be the host's: a
+    // driver that loses track of a page leaks it at teardown, or frees one twice.
+    let outcome = match outcome {
+        Outcome::Passed(d) => match (rig.ctx.accounted_table_pages(), rig.table_pages()) {
+            (said, held) if said == held => Outcome::Passed(d),
+            (said, held) => Outcome::Failed(format!(
+                "the plugin accounts for {said} table page(s) (units and HWPTs), the host handed out {held}"
+            )),
+        },
+        other => other,
+    };
     // Every case ends with a teardown that must leave no table page behind.
     match (outcome, rig.ctx.teardown()) {
         (Outcome::Passed(d), Ok(())) if rig.table_pages() == 0 => Outcome::Passed(d),

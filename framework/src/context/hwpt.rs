@@ -253,6 +253,17 @@ impl Context {
         Ok(self.hwpt(hwpt)?.info.clone())
     }
 
+    /// Table pages the backends say this context's units and HWPTs hold, summed: with the
+    /// context alone on its platform, what [`Context::table_pages`] counts if each backend
+    /// accounts for every page it allocated (the conformance suite checks it after each case).
+    pub fn accounted_table_pages(&self) -> u64 {
+        let (units, hwpts): (Vec<_>, Vec<_>) = {
+            let o = self.read();
+            (o.units.values().cloned().collect(), o.hwpts.values().cloned().collect())
+        };
+        units.iter().map(|u| u.hw.table_pages()).sum::<u64>() + hwpts.iter().map(|h| h.hw.table_pages()).sum::<u64>()
+    }
+
     /// Table pages a HWPT holds, as its backend counts them.
     pub fn hwpt_table_pages(&self, hwpt: HwptId) -> Result<u64> {
         Ok(self.hwpt(hwpt)?.hw.table_pages())
