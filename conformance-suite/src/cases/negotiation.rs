@@ -42,6 +42,18 @@ pub(crate) fn grants_follow_capabilities(r: &Rig, _: u64) -> Result<Pass, String
         }
         checked += 1;
     }
+    // What the device lacks is refused whatever the unit has: ATS, page requests (PRI), PASIDs.
+    let plain = r.bind(10, |d| {
+        d.pasid_bits = 0;
+        d.ats = false;
+        d.pri = false;
+    })?;
+    for item in [IntentItem::Ats, IntentItem::PageFaults, IntentItem::PasidDma { width: 8 }] {
+        match r.ctx.negotiate(plain, &Intent::new([item])) {
+            Err(Error::Refused(why)) if why.unmet.len() == 1 => {}
+            other => return Err(format!("{item} for a device without the capability: {other:?}")),
+        }
+    }
     // Everything at once (but identity, which excludes a page table): granted only if every
     // item is; the refusal lists each missing one.
     let together = || matrix.iter().filter(|(i, _)| *i != IntentItem::Identity);
