@@ -806,3 +806,16 @@ fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
     }
     assert_eq!(decode(sm::SS_RESERVED), Fault::BAD_ENTRY | Fault::IN_PARENT);
 }
+
+#[test]
+fn a_device_on_another_segment_is_refused_by_the_unit_and_its_viommu() {
+    let elsewhere = DeviceInfo { dev: DeviceRef::Rid(RequesterId::new(1, 0, 4, 0)), ..dev(4) };
+    let f = Fake::new(CAP, ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let e = unit.attach(&elsewhere, None, &h).unwrap_err();
+    assert!(e.message.contains("segment 1"), "{e:?}");
+    let (_f, _unit, v, _n) = viommu_rig();
+    let e = v.set_vdevice(&elsewhere, 0x0120).unwrap_err();
+    assert!(e.message.contains("segment 1"), "{e:?}");
+}
