@@ -1,7 +1,8 @@
 //! The negotiation matrix: every intent item against the unit's capabilities, and the
 //! shared-IOAS constraint.
 
-use ioasis::{Error, Features, Intent, IntentItem, PtFormat, Target};
+use ioasis::abi::HwptFlags;
+use ioasis::{Error, Features, HwptSpec, Intent, IntentItem, PtFormat, Target};
 
 use super::{done, e, skip};
 use crate::rig::Rig;
@@ -54,6 +55,21 @@ pub(crate) fn grants_follow_capabilities(r: &Rig, _: u64) -> Result<Pass, String
             other => return Err(format!("{item} for a device without the capability: {other:?}")),
         }
     }
+    // The options of a HWPT follow the capabilities as the intent items do.
+    let ioas = r.ctx.alloc_ioas();
+    for (flag, needs, what) in [
+        (HwptFlags::DIRTY_TRACKING, Features::DIRTY_TRACKING, "dirty tracking"),
+        (HwptFlags::COHERENCY, Features::COHERENCY, "enforced coherency"),
+    ] {
+        let has = c.features.contains(needs);
+        match (r.ctx.alloc_hwpt(r.unit, HwptSpec::Paging { ioas, flags: flag, fault_queue: None }), has) {
+            (Ok(h), true) => r.ctx.destroy(h).map_err(e)?,
+            (Err(_), false) => {}
+            (Ok(_), false) => return Err(format!("a HWPT with {what} allocated on a unit without it")),
+            (Err(err), true) => return Err(format!("a HWPT with {what} refused on a unit with it: {err}")),
+        }
+    }
+    r.ctx.destroy(ioas).map_err(e)?;
     // Everything at once (but identity, which excludes a page table): granted only if every
     // item is; the refusal lists each missing one.
     let together = || matrix.iter().filter(|(i, _)| *i != IntentItem::Identity);
