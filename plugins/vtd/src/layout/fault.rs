@@ -151,3 +151,33 @@ pub mod reason_more {
     /// Error reading a PASID table entry (scalable mode).
     pub const PASID_TABLE_ERROR: u8 = 0x58;
 }
+
+/// Fault records and page requests against the bit positions of 11.4.9.3 and 7.5.1.1, as
+/// literals.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_records_encode_and_decode_each_field_in_place() {
+        assert_eq!((frcd::PP, frcd::T_READ, frcd::F), (1 << 31, 1 << 62, 1 << 63));
+        let hi = frcd::hi(0x1234, 0x5b, Some(0x12345), true);
+        assert_eq!(hi, 0xc123_455b_8000_1234);
+        assert_eq!((frcd::sid(hi), frcd::reason(hi), frcd::pasid(hi)), (0x1234, 0x5b, 0x12345));
+        assert_eq!(frcd::hi(0xffff, 0x6, None, false), 0x8000_0006_0000_ffff);
+        assert_eq!(frcd::hi(0, 0, Some(0x1f_ffff), false), 0x8fff_ff00_8000_0000);
+        assert_eq!(frcd::pasid(u64::MAX), 0xf_ffff);
+        assert_eq!(frcd_lo::fi(0x1234_5678_9abc), 0x1234_5678_9000);
+    }
+
+    #[test]
+    fn page_requests_encode_each_field_in_place() {
+        use page_request::*;
+        assert_eq!((SIZE, TYPE, PASID_P, RD, WR, LPIG), (32, 0x1, 0x100, 0x1, 0x2, 0x4));
+        assert_eq!(q0(0x1234, Some(0x12345)), 0x0001_2345_1234_0101);
+        assert_eq!(q0(0xffff, Some(0x1f_ffff)), 0x000f_ffff_ffff_0101);
+        assert_eq!(q0(0xffff, None), 0xffff_0001);
+        assert_eq!(q1(0x1234_5678_9abc, 0x1ff, true, false, true), 0x1234_5678_9ffd);
+        assert_eq!(q1(0, 0x3ff, false, true, false), 0xffa);
+    }
+}

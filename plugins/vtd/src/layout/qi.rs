@@ -191,3 +191,61 @@ pub const fn type_name(ty: u64) -> &'static str {
 pub const fn type_of(q0: u64) -> u64 {
     (q0 & 0xf) | ((q0 >> 5) & 0x70)
 }
+
+/// Each descriptor against the bit positions of its table in the spec (6.5.2), as literals:
+/// a field moved, widened or left unmasked changes a value here.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granularities_and_flags_sit_where_6_5_2_puts_them() {
+        assert_eq!((cc::TYPE, cc::GLOBAL, cc::DOMAIN, cc::DEVICE), (0x1, 0x10, 0x20, 0x30));
+        assert_eq!((iotlb::TYPE, iotlb::GLOBAL, iotlb::DOMAIN, iotlb::PAGE), (0x2, 0x10, 0x20, 0x30));
+        assert_eq!(iotlb::DRAIN, 0xc0);
+        assert_eq!((dev_tlb::TYPE, dev_tlb::S), (0x3, 0x800));
+        assert_eq!((p_iotlb::TYPE, p_iotlb::PASID, p_iotlb::PAGE, p_iotlb::IH), (0x6, 0x20, 0x30, 0x40));
+        assert_eq!(p_iotlb::Q0_DEFINED, 0x000f_ffff_ffff_003f);
+        assert_eq!(p_iotlb::Q1_DEFINED, 0xffff_ffff_ffff_f07f);
+        assert_eq!((p_dev_tlb::TYPE, p_dev_tlb::G, p_dev_tlb::S), (0x8, 0x1, 0x800));
+        assert_eq!(p_dev_tlb::Q0_DEFINED, 0xffff_ffff_ffff_f1ff);
+        assert_eq!(p_dev_tlb::Q1_DEFINED, 0xffff_ffff_ffff_f801);
+        assert_eq!((pc::TYPE, pc::DOMAIN, pc::PASID, pc::GLOBAL), (0x7, 0x00, 0x10, 0x30));
+        assert_eq!((wait::TYPE, wait::IF, wait::SW, wait::FN), (0x5, 0x10, 0x20, 0x40));
+        assert_eq!((page_response::TYPE, page_response::PASID_P), (0x9, 0x10));
+    }
+
+    #[test]
+    fn descriptors_encode_each_field_in_place_and_masked() {
+        assert_eq!(cc::q0(cc::DEVICE, 0xabcd, 0x1234), 0x0000_1234_abcd_0031);
+        assert_eq!(iotlb::q0(iotlb::PAGE, 0xabcd), 0xabcd_0032);
+        assert_eq!(iotlb::q1(0x1234_5678_9fff, 9), 0x1234_5678_9009);
+        assert_eq!(iotlb::q1(0, 0x47), 0x07);
+        assert_eq!(dev_tlb::q0(0x1234), 0x0000_1234_0000_0003);
+        assert_eq!(p_iotlb::q0(p_iotlb::PAGE, 0xabcd, 0x12345), 0x0001_2345_abcd_0036);
+        assert_eq!(p_iotlb::q0(p_iotlb::PASID, 1, 0x12_3456), 0x0002_3456_0001_0026);
+        assert_eq!(p_dev_tlb::q0(0x1234, 0x12345, 0xabcd), 0xabc1_2345_1234_d008);
+        assert_eq!(pc::q0(pc::PASID, 0xabcd, 0x12345), 0x0001_2345_abcd_0017);
+        assert_eq!(wait::q0(wait::SW | wait::FN, 0xdead_beef), 0xdead_beef_0000_0065);
+        assert_eq!(wait::q1(0x1234_5677), 0x1234_5674);
+        assert_eq!(page_response::q0(0xa, 0x1234, Some(0x12345)), 0x0001_2345_1234_a019);
+        assert_eq!(page_response::q0(0x1f, 0xffff, None), 0xffff_f009);
+        assert_eq!(page_response::q1(0x1ff, true), 0xffc);
+        assert_eq!(page_response::q1(0x3ff, false), 0xff8);
+    }
+
+    #[test]
+    fn fields_decode_from_where_they_are_encoded() {
+        let q0 = 0xabc1_2345_1234_d008;
+        assert_eq!((p_dev_tlb::sid(q0), p_dev_tlb::pasid(q0)), (0x1234, 0x12345));
+        assert_eq!(p_dev_tlb::pasid(u64::MAX), 0xf_ffff);
+        let q0 = 0x0001_2345_abcd_0036;
+        assert_eq!((p_iotlb::did(q0), p_iotlb::pasid(q0)), (0xabcd, 0x12345));
+        assert_eq!(p_iotlb::pasid(u64::MAX), 0xf_ffff);
+        assert_eq!(p_iotlb::am(0x1234_5000 | 0x7f), 0x3f);
+        assert_eq!(type_of(0xe07), 0x77);
+        assert_eq!(type_of(0x1ff6), 0x76, "bits 8:4 are not the type");
+        assert_eq!(type_name(0x6), "PASID-based IOTLB invalidate (6.5.2.4)");
+        assert_eq!(type_name(0x16), "reserved type");
+    }
+}
