@@ -49,13 +49,21 @@ pub(crate) fn pasid_fault_carries_pasid(r: &Rig, _: u64) -> Result<Pass, String>
     if f.pasid.into_option() != Some(Pasid(10)) {
         return Err(format!("the fault of PASID 10 names PASID {:?}", f.pasid));
     }
+    // Untagged DMA of a device attached only at a PASID has no attachment: blocked, and no
+    // PASID's fault.
+    let f = faulted(r.write(2, None, 0x5000, b"x"), Fault::BLOCKED, "untagged DMA, attached only at PASID 9")?;
+    if f.pasid.is_some() {
+        return Err(format!("the fault of untagged DMA names PASID {:?}", f.pasid));
+    }
     r.ctx.poll_faults().map_err(e)?;
     let log = r.ctx.take_fault_log();
     let got: Vec<_> = log.iter().map(|f| (f.pasid.into_option(), f.reason)).collect();
-    if got != [(Some(Pasid(9)), Fault::NOT_PRESENT), (Some(Pasid(10)), Fault::BAD_PASID)] {
-        return Err(format!("recorded faults {log:?}: expected PASID 9 not-present, then PASID 10 bad-pasid"));
+    if got != [(Some(Pasid(9)), Fault::NOT_PRESENT), (Some(Pasid(10)), Fault::BAD_PASID), (None, Fault::BLOCKED)] {
+        return Err(format!(
+            "recorded faults {log:?}: expected PASID 9 not-present, PASID 10 bad-pasid, then untagged blocked"
+        ));
     }
-    done("the PASID and why are recorded with the fault; an unattached PASID is bad-pasid")
+    done("the PASID and why are recorded with the fault; an unattached PASID is bad-pasid, untagged DMA blocked")
 }
 
 /// The widest PASID (2^width - 1) in a fault record and in a page request and its response.
