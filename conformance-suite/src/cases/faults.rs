@@ -123,20 +123,29 @@ pub(crate) fn page_requests_out_of_order(r: &Rig, _: u64) -> Result<Pass, String
     let (dev, ioas, _, q) = r.faulting(1)?;
     // Three pages not there yet: three groups outstanding at once.
     let pages = [0x8000u64, 0x2_0000, 0x40_0000];
+    // The group index each request went out with, as the unit tells its device.
+    let mut issued = Vec::new();
     for p in pages {
         let f = any_fault(r.read(1, None, p + 0x10, 4), "DMA to a page not yet there")?;
         if !f.page_request {
             return Err(format!("DMA to {p:#x} gave a fault record, not a page request: {f:?}"));
         }
+        issued.push(f.group);
     }
     r.ctx.poll_faults().map_err(e)?;
     let events = r.ctx.read_faults(q).map_err(e)?;
     if events.len() != pages.len() {
         return Err(format!("{} events in the fault queue, expected {}: {events:?}", events.len(), pages.len()));
     }
-    for (ev, p) in events.iter().zip(pages) {
+    for ((ev, p), group) in events.iter().zip(pages).zip(&issued) {
         if !ev.fault.page_request || ev.device != dev || ev.fault.addr.0 & !0xfff != p {
             return Err(format!("event {ev:?}, expected a page request of the device at {p:#x}"));
+        }
+        if ev.fault.group != *group {
+            return Err(format!(
+                "the page request at {p:#x} went out with group {group:#x}; the driver read group {:#x}",
+                ev.fault.group
+            ));
         }
     }
     let mut groups: Vec<u32> = events.iter().map(|ev| ev.fault.group).collect();
