@@ -81,6 +81,9 @@ pub(crate) fn page_request_and_response(r: &Rig, _: u64) -> Result<Pass, String>
     if !ev.fault.page_request || ev.device != dev || ev.fault.addr != Iova(0x8000) {
         return Err(format!("unexpected event {ev:?}"));
     }
+    if ev.fault.pasid.is_some() {
+        return Err(format!("the page request of untagged DMA names PASID {:?}", ev.fault.pasid));
+    }
     // A read asks for read access only (VT-d 7.5.1.1 RD/WR, PCIe PRI): a handler that maps
     // what was asked for must not be told to make the page writable.
     if ev.fault.access != Prot::READ {
