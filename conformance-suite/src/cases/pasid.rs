@@ -19,16 +19,24 @@ pub(crate) fn pasid_attach(r: &Rig, _: u64) -> Result<Pass, String> {
     r.ctx.map(untagged, Some(Iova(0x1000)), PhysAddr(0x10_0000), 0x1000, Prot::RW).map_err(e)?;
     r.ctx.map(tagged, Some(Iova(0x1000)), PhysAddr(0x20_0000), 0x1000, Prot::RW).map_err(e)?;
     r.ctx.attach(dev, None, Target::Ioas(untagged)).map_err(e)?;
-    for p in [1, 5, top] {
+    let pasids = [1, 4, 5, top];
+    for p in pasids {
         r.ctx.attach(dev, Some(Pasid(p)), Target::Ioas(tagged)).map_err(e)?;
         r.lands(1, Some(p), 0x1008, 0x20_0008, &p.to_le_bytes())?;
+    }
+    // Attaching the later ones kept the earlier ones (they share PASID tables).
+    for p in pasids {
+        r.lands(1, Some(p), 0x1010, 0x20_0010, &p.to_le_bytes())?;
     }
     r.lands(1, None, 0x1008, 0x10_0008, b"untagged")?;
     any_fault(r.write(1, Some(6), 0x1008, b"x"), "a PASID that is not attached")?;
     r.ctx.detach(dev, Some(Pasid(5))).map_err(e)?;
     any_fault(r.write(1, Some(5), 0x1008, b"x"), "a detached PASID")?;
+    // Its neighbours are untouched.
+    r.lands(1, Some(4), 0x1010, 0x20_0010, b"next")?;
     r.lands(1, Some(top), 0x1010, 0x20_0010, b"still")?;
-    done(format!("PASIDs 1, 5 and {top:#x} translate through their own IOAS"))
+    r.lands(1, None, 0x1008, 0x10_0008, b"untagged")?;
+    done(format!("PASIDs 1, 4, 5 and {top:#x} translate through their own IOAS, and a detach touches only its own"))
 }
 
 pub(crate) fn pasid_fault_carries_pasid(r: &Rig, _: u64) -> Result<Pass, String> {
