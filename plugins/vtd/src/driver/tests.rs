@@ -819,3 +819,19 @@ fn a_device_on_another_segment_is_refused_by_the_unit_and_its_viommu() {
     let e = v.set_vdevice(&elsewhere, 0x0120).unwrap_err();
     assert!(e.message.contains("segment 1"), "{e:?}");
 }
+
+/// Scalable mode needs all of ECAP.SMTS, ECAP.SSTS and ECAP.QI (9.4, 6.5.2): a unit short of
+/// any one is driven in legacy mode, and asking for scalable mode on it is refused.
+#[test]
+fn scalable_mode_needs_smts_ssts_and_qi_together() {
+    let caps = |u: &VtdUnit| u.caps().features.contains(ioasis::Features::PASID);
+    let full = VtdUnit::probe(&desc(""), Io::new(Fake::new(CAP, SM_ECAP).host())).unwrap();
+    assert!(full.core.scalable && caps(&full));
+    for missing in [ecap::SMTS, ecap::SSTS, ecap::QI] {
+        let f = Fake::new(CAP, SM_ECAP & !missing);
+        let u = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+        assert!(!u.core.scalable && !caps(&u), "ECAP without {missing:#x} gave scalable mode");
+        let e = VtdUnit::probe(&desc("mode = \"scalable\""), Io::new(Fake::new(CAP, SM_ECAP & !missing).host()));
+        assert!(e.err().is_some_and(|e| e.message.contains("ECAP.SMTS, ECAP.SSTS and ECAP.QI")));
+    }
+}
