@@ -318,3 +318,28 @@ pub const IQ_OFFSET_MASK: u64 = 0x7fff0;
 
 /// 11.4.11.1-2 PQH_REG / PQT_REG: PQH/PQT bits 18:5, a byte offset into the queue.
 pub const PQ_OFFSET_MASK: u64 = 0x7ffe0;
+
+/// The register bits the model does not check (it shares these constants), against the bit
+/// numbers of 11.4 as literals: the spec is the only oracle for them besides QEMU.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_sit_where_11_4_puts_them() {
+        assert_eq!((cap::RWBF, cap::CM, cap::PSI), (0x10, 0x80, 0x80_0000_0000));
+        assert_eq!((cap::DWD, cap::DRD), (0x0040_0000_0000_0000, 0x0080_0000_0000_0000));
+        assert_eq!((cap::FS1GP, cap::FS5LP), (0x0100_0000_0000_0000, 0x1000_0000_0000_0000));
+        assert_eq!((ecap::C, ecap::QI, ecap::DT, ecap::IR, ecap::PT, ecap::SC), (0x1, 0x2, 0x4, 0x8, 0x40, 0x80));
+        assert_eq!((ecap::NEST, ecap::PRS, ecap::PASID), (0x400_0000, 0x2000_0000, 0x100_0000_0000));
+        assert_eq!((ecap::SMTS, ecap::SSADS, ecap::SSTS, ecap::FSTS), (1 << 43, 1 << 45, 1 << 46, 1 << 47));
+        assert_eq!((gcmd::TE, gcmd::SRTP, gcmd::WBF, gcmd::QIE), (0x8000_0000, 0x4000_0000, 0x0800_0000, 0x0400_0000));
+        assert_eq!(gcmd::ONE_SHOT, 0x6900_0000, "SRTP, SFL (29), WBF and SIRTP (24)");
+        assert_eq!((rtaddr::TTM_LEGACY, rtaddr::TTM_SCALABLE, rtaddr::TTM_MASK), (0, 0x400, 0xc00));
+        assert_eq!((ccmd::ICC, ccmd::GLOBAL, ccmd::DOMAIN, ccmd::DEVICE), (1 << 63, 1 << 61, 2 << 61, 3 << 61));
+        assert_eq!(ccmd::DOMAIN, 0x4000_0000_0000_0000);
+        assert_eq!((iotlb::IVT, iotlb::GLOBAL, iotlb::DOMAIN, iotlb::PAGE), (1 << 63, 1 << 60, 2 << 60, 3 << 60));
+        assert_eq!(iotlb::GLOBAL, 0x1000_0000_0000_0000);
+        assert_eq!(iotlb::DRAIN, 0x0003_0000_0000_0000);
+    }
+}
