@@ -245,7 +245,13 @@ mod tests {
         assert_eq!(p_iotlb::am(0x1234_5000 | 0x7f), 0x3f);
         assert_eq!(type_of(0xe07), 0x77);
         assert_eq!(type_of(0x1ff6), 0x76, "bits 8:4 are not the type");
+        let names: Vec<&str> = (0x1..=0x9).map(type_name).collect();
+        let sections =
+            ["6.5.2.1", "6.5.2.3", "6.5.2.5", "6.5.2.7", "6.5.2.8", "6.5.2.4", "6.5.2.2", "6.5.2.6", "6.5.2.10"];
+        for (name, section) in names.iter().zip(sections) {
+            assert!(name.ends_with(&format!("({section})")), "{name}: {section}");
+        }
         assert_eq!(type_name(0x6), "PASID-based IOTLB invalidate (6.5.2.4)");
-        assert_eq!(type_name(0x16), "reserved type");
+        assert_eq!((type_name(0x0), type_name(0x16)), ("reserved type", "reserved type"));
     }
 }
