@@ -96,11 +96,6 @@ impl<T> Contained<T> {
     fn new(inner: T, health: &Arc<Health>) -> Self {
         Self { inner: ManuallyDrop::new(inner), health: health.clone() }
     }
-
-    /// The backend's health.
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
-    }
 }
 
 impl<T: Clone> Clone for Contained<T> {
