@@ -342,4 +342,39 @@ mod tests {
         assert_eq!(iotlb::GLOBAL, 0x1000_0000_0000_0000);
         assert_eq!(iotlb::DRAIN, 0x0003_0000_0000_0000);
     }
+
+    #[test]
+    fn status_and_queue_registers_sit_where_11_4_puts_them() {
+        assert_eq!((fsts::PFO, fsts::PPF, fsts::IQE, fsts::ICE, fsts::ITE), (1, 2, 0x10, 0x20, 0x40));
+        assert_eq!((fsts::fri(0xffff_ab00), fsts::fri(0xff)), (0xab, 0));
+        assert_eq!(
+            (iqa::DW, iqa::value(0x1234_5fff, 7, true), iqa::value(0x1000, 0xf, false)),
+            (0x800, 0x1234_5807, 0x1007)
+        );
+        assert_eq!((ICS_IWC, prs::PPR, prs::PRO), (1, 1, 2));
+        assert_eq!((pqa::value(0x1234_5fff, 0), pqa::value(0x1000, 0xb)), (0x1234_5000, 0x1003));
+        assert_eq!((event_ctl::IM, event_ctl::IP), (0x8000_0000, 0x4000_0000));
+        assert_eq!((IQ_OFFSET_MASK, PQ_OFFSET_MASK), (0x7fff0, 0x7ffe0));
+        assert_eq!((ccmd::sid(0xffff), iotlb::did(0xffff)), (0xffff_0000, 0xffff_0000_0000));
+        assert_eq!((iotlb::IVA, iotlb::REG), (0, 8));
+        assert_eq!(iotlb::iva(0x1234_5fff, 0x41), 0x1234_5001);
+    }
+
+    #[test]
+    fn command_registers_decode_each_field_in_place() {
+        use ccmd_more::{caig, cirg, fm, sid_of, CAIG_MASK};
+        let v = 0xdead_bee0_0000_0000 | (2 << 32) | (0xabcd << 16) | 0x1234;
+        assert_eq!((cirg(v), fm(v), sid_of(v), ccmd_more::did_of(v)), (2, 2, 0xabcd, 0x1234));
+        assert_eq!((cirg(3 << 61), fm(u64::MAX), ccmd_more::did_of(u64::MAX)), (3, 3, 0xffff));
+        assert_eq!(
+            (caig(1), caig(6), CAIG_MASK),
+            (0x0800_0000_0000_0000, 0x1000_0000_0000_0000, 0x1800_0000_0000_0000)
+        );
+        use iotlb_more::{iaig, iirg, IAIG_MASK};
+        assert_eq!((iirg(u64::MAX), iirg(2 << 60), iotlb_more::did_of(0xabcd_0000_0000)), (3, 2, 0xabcd));
+        assert_eq!(
+            (iaig(1), iaig(7), IAIG_MASK),
+            (0x0200_0000_0000_0000, 0x0600_0000_0000_0000, 0x0600_0000_0000_0000)
+        );
+    }
 }

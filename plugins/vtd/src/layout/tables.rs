@@ -184,3 +184,95 @@ pub mod fl {
 
 /// Address widths (9.3 AW, 11.4.2 SAGAW): (AW value, levels, width in bits).
 pub const AGAWS: [(u64, u32, u32); 3] = [(1, 3, 39), (2, 4, 48), (3, 5, 57)];
+
+/// Every entry field against the bit positions of chapter 9's tables, as literals: a bit moved,
+/// a field widened or an index mis-shifted changes a value here even where the model, which
+/// shares these constants, would agree with the driver.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_context_entries_sit_where_9_1_to_9_4_put_them() {
+        assert_eq!(ADDR, 0x000f_ffff_ffff_f000);
+        assert_eq!((root::P, sm_root::P), (1, 1));
+        assert_eq!(root::lo(0xfff0_0000_1234_5fff), 0x0000_0000_1234_5001);
+        assert_eq!((root::offset(0), root::offset(1), root::offset(255)), (0, 16, 0xff0));
+        use context::*;
+        assert_eq!((P, FPD, TT_SL, TT_SL_DT, TT_PT, TT_MASK, AW_MASK), (1, 2, 0, 4, 8, 0xc, 7));
+        assert_eq!((did(0xffff), did(0x1234)), (0xff_ff00, 0x12_3400));
+        assert_eq!(did_of(0xdead_beef_ff12_3400), 0x1234);
+        assert_eq!((offset(0), offset(0x80), offset(255)), (0, 0x800, 0xff0));
+    }
+
+    #[test]
+    fn scalable_mode_entries_sit_where_9_4_to_9_6_put_them() {
+        assert_eq!(
+            (
+                sm_context::P,
+                sm_context::FPD,
+                sm_context::DTE,
+                sm_context::PASIDE,
+                sm_context::PRE,
+                sm_context::RID_PASID_MASK
+            ),
+            (1, 2, 4, 8, 0x10, 0xf_ffff)
+        );
+        assert_eq!(
+            (sm_context::pdts(7), sm_context::pdts(8), sm_context::pdts(14), sm_context::pdts(20)),
+            (0, 0x200, 0xe00, 0xa00)
+        );
+        assert_eq!(sm_context::pdts(3), 0, "fewer than 2^7 entries still encodes the smallest directory");
+        assert_eq!(
+            (
+                sm_context::pdir_entries(0),
+                sm_context::pdir_entries(0x200),
+                sm_context::pdir_entries(0xe00),
+                sm_context::pdir_entries(u64::MAX)
+            ),
+            (128, 256, 1 << 14, 1 << 14)
+        );
+        assert_eq!(
+            (sm_context::offset(0), sm_context::offset(0x7f), sm_context::offset(0x80), sm_context::offset(0xff)),
+            (0, 0xfe0, 0, 0xfe0)
+        );
+        assert_eq!((pasid_dir::P, pasid_dir::FPD), (1, 2));
+        assert_eq!((pasid_dir::offset(0x3f), pasid_dir::offset(0x40), pasid_dir::offset(0xf_ffff)), (0, 8, 0x1_fff8));
+        assert_eq!(
+            (pasid_entry::SIZE, pasid_entry::P, pasid_entry::FPD, pasid_entry::aw(2), pasid_entry::aw(0xf)),
+            (64, 1, 2, 8, 0x1c)
+        );
+        assert_eq!(
+            (
+                pasid_entry::PGTT_FS,
+                pasid_entry::PGTT_SS,
+                pasid_entry::PGTT_NESTED,
+                pasid_entry::PGTT_PT,
+                pasid_entry::PGTT_MASK
+            ),
+            (0x40, 0x80, 0xc0, 0x100, 0x1c0)
+        );
+        assert_eq!(
+            (
+                pasid_entry::SSADE,
+                pasid_entry::DID_MASK,
+                pasid_entry::PGSNP,
+                pasid_entry::FSPM_4LEVEL,
+                pasid_entry::FSPM_5LEVEL
+            ),
+            (0x200, 0xffff, 0x100_0000, 0, 4)
+        );
+        assert_eq!((pasid_entry::offset(0), pasid_entry::offset(0x3f), pasid_entry::offset(0x40)), (0, 0xfc0, 0));
+    }
+
+    #[test]
+    fn paging_entries_sit_where_9_7_and_9_8_put_them() {
+        assert_eq!((sl::R, sl::W, sl::X, sl::PS, sl::A, sl::D, sl::SNP), (1, 2, 4, 0x80, 0x100, 0x200, 0x800));
+        assert_eq!((sl::index(0x1ff << 12, 1), sl::index(1 << 21, 2), sl::index(u64::MAX, 5)), (0x1ff, 1, 0x1ff));
+        assert_eq!((sl::index(0x8000_0000_0000, 4), sl::index(0x4000_0000, 3)), (0x100, 1));
+        assert_eq!((sl::span(1), sl::span(2), sl::span(3), sl::span(5)), (0x1000, 0x20_0000, 0x4000_0000, 1 << 48));
+        assert!(sl::present(sl::R) && sl::present(sl::W) && !sl::present(sl::X | sl::PS | sl::D));
+        assert_eq!((fl::P, fl::RW, fl::US, fl::A, fl::D, fl::PS, fl::XD), (1, 2, 4, 0x20, 0x40, 0x80, 1 << 63));
+        assert_eq!(AGAWS, [(1, 3, 39), (2, 4, 48), (3, 5, 57)]);
+    }
+}
