@@ -2,6 +2,8 @@
 
 /// 11.4.9.3 Fault Recording Register, upper qword (at offset +8 of each 16-byte record).
 pub mod frcd {
+    use crate::layout::Word;
+
     /// SID bits 15:0.
     pub const fn sid(hi: u64) -> u16 {
         hi as u16
@@ -22,11 +24,11 @@ pub mod frcd {
     pub const F: u64 = 1 << 63;
     /// An upper qword from its fields.
     pub const fn hi(sid: u16, reason: u8, pasid: Option<u32>, read: bool) -> u64 {
-        let p = match pasid {
-            Some(p) => PP | ((p as u64 & 0xf_ffff) << 40),
-            None => 0,
-        };
-        F | (sid as u64) | ((reason as u64) << 32) | p | if read { T_READ } else { 0 }
+        let w = Word::ZERO.with(15, 0, sid as u64).with(39, 32, reason as u64).flag(62, read).flag(63, true);
+        match pasid {
+            Some(p) => w.flag(31, true).with(59, 40, p as u64).get(),
+            None => w.get(),
+        }
     }
 }
 
@@ -100,6 +102,8 @@ pub mod reason_sm {
 
 /// 7.5.1.1 Page request descriptor (256-bit).
 pub mod page_request {
+    use crate::layout::Word;
+
     /// Size in bytes.
     pub const SIZE: u64 = 32;
     /// Qword 0 type bits 7:0 = 1: page request.
@@ -108,11 +112,11 @@ pub mod page_request {
     pub const PASID_P: u64 = 1 << 8;
     /// Qword 0: requester id bits 31:16, PASID bits 51:32.
     pub const fn q0(rid: u16, pasid: Option<u32>) -> u64 {
-        let p = match pasid {
-            Some(p) => PASID_P | ((p as u64 & 0xf_ffff) << 32),
-            None => 0,
-        };
-        TYPE | ((rid as u64) << 16) | p
+        let w = Word::ZERO.with(7, 0, TYPE).with(31, 16, rid as u64);
+        match pasid {
+            Some(p) => w.flag(8, true).with(51, 32, p as u64).get(),
+            None => w.get(),
+        }
     }
     /// Qword 1 bit 0: read requested; bit 1: write requested; bit 2: last in group.
     pub const RD: u64 = 1 << 0;
@@ -122,11 +126,7 @@ pub mod page_request {
     pub const LPIG: u64 = 1 << 2;
     /// Qword 1: group index bits 11:3, address bits 63:12.
     pub const fn q1(addr: u64, group: u32, read: bool, write: bool, last: bool) -> u64 {
-        (addr & !0xfff)
-            | ((group as u64 & 0x1ff) << 3)
-            | if read { RD } else { 0 }
-            | if write { WR } else { 0 }
-            | if last { LPIG } else { 0 }
+        Word::ZERO.flag(0, read).flag(1, write).flag(2, last).with(11, 3, group as u64).with(63, 12, addr >> 12).get()
     }
 }
 

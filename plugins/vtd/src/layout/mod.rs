@@ -5,6 +5,9 @@ pub mod fault;
 pub mod qi;
 pub mod regs;
 pub mod tables;
+mod word;
+
+pub use word::Word;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,12 @@
 //! Invalidation-queue descriptors (VT-d spec 6.5.2). 128-bit in legacy mode; 256-bit (the upper
 //! two qwords zero for these types) when IQA.DW is set, as scalable mode requires.
 
+use super::Word;
+
 /// 6.5.2.1 Context-cache invalidate descriptor, type 0x1.
 pub mod cc {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x1;
     /// G bits 5:4 = 01: global.
@@ -13,12 +17,14 @@ pub mod cc {
     pub const DEVICE: u64 = 3 << 4;
     /// Qword 0: granularity, DID bits 31:16, SID bits 47:32, FM bits 49:48.
     pub const fn q0(gran: u64, did: u16, sid: u16) -> u64 {
-        TYPE | gran | ((did as u64) << 16) | ((sid as u64) << 32)
+        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).with(31, 16, did as u64).with(47, 32, sid as u64).get()
     }
 }
 
 /// 6.5.2.3 IOTLB invalidate descriptor, type 0x2.
 pub mod iotlb {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x2;
     /// G bits 5:4 = 01: global.
@@ -28,24 +34,26 @@ pub mod iotlb {
     /// G = 11: page-selective within domain.
     pub const PAGE: u64 = 3 << 4;
     /// DW bit 6, DR bit 7: drain writes/reads.
-    pub const DRAIN: u64 = (1 << 6) | (1 << 7);
+    pub const DRAIN: u64 = Word::ZERO.flag(6, true).flag(7, true).get();
     /// Qword 0: granularity and DID bits 31:16.
     pub const fn q0(gran: u64, did: u16) -> u64 {
-        TYPE | gran | ((did as u64) << 16)
+        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).with(31, 16, did as u64).get()
     }
     /// Qword 1: ADDR bits 63:12, IH bit 6, AM bits 5:0 (2^AM pages, naturally aligned).
     pub const fn q1(addr: u64, am: u32) -> u64 {
-        (addr & !0xfff) | (am as u64 & 0x3f)
+        Word::ZERO.with(63, 12, addr >> 12).with(5, 0, am as u64).get()
     }
 }
 
 /// 6.5.2.5 Device-TLB invalidate descriptor, type 0x3.
 pub mod dev_tlb {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x3;
     /// Qword 0: SID bits 47:32.
     pub const fn q0(sid: u16) -> u64 {
-        TYPE | ((sid as u64) << 32)
+        Word::ZERO.with(3, 0, TYPE).with(47, 32, sid as u64).get()
     }
     /// Qword 1: ADDR bits 63:12, S bit 11 (size encoded in the address's low bits).
     pub const S: u64 = 1 << 11;
@@ -53,6 +61,8 @@ pub mod dev_tlb {
 
 /// 6.5.2.4 PASID-based IOTLB invalidate descriptor, type 0x6.
 pub mod p_iotlb {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x6;
     /// G bits 5:4 = 10: all of one PASID.
@@ -61,14 +71,14 @@ pub mod p_iotlb {
     pub const PAGE: u64 = 3 << 4;
     /// Qword 0 bits that may be set: type 3:0, G 5:4, DID 31:16, PASID 51:32 (15:6, 63:52 and
     /// the type extension 11:9 are reserved).
-    pub const Q0_DEFINED: u64 = 0x3f | (0xffff << 16) | (0xf_ffff << 32);
+    pub const Q0_DEFINED: u64 = Word::ZERO.with(5, 0, !0).with(31, 16, !0).with(51, 32, !0).get();
     /// Qword 1 IH bit 6: invalidation hint (leaf entries only).
     pub const IH: u64 = 1 << 6;
     /// Qword 1 bits that may be set: AM 5:0, IH 6, ADDR 63:12 (11:7 are reserved).
     pub const Q1_DEFINED: u64 = !0xf80;
     /// Qword 0: granularity, DID bits 31:16, PASID bits 51:32.
     pub const fn q0(gran: u64, did: u16, pasid: u32) -> u64 {
-        TYPE | gran | ((did as u64) << 16) | ((pasid as u64 & 0xf_ffff) << 32)
+        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).with(31, 16, did as u64).with(51, 32, pasid as u64).get()
     }
     /// DID bits 31:16 of qword 0.
     pub const fn did(q0: u64) -> u16 {
@@ -86,11 +96,14 @@ pub mod p_iotlb {
 
 /// 6.5.2.6 PASID-based device-TLB invalidate descriptor, type 0x8.
 pub mod p_dev_tlb {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x8;
     /// Qword 0 bits that may be set: type 3:0, MIP 8:4 (invalidation queue depth), PFSID 15:12
     /// and 63:52, SID 31:16, PASID 51:32 (bits 11:9, the type extension, are reserved).
-    pub const Q0_DEFINED: u64 = 0xf | (0x1f << 4) | (0xf << 12) | (0xffff << 16) | (0xf_ffff << 32) | (0xfff << 52);
+    pub const Q0_DEFINED: u64 =
+        Word::ZERO.with(8, 0, !0).with(15, 12, !0).with(31, 16, !0).with(51, 32, !0).with(63, 52, !0).get();
     /// Qword 1 G bit 0: every PASID of the device.
     pub const G: u64 = 1 << 0;
     /// Qword 1 S bit 11: the size is encoded in the address's low bits.
@@ -108,15 +121,20 @@ pub mod p_dev_tlb {
     /// Qword 0: SID, PASID and PFSID (the physical function's source id, the device's own for
     /// a PF), MIP 0 (queue depth 32).
     pub const fn q0(sid: u16, pasid: u32, pfsid: u16) -> u64 {
-        TYPE | ((pfsid as u64 & 0xf) << 12)
-            | ((sid as u64) << 16)
-            | ((pasid as u64 & 0xf_ffff) << 32)
-            | ((pfsid as u64 >> 4) << 52)
+        Word::ZERO
+            .with(3, 0, TYPE)
+            .with(15, 12, pfsid as u64)
+            .with(31, 16, sid as u64)
+            .with(51, 32, pasid as u64)
+            .with(63, 52, pfsid as u64 >> 4)
+            .get()
     }
 }
 
 /// 6.5.2.2 PASID-cache invalidate descriptor, type 0x7.
 pub mod pc {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x7;
     /// G bits 5:4 = 00: all PASIDs of a domain.
@@ -127,12 +145,14 @@ pub mod pc {
     pub const GLOBAL: u64 = 3 << 4;
     /// Qword 0: granularity, DID bits 31:16, PASID bits 51:32.
     pub const fn q0(gran: u64, did: u16, pasid: u32) -> u64 {
-        TYPE | gran | ((did as u64) << 16) | ((pasid as u64 & 0xf_ffff) << 32)
+        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).with(31, 16, did as u64).with(51, 32, pasid as u64).get()
     }
 }
 
 /// 6.5.2.8 Invalidation wait descriptor, type 0x5.
 pub mod wait {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x5;
     /// IF bit 4: interrupt on completion.
@@ -143,7 +163,7 @@ pub mod wait {
     pub const FN: u64 = 1 << 6;
     /// Qword 0: flags and status data bits 63:32.
     pub const fn q0(flags: u64, data: u32) -> u64 {
-        TYPE | flags | ((data as u64) << 32)
+        Word::ZERO.with(3, 0, TYPE).with(6, 4, flags >> 4).with(63, 32, data as u64).get()
     }
     /// Qword 1: status address bits 63:2 (dword aligned).
     pub const fn q1(addr: u64) -> u64 {
@@ -153,21 +173,23 @@ pub mod wait {
 
 /// 6.5.2.10 Page group response descriptor, type 0x9.
 pub mod page_response {
+    use crate::layout::Word;
+
     /// Type.
     pub const TYPE: u64 = 0x9;
     /// PASID present bit 4.
     pub const PASID_P: u64 = 1 << 4;
     /// Qword 0: response code bits 15:12, requester id bits 31:16, PASID bits 51:32.
     pub const fn q0(code: u32, rid: u16, pasid: Option<u32>) -> u64 {
-        let p = match pasid {
-            Some(p) => PASID_P | ((p as u64 & 0xf_ffff) << 32),
-            None => 0,
-        };
-        TYPE | ((code as u64 & 0xf) << 12) | ((rid as u64) << 16) | p
+        let w = Word::ZERO.with(3, 0, TYPE).with(15, 12, code as u64).with(31, 16, rid as u64);
+        match pasid {
+            Some(p) => w.flag(4, true).with(51, 32, p as u64).get(),
+            None => w.get(),
+        }
     }
     /// Qword 1: LPIG bit 2, page request group index bits 11:3.
     pub const fn q1(group: u32, last: bool) -> u64 {
-        ((last as u64) << 2) | ((group as u64 & 0x1ff) << 3)
+        Word::ZERO.flag(2, last).with(11, 3, group as u64).get()
     }
 }
 
@@ -189,7 +211,7 @@ pub const fn type_name(ty: u64) -> &'static str {
 
 /// The type of a descriptor (bits 3:0, and 11:9 extended).
 pub const fn type_of(q0: u64) -> u64 {
-    (q0 & 0xf) | ((q0 >> 5) & 0x70)
+    Word::ZERO.with(3, 0, q0).with(6, 4, q0 >> 9).get()
 }
 
 /// Each descriptor against the bit positions of its table in the spec (6.5.2), as literals:

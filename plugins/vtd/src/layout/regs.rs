@@ -124,6 +124,8 @@ pub mod ecap {
 
 /// 11.4.4 GCMD_REG / 11.4.5 GSTS_REG bits (same positions).
 pub mod gcmd {
+    use crate::layout::Word;
+
     /// TE/TES bit 31: translation enable.
     pub const TE: u32 = 1 << 31;
     /// SRTP/RTPS bit 30: set root table pointer.
@@ -133,7 +135,7 @@ pub mod gcmd {
     /// QIE/QIES bit 26: queued invalidation enable.
     pub const QIE: u32 = 1 << 26;
     /// Bits of GCMD that are one-shot commands, never kept when writing back GSTS.
-    pub const ONE_SHOT: u32 = SRTP | WBF | (1 << 24) | (1 << 29);
+    pub const ONE_SHOT: u32 = Word::ZERO.flag(30, true).flag(29, true).flag(27, true).flag(24, true).get() as u32;
 }
 
 /// 11.4.6 RTADDR_REG: TTM bits 11:10.
@@ -164,6 +166,8 @@ pub mod ccmd {
 
 /// 11.4.8 IOTLB registers at ECAP.IRO: IVA at +0, IOTLB at +8.
 pub mod iotlb {
+    use crate::layout::Word;
+
     /// Offset of IVA_REG from IRO.
     pub const IVA: u64 = 0;
     /// Offset of IOTLB_REG from IRO.
@@ -177,14 +181,14 @@ pub mod iotlb {
     /// IIRG = 11: page-selective within domain.
     pub const PAGE: u64 = 3 << 60;
     /// DR bit 49, DW bit 48: drain reads/writes.
-    pub const DRAIN: u64 = (1 << 49) | (1 << 48);
+    pub const DRAIN: u64 = Word::ZERO.flag(49, true).flag(48, true).get();
     /// DID bits 47:32.
     pub const fn did(did: u16) -> u64 {
         (did as u64) << 32
     }
     /// IVA_REG: address bits 63:12, IH bit 6, AM bits 5:0.
     pub const fn iva(addr: u64, am: u32) -> u64 {
-        (addr & !0xfff) | (am as u64 & 0x3f)
+        Word::ZERO.with(63, 12, addr >> 12).with(5, 0, am as u64).get()
     }
 }
 
@@ -208,11 +212,13 @@ pub mod fsts {
 
 /// 11.4.10.3 IQA_REG: address bits 63:12, DW bit 11 (256-bit descriptors), QS bits 2:0.
 pub mod iqa {
+    use crate::layout::Word;
+
     /// DW: 256-bit descriptors (scalable mode).
     pub const DW: u64 = 1 << 11;
     /// QS: 2^QS pages of 4 KiB.
     pub const fn value(base: u64, qs: u32, wide: bool) -> u64 {
-        (base & !0xfff) | if wide { DW } else { 0 } | (qs as u64 & 7)
+        Word::ZERO.with(63, 12, base >> 12).flag(11, wide).with(2, 0, qs as u64).get()
     }
 }
 
@@ -229,9 +235,11 @@ pub mod prs {
 
 /// 11.4.11.3 PQA_REG: page request queue base bits 63:12, PQS bits 2:0 (2^PQS 4 KiB pages).
 pub mod pqa {
+    use crate::layout::Word;
+
     /// The register value for a queue at `base` of 2^`pqs` pages.
     pub const fn value(base: u64, pqs: u32) -> u64 {
-        (base & !0xfff) | (pqs as u64 & 7)
+        Word::ZERO.with(63, 12, base >> 12).with(2, 0, pqs as u64).get()
     }
 }
 

@@ -5,11 +5,13 @@ pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 /// 9.1 Root entry (legacy mode, 128-bit; 256 entries in the 4 KiB root table, by bus).
 pub mod root {
+    use crate::layout::Word;
+
     /// Lower qword bit 0: present.
     pub const P: u64 = 1 << 0;
     /// Lower qword: context-table pointer.
     pub const fn lo(context_table: u64) -> u64 {
-        (context_table & super::ADDR) | P
+        Word::ZERO.flag(0, true).with(51, 12, context_table >> 12).get()
     }
     /// Entry offset for a bus.
     pub const fn offset(bus: u8) -> u64 {
@@ -160,7 +162,7 @@ pub mod sl {
     }
     /// A present entry has R or W set.
     pub const fn present(e: u64) -> bool {
-        e & (R | W) != 0
+        e & R != 0 || e & W != 0
     }
 }
 
