@@ -15,6 +15,8 @@ pub struct PageSizes(pub u64);
 impl PageSizes {
     /// 4 KiB only.
     pub const SZ_4K: PageSizes = PageSizes(1 << 12);
+    /// 4 KiB and 2 MiB.
+    pub const SZ_4K_2M: PageSizes = PageSizes(0x20_1000);
     /// 4 KiB, 2 MiB and 1 GiB: the x86 and Arm 4 KiB-granule set.
     pub const SZ_4K_2M_1G: PageSizes = PageSizes((1 << 12) | (1 << 21) | (1 << 30));
 

@@ -21,6 +21,10 @@ impl Prot {
     /// Both.
     pub const RW: Prot = Prot(3);
 
+    /// Read and/or write.
+    pub const fn new(read: bool, write: bool) -> Prot {
+        Prot(read as u32 + 2 * write as u32)
+    }
     /// True when every bit of `other` is set in `self`.
     pub const fn contains(self, other: Prot) -> bool {
         self.0 & other.0 == other.0
@@ -83,5 +87,20 @@ impl std::str::FromStr for Prot {
             "rw" | "read-write" => Prot::RW,
             _ => return Err(format!("`{s}` is not a permission (expected r, w or rw)")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PageSizes;
+
+    #[test]
+    fn new_sets_exactly_the_named_rights() {
+        assert_eq!(
+            [Prot::new(false, false), Prot::new(true, false), Prot::new(false, true), Prot::new(true, true)],
+            [Prot::NONE, Prot::READ, Prot::WRITE, Prot::RW]
+        );
+        assert_eq!(PageSizes::SZ_4K_2M.iter().collect::<Vec<_>>(), [0x1000, 0x20_0000]);
     }
 }

@@ -12,7 +12,7 @@ use super::inv::Desc;
 use super::unit::{Defect, DevState, Tables, VtdUnit};
 use crate::layout::qi;
 use crate::layout::regs::{cap, ecap};
-use crate::layout::tables::{context, pasid_entry, root, sm_root, ADDR};
+use crate::layout::tables::{context, pasid_entry, root, sm_root};
 
 impl VtdUnit {
     /// Context-cache invalidation for one device (6.5.2.1) with the DID the spec asks for:
@@ -84,7 +84,7 @@ impl VtdUnit {
         let half = if self.core.bug(Defect::UpperContextTableIgnored) { 0 } else { half };
         if self.core.scalable {
             // 9.2: lower context table pointer in qword 0, upper in qword 1.
-            io.wr(entry + 8 * half as u64, (table & ADDR) | sm_root::P)?;
+            io.wr(entry + 8 * half as u64, sm_root::half(table))?;
         } else {
             io.wr(entry + 8, 0)?;
             io.wr(entry, root::lo(table))?;
@@ -112,10 +112,10 @@ impl VtdUnit {
         let ats = dev.ats && c.has(ecap::DT);
         let new = match (&h.table, h.kind) {
             (_, HwptKind::BLOCKING) => None,
-            (_, HwptKind::IDENTITY) => Some((context::TT_PT | context::P, c.pt_aw | context::did(h.did))),
+            (_, HwptKind::IDENTITY) => Some((context::lo(0, context::TT_PT), context::hi(c.pt_aw, h.did))),
             (Table::Paging(pt), _) => {
                 let tt = if ats { context::TT_SL_DT } else { context::TT_SL };
-                Some(((pt.root & ADDR) | tt | context::P, c.aw | context::did(h.did)))
+                Some((context::lo(pt.root, tt), context::hi(c.aw, h.did)))
             }
             _ => return Err(PluginError::unsupported("nested translation needs scalable mode")),
         };

@@ -149,13 +149,7 @@ impl VtdUnit {
             // 7.5.1.1: PASID present is bit 8 (bit 9 is privilege-mode requested).
             let pp = if self.core.bug(Defect::PageRequestPasidDropped) { 1 << 9 } else { page_request::PASID_P };
             let pasid = (q0 & pp != 0).then_some(((q0 >> 32) & 0xf_ffff) as u32);
-            let mut access = Prot::NONE;
-            if q1 & page_request::RD != 0 {
-                access = access | Prot::READ;
-            }
-            if q1 & page_request::WR != 0 {
-                access = access | Prot::WRITE;
-            }
+            let access = Prot::new(q1 & page_request::RD != 0, q1 & page_request::WR != 0);
             out.push(Fault {
                 dev: self.rid((q0 >> 16) as u16),
                 pasid: pasid.map(Pasid).into(),
@@ -170,8 +164,8 @@ impl VtdUnit {
             io.wr64(off::PQH, head)?;
         }
         let s = io.rd32(off::PRS)?;
-        if s & (prs::PRO | prs::PPR) != 0 && head == tail {
-            io.wr32(off::PRS, s & (prs::PRO | prs::PPR))?;
+        if s & prs::W1C != 0 && head == tail {
+            io.wr32(off::PRS, s & prs::W1C)?;
         }
         Ok(())
     }

@@ -148,7 +148,7 @@ impl HwptInner {
 /// A device-TLB invalidation of the whole address space (6.5.2.5: S = 1 with address bits
 /// 62:12 set).
 pub fn dev_tlb_all(sid: u16) -> Desc {
-    [qi::dev_tlb::q0(sid), 0x7fff_ffff_ffff_f000 | qi::dev_tlb::S]
+    [qi::dev_tlb::q0(sid), qi::dev_tlb::ALL]
 }
 
 impl Drop for HwptInner {
@@ -255,7 +255,7 @@ impl HwptDriver for VtdHwpt {
             Table::Nested { .. } if c.cap & crate::layout::regs::cap::FS1GP != 0 => {
                 (PtFormat::X86_64, PageSizes::SZ_4K_2M_1G)
             }
-            Table::Nested { .. } => (PtFormat::X86_64, PageSizes((1 << 12) | (1 << 21))),
+            Table::Nested { .. } => (PtFormat::X86_64, PageSizes::SZ_4K_2M),
             Table::Fixed => (PtFormat::NONE, PageSizes(0)),
         };
         HwptInfo {

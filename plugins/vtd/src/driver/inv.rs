@@ -150,7 +150,7 @@ impl Invalidator {
         let status = q.status;
         io.poll("invalidation wait", || {
             let s = io.rd32(off::FSTS)?;
-            if s & (fsts::IQE | fsts::ITE | fsts::ICE) != 0 {
+            if s & fsts::INVALIDATION_ERRORS != 0 {
                 let head = io.rd64(off::IQH).unwrap_or(0);
                 return Err(PluginError::new(
                     ErrorCode::HARDWARE,
@@ -175,7 +175,7 @@ impl Invalidator {
                     _ => ccmd::DEVICE,
                 };
                 // 11.4.7: DID bits 15:0, SID bits 31:16.
-                io.wr64(off::CCMD, ccmd::ICC | cirg | ccmd::sid(sid) | did as u64)?;
+                io.wr64(off::CCMD, ccmd::command(cirg, sid, did))?;
                 io.poll("context-cache invalidation", || Ok((io.rd64(off::CCMD)? & ccmd::ICC == 0).then_some(())))
             }
             qi::iotlb::TYPE => {
@@ -187,9 +187,8 @@ impl Invalidator {
                 if iirg == regs::iotlb::PAGE {
                     io.wr64(self.iro + regs::iotlb::IVA, regs::iotlb::iva(d[1], (d[1] & 0x3f) as u32))?;
                 }
-                let drain = if self.cap & (cap::DWD | cap::DRD) != 0 { regs::iotlb::DRAIN } else { 0 };
                 let reg = self.iro + regs::iotlb::REG;
-                io.wr64(reg, regs::iotlb::IVT | iirg | drain | regs::iotlb::did(did))?;
+                io.wr64(reg, regs::iotlb::command(iirg, self.drains(), did))?;
                 io.poll("IOTLB invalidation", || Ok((io.rd64(reg)? & regs::iotlb::IVT == 0).then_some(())))
             }
             qi::wait::TYPE => Ok(()),
@@ -203,14 +202,19 @@ impl Invalidator {
     /// 2^AM-page chunks when CAP.PSI allows (AM <= CAP.MAMV) and at most [`MAX_PSI`] are needed,
     /// else one domain-selective descriptor.
     pub fn iotlb_range(&self, did: u16, iova: u64, len: u64) -> Vec<Desc> {
-        let drain = if self.cap & (cap::DWD | cap::DRD) != 0 { qi::iotlb::DRAIN } else { 0 };
+        let drain = self.drains();
         match psi_chunks(self.cap, iova, len) {
             Some(chunks) => chunks
                 .into_iter()
-                .map(|(a, am)| [qi::iotlb::q0(qi::iotlb::PAGE, did) | drain, qi::iotlb::q1(a, self.am(am))])
+                .map(|(a, am)| [qi::iotlb::drained(qi::iotlb::PAGE, did, drain), qi::iotlb::q1(a, self.am(am))])
                 .collect(),
-            None => vec![[qi::iotlb::q0(qi::iotlb::DOMAIN, did) | drain, 0]],
+            None => vec![[qi::iotlb::drained(qi::iotlb::DOMAIN, did, drain), 0]],
         }
+    }
+
+    /// Whether invalidations drain reads and writes: CAP.DWD or CAP.DRD (11.4.2).
+    fn drains(&self) -> bool {
+        self.cap & cap::DRAINING != 0
     }
 
     /// The AM field for a chunk of 2^`am` pages (one too small with the test-only defect).

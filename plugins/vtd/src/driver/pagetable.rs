@@ -20,8 +20,8 @@ pub type PageTable = pt::PageTable<SlFormat>;
 /// Second-stage entries (9.8).
 #[derive(Clone, Copy, Debug)]
 pub struct SlFormat {
-    /// Extra leaf bits (SNP, bit 11, for enforced coherency with ECAP.SC).
-    pub leaf_extra: u64,
+    /// Leaves carry SNP (bit 11), for enforced coherency with ECAP.SC.
+    pub snoop: bool,
     /// Test-only defect: split leaves get R|W instead of the large leaf's permissions.
     pub split_loses_permissions: bool,
 }
@@ -32,10 +32,10 @@ pub fn new_table(
     levels: u32,
     sizes: PageSizes,
     ias: u8,
-    leaf_extra: u64,
+    snoop: bool,
     split_loses_permissions: bool,
 ) -> Result<PageTable, PluginError> {
-    PageTable::new(io, Geometry { levels, sizes, ias }, SlFormat { leaf_extra, split_loses_permissions })
+    PageTable::new(io, Geometry { levels, sizes, ias }, SlFormat { snoop, split_loses_permissions })
 }
 
 impl Format for SlFormat {
@@ -48,40 +48,25 @@ impl Format for SlFormat {
         level == 0 || e & sl::PS != 0
     }
     fn table(&self, table: u64) -> u64 {
-        // Non-leaf entries: R|W and the next table.
-        sl::R | sl::W | table
+        sl::table(table)
     }
     fn leaf_attrs(&self, prot: Prot) -> u64 {
-        let mut v = self.leaf_extra;
-        if prot.read() {
-            v |= sl::R;
-        }
-        if prot.write() {
-            v |= sl::W;
-        }
-        v
+        sl::attrs(prot.read(), prot.write(), self.snoop)
     }
     fn leaf(&self, attrs: u64, pa: u64, level: u32) -> u64 {
-        attrs | if level > 0 { sl::PS } else { 0 } | pa
+        sl::leaf(attrs, pa, level > 0)
     }
     fn attrs_of(&self, e: u64, _level: u32) -> u64 {
         if self.split_loses_permissions {
-            return (e & !(ADDR | sl::PS)) | sl::R | sl::W;
+            return sl::attrs_of(e) | sl::R | sl::W;
         }
-        e & !(ADDR | sl::PS)
+        sl::attrs_of(e)
     }
     fn leaf_addr(&self, e: u64, level: u32) -> u64 {
         e & ADDR & !(pt::span(level) - 1)
     }
     fn leaf_prot(&self, e: u64) -> Prot {
-        let mut p = Prot::NONE;
-        if e & sl::R != 0 {
-            p = p | Prot::READ;
-        }
-        if e & sl::W != 0 {
-            p = p | Prot::WRITE;
-        }
-        p
+        Prot::new(e & sl::R != 0, e & sl::W != 0)
     }
     fn dirty_bits(&self) -> u64 {
         sl::D

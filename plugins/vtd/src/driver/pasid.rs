@@ -9,7 +9,7 @@ use ioasis::pt::Memory;
 use super::hwpt::{HwptInner, Table};
 use super::unit::{Defect, DevState, Tables, VtdUnit};
 use crate::layout::regs::ecap;
-use crate::layout::tables::{pasid_dir, pasid_entry, sm_context, ADDR};
+use crate::layout::tables::{pasid_dir, pasid_entry, sm_context};
 
 /// The widest PASID (20 bits): a PASID directory (9.5) of 2^14 entries, each leading to a
 /// 64-entry PASID table (9.6).
@@ -34,21 +34,15 @@ impl VtdUnit {
         match (&h.table, h.kind) {
             (_, HwptKind::BLOCKING) => return Ok(None),
             (_, HwptKind::IDENTITY) => {
-                e[0] = pasid_entry::aw(c.pt_aw) | pasid_entry::PGTT_PT | pasid_entry::P;
+                e[0] = pasid_entry::q0(0, c.pt_aw, pasid_entry::PGTT_PT, false);
             }
             (Table::Paging(pt), _) => {
-                e[0] = (pt.root & ADDR) | pasid_entry::aw(c.aw) | pasid_entry::PGTT_SS | pasid_entry::P;
-                if h.ssade() {
-                    e[0] |= pasid_entry::SSADE;
-                }
+                e[0] = pasid_entry::q0(pt.root, c.aw, pasid_entry::PGTT_SS, h.ssade());
             }
             (Table::Nested { parent, s1_root }, _) => {
                 let pt = parent.paging()?;
-                e[0] = (pt.root & ADDR) | pasid_entry::aw(c.aw) | pasid_entry::PGTT_NESTED | pasid_entry::P;
-                if parent.ssade() {
-                    e[0] |= pasid_entry::SSADE;
-                }
-                e[2] = (s1_root & ADDR) | pasid_entry::FSPM_4LEVEL;
+                e[0] = pasid_entry::q0(pt.root, c.aw, pasid_entry::PGTT_NESTED, parent.ssade());
+                e[2] = pasid_entry::q2(*s1_root, pasid_entry::FSPM_4LEVEL);
             }
             _ => return Err(PluginError::invalid("HWPT has no translation")),
         }
@@ -148,16 +142,7 @@ impl VtdUnit {
         let mut batch = Vec::new();
         if let Some(pdir) = pdir_new {
             let entry = ctx + sm_context::offset(devfn);
-            let mut q0 = (pdir & ADDR) | sm_context::pdts(dir_log2) | sm_context::P;
-            if c.has(ecap::PASID) {
-                q0 |= sm_context::PASIDE;
-            }
-            if c.has(ecap::PRS) && dev.pri {
-                q0 |= sm_context::PRE;
-            }
-            if ats {
-                q0 |= sm_context::DTE;
-            }
+            let q0 = sm_context::q0(pdir, dir_log2, c.has(ecap::PASID), c.has(ecap::PRS) && dev.pri, ats);
             // 9.4: RID_PASID (qword 1) = 0; qword 0 with P last.
             io.wr(entry + 8, 0)?;
             io.wr(entry + 16, 0)?;
@@ -175,7 +160,7 @@ impl VtdUnit {
         if let Some(pt) = ptab_new {
             let dir_off =
                 if c.bug(Defect::PasidDirIndexOffByOne) { u64::from(p >> 7) * 8 } else { pasid_dir::offset(p) };
-            io.wr(st.pasid_dir + dir_off, (pt & ADDR) | pasid_dir::P)?;
+            io.wr(st.pasid_dir + dir_off, pasid_dir::entry(pt))?;
             st.pasid_tables.insert(idx, pt);
         }
         let entry = st.pasid_tables[&idx] + pasid_entry::offset(p);

@@ -320,7 +320,7 @@ fn probe_times_out_when_gsts_never_answers() {
 fn two_mib_aligned_map_uses_a_ps_leaf_with_read_write() {
     let f = Fake::new(CAP, ECAP);
     let io = Io::new(f.host());
-    let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0, false).unwrap();
+    let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, false, false).unwrap();
     t.map(&io, 0x4000_0000 + 2 * MB, 0x8000_0000, 2 * MB, Prot::RW).unwrap();
     let leaf = t.walk(&io, 0x4000_0000 + 2 * MB + 0x1234).unwrap().expect("mapped");
     assert_eq!(leaf.span, 2 * MB);
@@ -350,7 +350,7 @@ fn failed_map_leaves_no_table_page() {
     for fail in 1..=3 {
         let f = Fake::new(CAP, ECAP);
         let io = Io::new(f.host());
-        let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, 0, false).unwrap();
+        let t = new_table(&io, 4, PageSizes::SZ_4K_2M_1G, 48, false, false).unwrap();
         t.map(&io, 0x1000, 0x1000, 0x1000, Prot::RW).unwrap();
         let before = f.st().live.len();
         let allocs = f.st().allocs;

@@ -553,7 +553,7 @@ impl VtdUnit {
         let table = match table {
             Some(t) => t,
             None => {
-                let snp = if f.contains(HwptFlags::COHERENCY) { crate::layout::tables::sl::SNP } else { 0 };
+                let snp = f.contains(HwptFlags::COHERENCY);
                 match new_table(&c.io, c.levels, c.sizes, c.ias, snp, c.bug(Defect::SplitLosesPermissions)) {
                     Ok(t) => Table::Paging(t),
                     Err(e) => {

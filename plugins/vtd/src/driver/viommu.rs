@@ -170,7 +170,10 @@ impl VtdViommu {
         };
         let c = &self.0.core;
         match ty {
-            p_iotlb::TYPE | p_dev_tlb::TYPE if (q2 | q3) != 0 => Err(reserved("bits 255:128", q2 | q3)),
+            p_iotlb::TYPE | p_dev_tlb::TYPE if q2 != 0 || q3 != 0 => Err(PluginError::invalid(format!(
+                "descriptor {n}: {}: reserved bits set in bits 255:128 (qword 2 {q2:#x}, qword 3 {q3:#x})",
+                qi::type_name(ty)
+            ))),
             p_iotlb::TYPE => {
                 // 6.5.2.4: the guest's DID is its own; the VM's translations carry the vIOMMU's.
                 if q0 & !p_iotlb::Q0_DEFINED != 0 {
@@ -211,7 +214,8 @@ impl VtdViommu {
                             // No page-selective invalidation: all of the PASID (a superset).
                             return Ok(Some([p_iotlb::q0(p_iotlb::PASID, did, pasid), 0]));
                         }
-                        Ok(Some([p_iotlb::q0(p_iotlb::PAGE, did, pasid), q1 & (PAGE_ADDR | p_iotlb::IH | 0x3f)]))
+                        // Reserved bits were refused above: qword 1 is ADDR, IH and AM.
+                        Ok(Some([p_iotlb::q0(p_iotlb::PAGE, did, pasid), q1]))
                     }
                     g => Err(PluginError::invalid(format!(
                         "descriptor {n}: {}: granularity {} is reserved",
@@ -243,7 +247,8 @@ impl VtdViommu {
                     return Ok(None);
                 }
                 let pasid = p_dev_tlb::pasid(q0);
-                Ok(Some([p_dev_tlb::q0(d.sid, pasid, d.sid), q1 & (PAGE_ADDR | p_dev_tlb::S | p_dev_tlb::G)]))
+                // Reserved bits were refused above: qword 1 is ADDR, S and G.
+                Ok(Some([p_dev_tlb::q0(d.sid, pasid, d.sid), q1]))
             }
             _ => Err(PluginError::unsupported(format!(
                 "descriptor {n}: type {ty:#x} ({}) is the VMM's to emulate, not a vIOMMU's to run",

@@ -37,7 +37,11 @@ pub mod iotlb {
     pub const DRAIN: u64 = Word::ZERO.flag(6, true).flag(7, true).get();
     /// Qword 0: granularity and DID bits 31:16.
     pub const fn q0(gran: u64, did: u16) -> u64 {
-        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).with(31, 16, did as u64).get()
+        drained(gran, did, false)
+    }
+    /// Qword 0 with DW and DR set when `drain` (where CAP.DWD and CAP.DRD allow).
+    pub const fn drained(gran: u64, did: u16, drain: bool) -> u64 {
+        Word::ZERO.with(3, 0, TYPE).with(5, 4, gran >> 4).flag(6, drain).flag(7, drain).with(31, 16, did as u64).get()
     }
     /// Qword 1: ADDR bits 63:12, IH bit 6, AM bits 5:0 (2^AM pages, naturally aligned).
     pub const fn q1(addr: u64, am: u32) -> u64 {
@@ -57,6 +61,8 @@ pub mod dev_tlb {
     }
     /// Qword 1: ADDR bits 63:12, S bit 11 (size encoded in the address's low bits).
     pub const S: u64 = 1 << 11;
+    /// Qword 1 for the whole address space: S with address bits 62:12 set (bit 63 clear).
+    pub const ALL: u64 = Word::ZERO.flag(11, true).with(62, 12, !0).get();
 }
 
 /// 6.5.2.4 PASID-based IOTLB invalidate descriptor, type 0x6.
@@ -225,7 +231,7 @@ mod tests {
         assert_eq!((cc::TYPE, cc::GLOBAL, cc::DOMAIN, cc::DEVICE), (0x1, 0x10, 0x20, 0x30));
         assert_eq!((iotlb::TYPE, iotlb::GLOBAL, iotlb::DOMAIN, iotlb::PAGE), (0x2, 0x10, 0x20, 0x30));
         assert_eq!(iotlb::DRAIN, 0xc0);
-        assert_eq!((dev_tlb::TYPE, dev_tlb::S), (0x3, 0x800));
+        assert_eq!((dev_tlb::TYPE, dev_tlb::S, dev_tlb::ALL), (0x3, 0x800, 0x7fff_ffff_ffff_f800));
         assert_eq!((p_iotlb::TYPE, p_iotlb::PASID, p_iotlb::PAGE, p_iotlb::IH), (0x6, 0x20, 0x30, 0x40));
         assert_eq!(p_iotlb::Q0_DEFINED, 0x000f_ffff_ffff_003f);
         assert_eq!(p_iotlb::Q1_DEFINED, 0xffff_ffff_ffff_f07f);
@@ -241,6 +247,7 @@ mod tests {
     fn descriptors_encode_each_field_in_place_and_masked() {
         assert_eq!(cc::q0(cc::DEVICE, 0xabcd, 0x1234), 0x0000_1234_abcd_0031);
         assert_eq!(iotlb::q0(iotlb::PAGE, 0xabcd), 0xabcd_0032);
+        assert_eq!(iotlb::drained(iotlb::DOMAIN, 0xabcd, true), 0xabcd_00e2);
         assert_eq!(iotlb::q1(0x1234_5678_9fff, 9), 0x1234_5678_9009);
         assert_eq!(iotlb::q1(0, 0x47), 0x07);
         assert_eq!(dev_tlb::q0(0x1234), 0x0000_1234_0000_0003);

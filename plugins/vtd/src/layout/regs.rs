@@ -40,6 +40,8 @@ pub mod off {
 
 /// 11.4.2 CAP_REG fields.
 pub mod cap {
+    use crate::layout::Word;
+
     /// ND bits 2:0: domain ids supported = 2^(4 + 2*ND).
     pub const fn nd(cap: u64) -> u32 {
         (cap & 7) as u32
@@ -76,6 +78,8 @@ pub mod cap {
     }
     /// DWD bit 54, DRD bit 55: write/read draining.
     pub const DWD: u64 = 1 << 54;
+    /// DWD and DRD.
+    pub const DRAINING: u64 = Word::ZERO.with(55, 54, !0).get();
     /// DRD.
     pub const DRD: u64 = 1 << 55;
     /// FS1GP bit 56: first-stage 1 GiB pages.
@@ -150,6 +154,8 @@ pub mod rtaddr {
 
 /// 11.4.7 CCMD_REG.
 pub mod ccmd {
+    use crate::layout::Word;
+
     /// ICC bit 63: invalidate context cache (cleared by hardware when done).
     pub const ICC: u64 = 1 << 63;
     /// CIRG bits 62:61 = 01: global.
@@ -161,6 +167,10 @@ pub mod ccmd {
     /// SID bits 31:16.
     pub const fn sid(sid: u16) -> u64 {
         (sid as u64) << 16
+    }
+    /// A command: ICC, CIRG (one of the granularities above), SID bits 31:16, DID bits 15:0.
+    pub const fn command(cirg: u64, sid: u16, did: u16) -> u64 {
+        Word::ZERO.flag(63, true).with(62, 61, cirg >> 61).with(31, 16, sid as u64).with(15, 0, did as u64).get()
     }
 }
 
@@ -186,6 +196,16 @@ pub mod iotlb {
     pub const fn did(did: u16) -> u64 {
         (did as u64) << 32
     }
+    /// A command: IVT, IIRG (one of the granularities above), DR and DW when `drain`, DID.
+    pub const fn command(iirg: u64, drain: bool, did: u16) -> u64 {
+        Word::ZERO
+            .flag(63, true)
+            .with(61, 60, iirg >> 60)
+            .flag(49, drain)
+            .flag(48, drain)
+            .with(47, 32, did as u64)
+            .get()
+    }
     /// IVA_REG: address bits 63:12, IH bit 6, AM bits 5:0.
     pub const fn iva(addr: u64, am: u32) -> u64 {
         Word::ZERO.with(63, 12, addr >> 12).with(5, 0, am as u64).get()
@@ -194,6 +214,8 @@ pub mod iotlb {
 
 /// 11.4.9.1 FSTS_REG bits.
 pub mod fsts {
+    use crate::layout::Word;
+
     /// PFO bit 0: primary fault overflow.
     pub const PFO: u32 = 1 << 0;
     /// PPF bit 1: primary pending fault.
@@ -204,6 +226,8 @@ pub mod fsts {
     pub const ICE: u32 = 1 << 5;
     /// ITE bit 6: invalidation time-out error.
     pub const ITE: u32 = 1 << 6;
+    /// The invalidation errors: IQE, ICE and ITE (bits 6:4).
+    pub const INVALIDATION_ERRORS: u32 = Word::ZERO.with(6, 4, !0).get() as u32;
     /// FRI bits 15:8: index of the first pending fault record.
     pub const fn fri(fsts: u32) -> u32 {
         (fsts >> 8) & 0xff
@@ -227,10 +251,14 @@ pub const ICS_IWC: u32 = 1;
 
 /// 11.4.11.4 PRS_REG: PPR bit 0, PRO bit 1.
 pub mod prs {
+    use crate::layout::Word;
+
     /// Pending page request.
     pub const PPR: u32 = 1 << 0;
     /// Page request overflow.
     pub const PRO: u32 = 1 << 1;
+    /// The write-1-to-clear bits: PPR and PRO.
+    pub const W1C: u32 = Word::ZERO.flag(0, true).flag(1, true).get() as u32;
 }
 
 /// 11.4.11.3 PQA_REG: page request queue base bits 63:12, PQS bits 2:0 (2^PQS 4 KiB pages).
@@ -359,13 +387,17 @@ mod tests {
             (iqa::DW, iqa::value(0x1234_5fff, 7, true), iqa::value(0x1000, 0xf, false)),
             (0x800, 0x1234_5807, 0x1007)
         );
-        assert_eq!((ICS_IWC, prs::PPR, prs::PRO), (1, 1, 2));
+        assert_eq!((ICS_IWC, prs::PPR, prs::PRO, prs::W1C), (1, 1, 2, 3));
+        assert_eq!((fsts::INVALIDATION_ERRORS, cap::DRAINING), (0x70, 0x00c0_0000_0000_0000));
         assert_eq!((pqa::value(0x1234_5fff, 0), pqa::value(0x1000, 0xb)), (0x1234_5000, 0x1003));
         assert_eq!((event_ctl::IM, event_ctl::IP), (0x8000_0000, 0x4000_0000));
         assert_eq!((IQ_OFFSET_MASK, PQ_OFFSET_MASK), (0x7fff0, 0x7ffe0));
         assert_eq!((ccmd::sid(0xffff), iotlb::did(0xffff)), (0xffff_0000, 0xffff_0000_0000));
         assert_eq!((iotlb::IVA, iotlb::REG), (0, 8));
         assert_eq!(iotlb::iva(0x1234_5fff, 0x41), 0x1234_5001);
+        assert_eq!(ccmd::command(ccmd::DEVICE, 0xabcd, 0x1234), 0xe000_0000_abcd_1234);
+        assert_eq!(iotlb::command(iotlb::PAGE, true, 0xabcd), 0xb003_abcd_0000_0000);
+        assert_eq!(iotlb::command(iotlb::GLOBAL, false, 1), 0x9000_0001_0000_0000);
     }
 
     #[test]

@@ -22,12 +22,20 @@ pub mod root {
 /// 9.2 Scalable-mode root entry (128-bit): the lower context table serves devfn 0-127, the
 /// upper one devfn 128-255.
 pub mod sm_root {
+    use crate::layout::Word;
+
     /// LP (lower qword bit 0) / UP (upper qword bit 0): present.
     pub const P: u64 = 1 << 0;
+    /// A lower or upper qword: present, context-table pointer bits 63:12 (LCTP / UCTP).
+    pub const fn half(context_table: u64) -> u64 {
+        Word::ZERO.flag(0, true).with(51, 12, context_table >> 12).get()
+    }
 }
 
 /// 9.3 Context entry (legacy mode, 128-bit; 256 per table, by devfn).
 pub mod context {
+    use crate::layout::Word;
+
     /// Lower qword bit 0: present.
     pub const P: u64 = 1 << 0;
     /// Lower qword bit 1: fault processing disable.
@@ -46,6 +54,15 @@ pub mod context {
     pub const fn did(did: u16) -> u64 {
         (did as u64) << 8
     }
+    /// A present lower qword: TT bits 3:2 (one of the `TT_*` values), second-level table
+    /// pointer bits 63:12 (zero for pass-through).
+    pub const fn lo(table: u64, tt: u64) -> u64 {
+        Word::ZERO.flag(0, true).with(3, 2, tt >> 2).with(51, 12, table >> 12).get()
+    }
+    /// An upper qword: AW bits 2:0, DID bits 23:8.
+    pub const fn hi(aw: u64, did: u16) -> u64 {
+        Word::ZERO.with(2, 0, aw).with(23, 8, did as u64).get()
+    }
     /// The DID field of an upper qword.
     pub const fn did_of(hi: u64) -> u16 {
         (hi >> 8) as u16
@@ -58,6 +75,8 @@ pub mod context {
 
 /// 9.4 Scalable-mode context entry (256-bit; 128 per table, by devfn & 0x7f).
 pub mod sm_context {
+    use crate::layout::Word;
+
     /// Qword 0 bit 0: present.
     pub const P: u64 = 1 << 0;
     /// Qword 0 bit 1: fault processing disable.
@@ -71,6 +90,18 @@ pub mod sm_context {
     /// Qword 0 PDTS bits 11:9: the PASID directory has 2^(PDTS + 7) entries.
     pub const fn pdts(entries_log2: u32) -> u64 {
         ((entries_log2 as u64).saturating_sub(7) & 7) << 9
+    }
+    /// A present qword 0: DTE, PASIDE, PRE, PDTS for a directory of 2^`entries_log2` entries,
+    /// PASID-directory pointer bits 63:12.
+    pub const fn q0(pasid_dir: u64, entries_log2: u32, paside: bool, pre: bool, dte: bool) -> u64 {
+        Word::ZERO
+            .flag(0, true)
+            .flag(2, dte)
+            .flag(3, paside)
+            .flag(4, pre)
+            .with(11, 9, pdts(entries_log2) >> 9)
+            .with(51, 12, pasid_dir >> 12)
+            .get()
     }
     /// PASID-directory entries given by a qword 0.
     pub const fn pdir_entries(q0: u64) -> u64 {
@@ -86,10 +117,16 @@ pub mod sm_context {
 
 /// 9.5 Scalable-mode PASID directory entry (64-bit), indexed by PASID bits 19:6.
 pub mod pasid_dir {
+    use crate::layout::Word;
+
     /// Bit 0: present.
     pub const P: u64 = 1 << 0;
     /// Bit 1: fault processing disable.
     pub const FPD: u64 = 1 << 1;
+    /// A present entry: PASID-table pointer bits 63:12.
+    pub const fn entry(pasid_table: u64) -> u64 {
+        Word::ZERO.flag(0, true).with(51, 12, pasid_table >> 12).get()
+    }
     /// Entry offset for a PASID.
     pub const fn offset(pasid: u32) -> u64 {
         ((pasid as u64) >> 6) * 8
@@ -98,6 +135,8 @@ pub mod pasid_dir {
 
 /// 9.6 Scalable-mode PASID table entry (512-bit; 64 per 4 KiB table, by PASID bits 5:0).
 pub mod pasid_entry {
+    use crate::layout::Word;
+
     /// Size in bytes.
     pub const SIZE: u64 = 64;
     /// Qword 0 bit 0: present.
@@ -120,7 +159,15 @@ pub mod pasid_entry {
     pub const PGTT_MASK: u64 = 7 << 6;
     /// Qword 0 bit 9: second-stage accessed/dirty enable (SSADE; SLADE before 3.2).
     pub const SSADE: u64 = 1 << 9;
-    /// Qword 0 bits 63:12: second-stage table pointer.
+    /// A present qword 0: AW, PGTT (one of the `PGTT_*` values), SSADE, second-stage table
+    /// pointer bits 63:12 (zero for first-stage only and pass-through).
+    pub const fn q0(ss_table: u64, aw: u64, pgtt: u64, ssade: bool) -> u64 {
+        Word::ZERO.flag(0, true).with(4, 2, aw).with(8, 6, pgtt >> 6).flag(9, ssade).with(51, 12, ss_table >> 12).get()
+    }
+    /// Qword 2: FSPM (one of the `FSPM_*` values), first-stage table pointer bits 63:12.
+    pub const fn q2(fs_table: u64, fspm: u64) -> u64 {
+        Word::ZERO.with(3, 2, fspm >> 2).with(51, 12, fs_table >> 12).get()
+    }
     /// Qword 1 DID bits 15:0.
     pub const DID_MASK: u64 = 0xffff;
     /// Qword 1 bit 24: page snoop (PGSNP): force snoop on every access.
@@ -129,7 +176,6 @@ pub mod pasid_entry {
     pub const FSPM_4LEVEL: u64 = 0 << 2;
     /// FSPM = 01: 5-level.
     pub const FSPM_5LEVEL: u64 = 1 << 2;
-    /// Qword 2 bits 63:12: first-stage table pointer.
     /// Entry offset for a PASID in its table.
     pub const fn offset(pasid: u32) -> u64 {
         (pasid as u64 & 0x3f) * SIZE
@@ -138,6 +184,8 @@ pub mod pasid_entry {
 
 /// 9.8 Second-stage (second-level) paging entry.
 pub mod sl {
+    use crate::layout::Word;
+
     /// Bit 0: read.
     pub const R: u64 = 1 << 0;
     /// Bit 1: write.
@@ -159,6 +207,23 @@ pub mod sl {
     /// Bytes covered by one entry at `level`.
     pub const fn span(level: u32) -> u64 {
         1 << (12 + 9 * (level - 1))
+    }
+    /// A non-leaf entry: R and W (the leaves below decide), next table bits 51:12.
+    pub const fn table(next: u64) -> u64 {
+        Word::ZERO.flag(0, true).flag(1, true).with(51, 12, next >> 12).get()
+    }
+    /// The attribute bits of a leaf: R, W, SNP.
+    pub const fn attrs(read: bool, write: bool, snoop: bool) -> u64 {
+        Word::ZERO.flag(0, read).flag(1, write).flag(11, snoop).get()
+    }
+    /// A leaf: attribute bits (any but PS and the address), PS for a large page, address bits
+    /// 51:12.
+    pub const fn leaf(attrs: u64, pa: u64, large: bool) -> u64 {
+        Word::of(attrs).flag(7, large).with(51, 12, pa >> 12).get()
+    }
+    /// The bits of a leaf besides PS and the address.
+    pub const fn attrs_of(e: u64) -> u64 {
+        e & !super::ADDR & !PS
     }
     /// A present entry has R or W set.
     pub const fn present(e: u64) -> bool {
@@ -265,6 +330,26 @@ mod tests {
             (0x200, 0xffff, 0x100_0000, 0, 4)
         );
         assert_eq!((pasid_entry::offset(0), pasid_entry::offset(0x3f), pasid_entry::offset(0x40)), (0, 0xfc0, 0));
+    }
+
+    #[test]
+    fn entries_are_built_with_each_field_in_place() {
+        assert_eq!(sm_root::half(0xfff0_0000_1234_5fff), 0x1234_5001);
+        assert_eq!(context::lo(0x1234_5000, context::TT_SL_DT), 0x1234_5005);
+        assert_eq!((context::lo(0, context::TT_PT), context::hi(2, 0xabcd)), (0x9, 0xab_cd02));
+        assert_eq!(sm_context::q0(0x1234_5000, 14, true, true, true), 0x1234_5e1d);
+        assert_eq!(sm_context::q0(0x1000, 8, false, false, true), 0x1205);
+        assert_eq!(sm_context::q0(0x1000, 7, true, false, false), 0x1009);
+        assert_eq!(sm_context::q0(0x1000, 7, false, true, false), 0x1011);
+        assert_eq!(pasid_dir::entry(0x1234_5fff), 0x1234_5001);
+        assert_eq!(pasid_entry::q0(0x1234_5000, 2, pasid_entry::PGTT_NESTED, true), 0x1234_52c9);
+        assert_eq!(pasid_entry::q0(0, 1, pasid_entry::PGTT_PT, false), 0x105);
+        assert_eq!(pasid_entry::q2(0x1234_5fff, pasid_entry::FSPM_5LEVEL), 0x1234_5004);
+        assert_eq!(sl::table(0x1234_5000), 0x1234_5003);
+        assert_eq!((sl::attrs(true, false, true), sl::attrs(false, true, false)), (0x801, 0x2));
+        assert_eq!(sl::leaf(0x803, 0x4000_0000, true), 0x4000_0883);
+        assert_eq!(sl::leaf(0x201, 0x1000, false), 0x1201);
+        assert_eq!(sl::attrs_of(0xfff0_0000_1234_5a83), 0xfff0_0000_0000_0a03);
     }
 
     #[test]

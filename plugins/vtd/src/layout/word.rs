@@ -11,6 +11,11 @@ impl Word {
     /// No field set.
     pub const ZERO: Word = Word(0);
 
+    /// A word with `bits` already set.
+    pub const fn of(bits: u64) -> Word {
+        Word(bits)
+    }
+
     /// Bits `hi:lo` set to `value`, masked to the field's width.
     pub const fn with(self, hi: u32, lo: u32, value: u64) -> Word {
         let width = hi - lo + 1;
@@ -43,6 +48,7 @@ mod tests {
         assert_eq!(Word::ZERO.with(63, 63, 3).get(), 1 << 63);
         assert_eq!(Word::ZERO.with(7, 4, 0xa).with(3, 0, 0x5).get(), 0xa5);
         assert_eq!(Word::ZERO.flag(0, true).flag(5, false).flag(6, true).get(), 0x41);
+        assert_eq!(Word::of(0x8001).with(14, 1, !0).get(), 0xffff);
     }
 
     #[test]
