@@ -27,8 +27,8 @@ mod host;
 
 pub use host::TABLE_ADDR;
 
-use crate::abi::{ErrorCode, PluginError};
-use crate::{PageSizes, Prot};
+use crate::abi::{ErrorCode, PluginError, Translation};
+use crate::{PageSizes, PhysAddr, Prot};
 
 /// Entries in one table page.
 pub const ENTRIES: usize = 512;
@@ -468,6 +468,13 @@ impl<F: Format> PageTable<F> {
             let base = f.leaf_addr(l.value, l.level) & !(l.span - 1);
             (base + (iova & (l.span - 1)), f.leaf_prot(l.value), l.span)
         }))
+    }
+
+    /// [`translate`](Self::translate) as a HWPT's answer to `translate`: `None` when `iova`
+    /// is unmapped or its walk fails.
+    pub fn translation(&self, mem: &impl Memory, iova: u64) -> Option<Translation> {
+        let (pa, prot, page_size) = self.translate(mem, iova).ok()??;
+        Some(Translation { pa: PhysAddr(pa), prot, page_size })
     }
 
     /// Calls `f` for every leaf overlapping `[iova, iova+len)`, with the leaf's first address.

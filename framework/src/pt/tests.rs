@@ -127,6 +127,10 @@ fn largest_pages_split_unmap_and_free() {
     assert_eq!(t.translate(&mem, GB + 0x1234).unwrap(), Some((4 * GB + 0x1234, Prot::RW, GB)));
     assert_eq!(t.translate(&mem, 2 * GB + 0x1234).unwrap().unwrap().2, 2 * MB);
     assert_eq!(t.translate(&mem, 2 * GB + 2 * MB).unwrap().unwrap().2, 4096);
+    let page = Translation { pa: PhysAddr(5 * GB + 2 * MB + 0xff8), prot: Prot::RW, page_size: 4096 };
+    assert_eq!(t.translation(&mem, 2 * GB + 2 * MB + 0xff8), Some(page));
+    assert_eq!(t.translation(&mem, 2 * GB + 2 * MB + 4096), None, "unmapped");
+    assert_eq!(t.translation(&mem, 1 << 48), None, "outside the aperture");
     assert_eq!(t.count_pages(&mem).unwrap(), 4);
     let e = t.map(&mem, 2 * GB + 2 * MB, 0, 4096, Prot::READ).unwrap_err();
     assert_eq!(e.code, ErrorCode::EXISTS);

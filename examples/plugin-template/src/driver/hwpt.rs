@@ -185,10 +185,7 @@ impl HwptDriver for AcmeHwpt {
 
     fn translate(&self, iova: Iova) -> Option<Translation> {
         let t = self.0.table().ok()?;
-        match t.translate(&self.0.core.io, iova.0) {
-            Ok(Some((pa, prot, page_size))) => Some(Translation { pa: PhysAddr(pa), prot, page_size }),
-            _ => None,
-        }
+        t.translation(&self.0.core.io, iova.0)
     }
 
     fn set_dirty_tracking(&self, _enable: bool) -> Result<(), PluginError> {

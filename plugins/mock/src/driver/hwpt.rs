@@ -151,10 +151,7 @@ impl HwptDriver for MockHwpt {
     fn translate(&self, iova: Iova) -> Option<Translation> {
         let h = &self.0;
         let t = h.paging().ok()?;
-        match t.translate(&h.core.io, iova.0) {
-            Ok(Some((pa, prot, page_size))) => Some(Translation { pa: PhysAddr(pa), prot, page_size }),
-            _ => None,
-        }
+        t.translation(&h.core.io, iova.0)
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<(), PluginError> {
