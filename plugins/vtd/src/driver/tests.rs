@@ -783,17 +783,18 @@ fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
 fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
     let (f, unit, _v, _h) = viommu_rig();
     let fro = cap::fro(CAP);
-    let decode = |fr: u8| {
+    let decode_at = |sid: u16, pasid: Option<u32>, fr: u8| {
         {
             let mut s = f.st();
             s.regs.insert(off::FSTS, fsts::PPF as u64);
             s.regs.insert(fro, 0x4000_0000);
-            s.regs.insert(fro + 8, crate::layout::fault::frcd::hi(0x20, fr, None, true));
+            s.regs.insert(fro + 8, crate::layout::fault::frcd::hi(sid, fr, pasid, true));
         }
         let faults = unit.read_faults(8).unwrap();
         assert_eq!(faults.len(), 1);
         faults[0].reason
     };
+    let decode = |fr: u8| decode_at(0x20, None, fr);
     use crate::layout::fault::reason_sm as sm;
     assert_eq!(decode(sm::FS_NOT_PRESENT), Fault::NOT_PRESENT);
     assert_eq!(decode(sm::FS_RESERVED), Fault::BAD_ENTRY);
@@ -805,6 +806,17 @@ fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
         assert_eq!(decode(fr), Fault::NOT_PRESENT | Fault::IN_PARENT, "{fr:#x}");
     }
     assert_eq!(decode(sm::SS_RESERVED), Fault::BAD_ENTRY | Fault::IN_PARENT);
+    // Legacy permission codes on a nested attachment: the guest's table decides, not present.
+    use crate::layout::fault::reason;
+    assert_eq!(decode(reason::NO_WRITE), Fault::NOT_PRESENT);
+    // The same records for a device with nothing nested (nothing attached at all): an invalid
+    // PASID entry is the host's, not the guest's configuration.
+    assert_eq!(decode_at(0x21, None, reason::NO_READ), Fault::BLOCKED);
+    assert_eq!(decode_at(0x21, None, reason::PASID_ENTRY_INVALID), Fault::BAD_ENTRY);
+    assert_eq!(decode_at(0x21, None, sm::PASID_ENTRY_RESERVED), Fault::BAD_ENTRY);
+    assert_eq!(decode_at(0x20, Some(7), reason::PASID_NOT_PRESENT), Fault::BAD_PASID);
+    assert_eq!(decode_at(0x20, Some(0), reason::PASID_NOT_PRESENT), Fault::BLOCKED, "PASID 0 is RID_PASID");
+    assert_eq!(decode(crate::layout::fault::reason_more::PASID_DIR_ERROR), Fault::BAD_PASID);
 }
 
 #[test]
