@@ -789,9 +789,11 @@ fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
             s.regs.insert(off::FSTS, fsts::PPF as u64);
             s.regs.insert(fro, 0x4000_0000);
             s.regs.insert(fro + 8, crate::layout::fault::frcd::hi(sid, fr, pasid, true));
+            s.writes.clear();
         }
         let faults = unit.read_faults(8).unwrap();
         assert_eq!(faults.len(), 1);
+        assert!(!f.st().writes.iter().any(|w| w.0 == off::FSTS), "PPF without PFO: no overflow to clear");
         faults[0].reason
     };
     let decode = |fr: u8| decode_at(0x20, None, fr);
