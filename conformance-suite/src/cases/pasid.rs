@@ -74,62 +74,76 @@ pub(crate) fn pasid_fault_carries_pasid(r: &Rig, _: u64) -> Result<Pass, String>
     done("the PASID and why are recorded with the fault; an unattached PASID is bad-pasid, untagged DMA blocked")
 }
 
-/// The widest PASID (2^width - 1) in a fault record and in a page request and its response.
+/// The widest PASID (2^width - 1), and one of alternating bits below it, in a fault record and
+/// in a page request and its response: a field decoded too narrow, shifted or unmasked shows
+/// in one of the two.
 pub(crate) fn widest_pasid_in_faults_and_page_requests(r: &Rig, _: u64) -> Result<Pass, String> {
     if !r.caps.features.contains(Features::PASID) {
         return skip("the unit has no PASID support");
     }
     r.need(Need::PasidDma)?;
     let top = (1u32 << r.caps.pasid_bits.min(20)) - 1;
+    let mut pasids = vec![top];
+    if 0x5_5555 & top > 0 && 0x5_5555 & top != top {
+        pasids.push(0x5_5555 & top);
+    }
     let pri = r.caps.features.contains(Features::PAGE_FAULTS);
     let items: &[IntentItem] =
         if pri { &[IntentItem::PasidIoas, IntentItem::PageFaults] } else { &[IntentItem::PasidIoas] };
     let dev = r.device(2, items)?;
     let ioas = r.ctx.alloc_ioas();
     r.ctx.map(ioas, Some(Iova(0x1000)), PhysAddr(0x30_0000), 0x1000, Prot::READ).map_err(e)?;
-    r.ctx.attach(dev, Some(Pasid(top)), Target::Ioas(ioas)).map_err(e)?;
+    for &p in &pasids {
+        r.ctx.attach(dev, Some(Pasid(p)), Target::Ioas(ioas)).map_err(e)?;
+    }
     r.ctx.poll_faults().map_err(e)?;
     r.ctx.take_fault_log();
-    for (what, iova) in [("DMA to nothing", 0x5000u64), ("a write to a read-only page", 0x1008)] {
-        let f = any_fault(r.write(2, Some(top), iova, b"x"), &format!("{what} with PASID {top:#x}"))?;
-        if f.pasid.into_option() != Some(Pasid(top)) || f.dev != rid(2) {
-            return Err(format!(
-                "{what}: the fault names {} PASID {:?}, expected {} PASID {top:#x}",
-                f.dev,
-                f.pasid,
-                rid(2)
-            ));
-        }
-        r.ctx.poll_faults().map_err(e)?;
-        let log = r.ctx.take_fault_log();
-        match log.as_slice() {
-            [f] if f.pasid.into_option() == Some(Pasid(top)) && f.dev == rid(2) => {}
-            other => {
-                return Err(format!("{what}: the unit recorded {other:?}, expected one fault with PASID {top:#x}"))
+    for &p in &pasids {
+        for (what, iova) in [("DMA to nothing", 0x5000u64), ("a write to a read-only page", 0x1008)] {
+            let f = any_fault(r.write(2, Some(p), iova, b"x"), &format!("{what} with PASID {p:#x}"))?;
+            if f.pasid.into_option() != Some(Pasid(p)) || f.dev != rid(2) {
+                return Err(format!(
+                    "{what}: the fault names {} PASID {:?}, expected {} PASID {p:#x}",
+                    f.dev,
+                    f.pasid,
+                    rid(2)
+                ));
+            }
+            r.ctx.poll_faults().map_err(e)?;
+            let log = r.ctx.take_fault_log();
+            match log.as_slice() {
+                [f] if f.pasid.into_option() == Some(Pasid(p)) && f.dev == rid(2) => {}
+                other => {
+                    return Err(format!("{what}: the unit recorded {other:?}, expected one fault with PASID {p:#x}"))
+                }
             }
         }
     }
+    let names = pasids.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>().join(" and ");
     if !pri {
-        return done(format!("PASID {top:#x} recorded with its faults (the unit has no page requests)"));
+        return done(format!("PASIDs {names} recorded with their faults (the unit has no page requests)"));
     }
-    // The same PASID through a HWPT that turns faults into page requests.
+    // The same PASIDs through a HWPT that turns faults into page requests.
     let q = r.ctx.alloc_fault_queue();
     let spec = HwptSpec::Paging { ioas, flags: HwptFlags::default(), fault_queue: Some(q) };
     let h = r.ctx.alloc_hwpt(r.unit, spec).map_err(e)?;
-    r.ctx.replace(dev, Some(Pasid(top)), Target::Hwpt(h)).map_err(e)?;
-    any_fault(r.read(2, Some(top), 0x6000, 4), "DMA with the widest PASID to a page not yet there")?;
-    r.ctx.poll_faults().map_err(e)?;
-    let events = r.ctx.read_faults(q).map_err(e)?;
-    let [ev] = events.as_slice() else {
-        return Err(format!("{} events in the fault queue, expected 1: {events:?}", events.len()));
-    };
-    if !ev.fault.page_request || ev.fault.pasid.into_option() != Some(Pasid(top)) || ev.device != dev {
-        return Err(format!("the page request of PASID {top:#x} arrived as {ev:?}"));
+    for (i, &p) in pasids.iter().enumerate() {
+        let (iova, pa) = (0x6000 + 0x1000 * i as u64, 0x31_0000 + 0x1000 * i as u64);
+        r.ctx.replace(dev, Some(Pasid(p)), Target::Hwpt(h)).map_err(e)?;
+        any_fault(r.read(2, Some(p), iova, 4), &format!("DMA with PASID {p:#x} to a page not yet there"))?;
+        r.ctx.poll_faults().map_err(e)?;
+        let events = r.ctx.read_faults(q).map_err(e)?;
+        let [ev] = events.as_slice() else {
+            return Err(format!("{} events in the fault queue, expected 1: {events:?}", events.len()));
+        };
+        if !ev.fault.page_request || ev.fault.pasid.into_option() != Some(Pasid(p)) || ev.device != dev {
+            return Err(format!("the page request of PASID {p:#x} arrived as {ev:?}"));
+        }
+        r.ctx.map(ioas, Some(Iova(iova)), PhysAddr(pa), 0x1000, Prot::RW).map_err(e)?;
+        let seen = r.page_responses().map_or(0, |s| s.len());
+        r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
+        super::faults::answered(r, rid(2), &ev.fault, seen)?;
+        r.lands(2, Some(p), iova + 8, pa + 8, b"answered")?;
     }
-    r.ctx.map(ioas, Some(Iova(0x6000)), PhysAddr(0x31_0000), 0x1000, Prot::RW).map_err(e)?;
-    let seen = r.page_responses().map_or(0, |s| s.len());
-    r.ctx.respond(q, ev.cookie, PageResponse::SUCCESS).map_err(e)?;
-    super::faults::answered(r, rid(2), &ev.fault, seen)?;
-    r.lands(2, Some(top), 0x6008, 0x31_0008, b"answered")?;
-    done(format!("PASID {top:#x} in fault records, a page request and its response"))
+    done(format!("PASIDs {names} in fault records, page requests and their responses"))
 }
