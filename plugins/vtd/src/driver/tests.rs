@@ -541,6 +541,31 @@ fn scalable_attach_writes_pasid_entries() {
     assert!(f.st().live.is_empty());
 }
 
+#[test]
+fn dirty_tracking_reaches_only_the_entries_a_hwpt_still_owns() {
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let (h1, h2) = (
+        unit.alloc_hwpt(&paging(HwptFlags::DIRTY_TRACKING)).unwrap(),
+        unit.alloc_hwpt(&paging(HwptFlags::DIRTY_TRACKING)).unwrap(),
+    );
+    let d = dev(4);
+    unit.attach(&d, Some(Pasid(0x45)), &h1).unwrap();
+    unit.attach(&d, Some(Pasid(0x45)), &h2).unwrap();
+    let e = pasid_entry_at(&f, 0x20, 0x45);
+    let entry = f.rd(e);
+    assert_eq!((entry & pasid_entry::P, entry & pasid_entry::SSADE), (1, 0));
+    // h1 lost its only user to h2: turning its tracking on must leave h2's entry alone.
+    h1.set_dirty_tracking(true).unwrap();
+    assert_eq!(f.rd(e), entry, "the entry is h2's now");
+    // On twice is on.
+    h2.set_dirty_tracking(true).unwrap();
+    h2.set_dirty_tracking(true).unwrap();
+    assert_ne!(f.rd(e) & pasid_entry::SSADE, 0);
+    h2.set_dirty_tracking(false).unwrap();
+    assert_eq!(f.rd(e), entry);
+}
+
 // ---- vIOMMUs (interface 0.3). ----
 
 use ioasis::abi::{Fault, HwQueueKind, HwQueueRequest, Stage1Config, ViommuKind, ViommuRequest, VirtualCommand};
@@ -570,12 +595,16 @@ fn cmd(q0: u64, q1: u64) -> VirtualCommand {
 }
 
 /// The PASID entry (its first three qwords) of `devfn`'s PASID `pasid` (0: RID_PASID).
-fn pasid_entry_of(f: &Fake, devfn: u8, pasid: u64) -> (u64, u64, u64) {
+fn pasid_entry_at(f: &Fake, devfn: u8, pasid: u64) -> u64 {
     let rt = f.st().regs[&off::RTADDR] & !0xfff;
     let ctx = f.rd(rt) & ADDR;
     let pdir = f.rd(ctx + u64::from(devfn) * 32) & ADDR;
     let pt = f.rd(pdir + (pasid >> 6) * 8) & ADDR;
-    let e = pt + (pasid & 63) * 64;
+    pt + (pasid & 63) * 64
+}
+
+fn pasid_entry_of(f: &Fake, devfn: u8, pasid: u64) -> (u64, u64, u64) {
+    let e = pasid_entry_at(f, devfn, pasid);
     (f.rd(e), f.rd(e + 8), f.rd(e + 16))
 }
 
