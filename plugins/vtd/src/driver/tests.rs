@@ -425,6 +425,12 @@ fn unmap_sends_one_page_selective_batch_with_a_wait() {
     // A range that is not one aligned chunk is split into naturally aligned ones.
     assert_eq!(super::inv::psi_chunks(CAP, 0x3000, 0x6000), Some(vec![(0x3000, 0), (0x4000, 2), (0x8000, 0)]));
     assert_eq!(super::inv::psi_chunks(CAP & !cap::PSI, 0, 0x1000), None);
+    // MAMV 0: one descriptor a page, at most MAX_PSI of them, then domain-selective.
+    let one_page = (CAP & !(0x3f << 48)) | cap::PSI;
+    let max = super::inv::MAX_PSI as u64;
+    assert_eq!(super::inv::psi_chunks(one_page, 0x1000, max * 0x1000).map(|c| c.len()), Some(max as usize));
+    assert_eq!(super::inv::psi_chunks(one_page, 0x1000, (max + 1) * 0x1000), None);
+    assert_eq!(super::inv::psi_chunks(CAP, 0x1000, 0), None, "nothing to invalidate");
 }
 
 #[test]
