@@ -42,6 +42,8 @@ struct State {
     writes: Vec<(u64, u8, u64)>,
     /// Every descriptor the queue consumed: [q0, q1].
     descs: Vec<[u64; 2]>,
+    /// Every message logged through the host.
+    logs: Vec<(LogLevel, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -221,7 +223,9 @@ impl HostServices for Fake {
     fn now_ns(&self) -> u64 {
         self.clock.fetch_add(1000, Ordering::Relaxed)
     }
-    fn log(&self, _level: LogLevel, _message: RStr<'_>) {}
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.st().logs.push((level, message.to_string()));
+    }
 }
 
 fn desc(params: &str) -> UnitDesc {
@@ -495,6 +499,13 @@ fn faults_are_decoded_and_cleared() {
     let s = f.st();
     assert_eq!(s.regs[&(fro + 8)] >> 63, 0, "F cleared");
     assert!(s.writes.contains(&(off::FSTS, 4, fsts::PFO as u64)));
+    let warned = |s: &State| s.logs.iter().filter(|(l, m)| *l == LogLevel::Warn && m.contains("overflowed")).count();
+    assert_eq!(warned(&s), 1, "{:?}", s.logs);
+    drop(s);
+    // Warned once: a later overflow is cleared without another message.
+    f.st().regs.insert(off::FSTS, fsts::PFO as u64);
+    assert!(unit.read_faults(8).unwrap().is_empty());
+    assert_eq!(warned(&f.st()), 1);
 }
 
 const SM_ECAP: u64 = ECAP
