@@ -17,7 +17,8 @@ pub struct VtdModelConfig {
     /// GSTS, a register-based invalidation (CCMD.ICC 11.4.7, IOTLB_REG.IVT 11.4.8) takes effect
     /// and clears its bit, and the invalidation queue (6.5.2) runs its next batch (up to and
     /// including the next wait descriptor, its invalidations in reverse order), only at the
-    /// N-th register read after; status writes of wait descriptors come with their batch.
+    /// N-th register read after; status writes of wait descriptors come with their batch. A
+    /// global command written while the previous one is still in flight is dropped.
     pub latency: u32,
 }
 

@@ -268,12 +268,12 @@ impl VtdModel {
         let r = &mut st.regs;
         match offset {
             off::GCMD if self.cfg.latency > 0 => {
-                // Software must wait for one command before the next (11.4.4); one that does
-                // not gets the earlier command completed first.
-                if let Some((earlier, _)) = st.regs.gcmd_pending.take() {
-                    self.gcmd(st, mem, earlier);
+                // Software must wait for one command's status before the next command (11.4.4):
+                // a unit still busy with the earlier one drops the later one, so a driver that
+                // does not wait finds its command never done.
+                if st.regs.gcmd_pending.is_none() {
+                    st.regs.gcmd_pending = Some((v, self.cfg.latency));
                 }
-                st.regs.gcmd_pending = Some((v, self.cfg.latency));
             }
             off::GCMD => self.gcmd(st, mem, v),
             off::FSTS => {

@@ -1085,6 +1085,16 @@ fn latency_delays_commands_and_register_invalidation() {
     assert_eq!(r.dma(DEV, None, 0x4000, Prot::READ).unwrap_err().reason, Fault::BLOCKED);
 }
 
+#[test]
+fn latency_drops_a_command_written_before_the_previous_one_is_done() {
+    let r = Rig::new(VtdModelConfig::legacy_no_qi().with_latency(3));
+    r.wr(off::RTADDR, ROOT | rtaddr::TTM_LEGACY);
+    r.wr32(off::GCMD, u64::from(gcmd::SRTP));
+    r.wr32(off::GCMD, u64::from(gcmd::TE));
+    assert_eq!(reads_until_gsts(&r, gcmd::SRTP), 3);
+    assert!((0..16).all(|_| r.rd32(off::GSTS) & gcmd::TE == 0), "TE came while SRTP was in flight: dropped");
+}
+
 /// Writes descriptors at queue offset `t` and moves IQT past them, without reading a register.
 fn submit_at(r: &Rig, q: u64, t: u64, descs: &[[u64; 2]]) -> u64 {
     let mut t = t;
