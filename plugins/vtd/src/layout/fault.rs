@@ -119,7 +119,7 @@ pub mod page_request {
         }
     }
     /// Qword 1 bit 0: read requested; bit 1: write requested; bit 2: last in group.
-    pub const RD: u64 = 1 << 0;
+    pub const RD: u64 = 1;
     /// Write requested.
     pub const WR: u64 = 1 << 1;
     /// Last page in group.

@@ -111,7 +111,7 @@ pub mod p_dev_tlb {
     pub const Q0_DEFINED: u64 =
         Word::ZERO.with(8, 0, !0).with(15, 12, !0).with(31, 16, !0).with(51, 32, !0).with(63, 52, !0).get();
     /// Qword 1 G bit 0: every PASID of the device.
-    pub const G: u64 = 1 << 0;
+    pub const G: u64 = 1;
     /// Qword 1 S bit 11: the size is encoded in the address's low bits.
     pub const S: u64 = 1 << 11;
     /// Qword 1 bits that may be set: G 0, S 11, ADDR 63:12 (10:1 are reserved).
@@ -144,7 +144,7 @@ pub mod pc {
     /// Type.
     pub const TYPE: u64 = 0x7;
     /// G bits 5:4 = 00: all PASIDs of a domain.
-    pub const DOMAIN: u64 = 0 << 4;
+    pub const DOMAIN: u64 = 0;
     /// G = 01: one PASID of a domain.
     pub const PASID: u64 = 1 << 4;
     /// G = 11: global.

@@ -91,7 +91,7 @@ pub mod cap {
 /// 11.4.3 ECAP_REG fields.
 pub mod ecap {
     /// C bit 0: page-walk coherency.
-    pub const C: u64 = 1 << 0;
+    pub const C: u64 = 1;
     /// QI bit 1: queued invalidation.
     pub const QI: u64 = 1 << 1;
     /// DT bit 2: device-TLB (ATS).
@@ -145,7 +145,7 @@ pub mod gcmd {
 /// 11.4.6 RTADDR_REG: TTM bits 11:10.
 pub mod rtaddr {
     /// Legacy mode.
-    pub const TTM_LEGACY: u64 = 0 << 10;
+    pub const TTM_LEGACY: u64 = 0;
     /// Scalable mode.
     pub const TTM_SCALABLE: u64 = 1 << 10;
     /// Mask of TTM.
@@ -217,7 +217,7 @@ pub mod fsts {
     use crate::layout::Word;
 
     /// PFO bit 0: primary fault overflow.
-    pub const PFO: u32 = 1 << 0;
+    pub const PFO: u32 = 1;
     /// PPF bit 1: primary pending fault.
     pub const PPF: u32 = 1 << 1;
     /// IQE bit 4: invalidation queue error.
@@ -254,7 +254,7 @@ pub mod prs {
     use crate::layout::Word;
 
     /// Pending page request.
-    pub const PPR: u32 = 1 << 0;
+    pub const PPR: u32 = 1;
     /// Page request overflow.
     pub const PRO: u32 = 1 << 1;
     /// The write-1-to-clear bits: PPR and PRO.

@@ -8,7 +8,7 @@ pub mod root {
     use crate::layout::Word;
 
     /// Lower qword bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Lower qword: context-table pointer.
     pub const fn lo(context_table: u64) -> u64 {
         Word::ZERO.flag(0, true).with(51, 12, context_table >> 12).get()
@@ -25,7 +25,7 @@ pub mod sm_root {
     use crate::layout::Word;
 
     /// LP (lower qword bit 0) / UP (upper qword bit 0): present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// A lower or upper qword: present, context-table pointer bits 63:12 (LCTP / UCTP).
     pub const fn half(context_table: u64) -> u64 {
         Word::ZERO.flag(0, true).with(51, 12, context_table >> 12).get()
@@ -37,11 +37,11 @@ pub mod context {
     use crate::layout::Word;
 
     /// Lower qword bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Lower qword bit 1: fault processing disable.
     pub const FPD: u64 = 1 << 1;
     /// Lower qword TT bits 3:2 = 00: untranslated requests through the second-level table.
-    pub const TT_SL: u64 = 0 << 2;
+    pub const TT_SL: u64 = 0;
     /// TT = 01: also translated requests (device-TLB).
     pub const TT_SL_DT: u64 = 1 << 2;
     /// TT = 10: pass-through.
@@ -78,7 +78,7 @@ pub mod sm_context {
     use crate::layout::Word;
 
     /// Qword 0 bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Qword 0 bit 1: fault processing disable.
     pub const FPD: u64 = 1 << 1;
     /// Qword 0 bit 2: device-TLB enable.
@@ -120,7 +120,7 @@ pub mod pasid_dir {
     use crate::layout::Word;
 
     /// Bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Bit 1: fault processing disable.
     pub const FPD: u64 = 1 << 1;
     /// A present entry: PASID-table pointer bits 63:12.
@@ -140,7 +140,7 @@ pub mod pasid_entry {
     /// Size in bytes.
     pub const SIZE: u64 = 64;
     /// Qword 0 bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Qword 0 bit 1: fault processing disable.
     pub const FPD: u64 = 1 << 1;
     /// Qword 0 AW bits 4:2 (as in the context entry).
@@ -173,7 +173,7 @@ pub mod pasid_entry {
     /// Qword 1 bit 24: page snoop (PGSNP): force snoop on every access.
     pub const PGSNP: u64 = 1 << 24;
     /// Qword 2 FSPM bits 3:2 = 00: 4-level first-stage paging.
-    pub const FSPM_4LEVEL: u64 = 0 << 2;
+    pub const FSPM_4LEVEL: u64 = 0;
     /// FSPM = 01: 5-level.
     pub const FSPM_5LEVEL: u64 = 1 << 2;
     /// Entry offset for a PASID in its table.
@@ -187,7 +187,7 @@ pub mod sl {
     use crate::layout::Word;
 
     /// Bit 0: read.
-    pub const R: u64 = 1 << 0;
+    pub const R: u64 = 1;
     /// Bit 1: write.
     pub const W: u64 = 1 << 1;
     /// Bit 2: execute (requests with execute permission).
@@ -234,7 +234,7 @@ pub mod sl {
 /// 9.7 First-stage paging entry (the x86-64 format).
 pub mod fl {
     /// Bit 0: present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = 1;
     /// Bit 1: read/write.
     pub const RW: u64 = 1 << 1;
     /// Bit 2: user/supervisor.
