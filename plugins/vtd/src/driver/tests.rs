@@ -296,6 +296,23 @@ fn probe_sets_root_then_enables_queue_then_translation() {
 }
 
 #[test]
+fn probe_quiets_a_unit_left_enabled_before_programming_it() {
+    let f = Fake::new(CAP, ECAP);
+    // As firmware or an earlier kernel left it: translating, queued invalidation on.
+    f.st().regs.insert(off::GSTS, u64::from(gcmd::TE | gcmd::QIE));
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).expect("probe");
+    let s = f.st();
+    let gcmds: Vec<u32> = s.writes.iter().filter(|w| w.0 == off::GCMD).map(|w| w.2 as u32).collect();
+    assert_eq!(gcmds[..2], [gcmd::QIE, 0], "TE off first, then QIE: {gcmds:x?}");
+    let rtaddr = s.writes.iter().position(|w| w.0 == off::RTADDR).unwrap();
+    let second = s.writes.iter().enumerate().filter(|(_, w)| w.0 == off::GCMD).nth(1).unwrap().0;
+    assert!(second < rtaddr, "quiet before the root table is set");
+    assert_eq!(s.regs[&off::GSTS] as u32 & (gcmd::TE | gcmd::QIE), gcmd::TE | gcmd::QIE);
+    drop(s);
+    unit.shutdown().unwrap();
+}
+
+#[test]
 fn probe_refuses_units_without_a_usable_sagaw() {
     let f = Fake::new(CAP & !(0x1f << 8) | (1 << 8), ECAP); // SAGAW bit 0 (30-bit, 2-level): no usable width
     let e = VtdUnit::probe(&desc(""), Io::new(f.host())).err().expect("refused");
