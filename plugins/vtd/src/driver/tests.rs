@@ -576,6 +576,14 @@ fn scalable_attach_writes_pasid_entries() {
 }
 
 #[test]
+fn a_pasid_directory_covers_the_pasids_of_the_device() {
+    use super::pasid::{pdir_log2, pdir_pages};
+    // 9.4/9.5: PASID bits 19:6 index the directory; at least a page, at most 2^14 entries.
+    assert_eq!([0, 15, 16, 17, 20, 24].map(pdir_log2), [9, 9, 10, 11, 14, 14]);
+    assert_eq!([9, 10, 14].map(pdir_pages), [1, 2, 32]);
+}
+
+#[test]
 fn dirty_tracking_reaches_only_the_entries_a_hwpt_still_owns() {
     let f = Fake::new(CAP, SM_ECAP);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
