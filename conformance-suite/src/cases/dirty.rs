@@ -45,6 +45,15 @@ pub(crate) fn writes_reported_and_cleared(r: &Rig, _: u64) -> Result<Pass, Strin
     if bits(0x80_0000, 0x4000, 4096)? != [2] {
         return Err("a write after clearing (through a cached translation) was not reported".into());
     }
+    // A device attached while tracking is on is tracked from its first write: its entry is
+    // built with tracking on, not only the entries there were when it was turned on.
+    let late = r.device(2, &[IntentItem::UntaggedDma, IntentItem::DirtyTracking])?;
+    r.ctx.attach(late, None, Target::Hwpt(h)).map_err(e)?;
+    r.write(2, None, 0x80_3008, b"late").map_err(e)?;
+    let got = bits(0x80_0000, 0x4000, 4096)?;
+    if got != [3] {
+        return Err(format!("a device attached with tracking on wrote page 3; reported {got:?}"));
+    }
     r.ctx.set_dirty_tracking(h, false).map_err(e)?;
     r.write(1, None, 0x80_0000, b"off").map_err(e)?;
     if r.ctx.read_dirty(h, Iova(0x80_0000), 0x4000, 4096, false).is_ok() {
@@ -55,7 +64,7 @@ pub(crate) fn writes_reported_and_cleared(r: &Rig, _: u64) -> Result<Pass, Strin
         return Err("writes with tracking off (or of an earlier period) are reported".into());
     }
     r.ctx.set_dirty_tracking(h, false).map_err(e)?;
-    done("writes reported once, reads never, cleared on read, each period starts clean")
+    done("writes reported once, reads never, cleared on read, each period starts clean, late attachments tracked")
 }
 
 pub(crate) fn needs_a_dirty_hwpt(r: &Rig, _: u64) -> Result<Pass, String> {

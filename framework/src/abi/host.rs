@@ -34,6 +34,9 @@ impl HostError {
     pub const NOT_ALLOCATED: u32 = 4;
     /// The platform is gone (QEMU exited, socket closed).
     pub const PLATFORM: u32 = 5;
+    /// A write outside the table pages allocated to the unit (and not yet freed): a plugin
+    /// writes only memory it owns.
+    pub const NOT_OWNED: u32 = 6;
 
     /// An error of `code` at `addr`.
     pub const fn new(code: u32, addr: u64) -> Self {
@@ -67,6 +70,7 @@ impl fmt::Display for HostError {
             Self::BAD_REGISTER => write!(f, "no register at MMIO offset {:#x}", self.addr),
             Self::NOT_ALLOCATED => write!(f, "page {:#x} was not allocated", self.addr),
             Self::PLATFORM => write!(f, "platform unavailable"),
+            Self::NOT_OWNED => write!(f, "{:#x} is not in a table page allocated to this unit", self.addr),
             c => write!(f, "host error {c} at {:#x}", self.addr),
         }
     }

@@ -118,6 +118,20 @@ fn conformance_scalable() {
     conformance("scalable");
 }
 
+/// A scalable-capable unit driven in legacy mode offers only what legacy mode can do (no
+/// PASID, dirty tracking or nesting: those need scalable-mode tables), and all of it passes.
+#[test]
+fn conformance_legacy_mode_on_a_scalable_unit() {
+    let opts = Options {
+        seed: 1,
+        unit_model: model_config("scalable"),
+        unit_params: "mode = \"legacy\"".into(),
+        ..Default::default()
+    };
+    let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
+    assert!(report.passed(), "{}", report.summary());
+}
+
 #[test]
 fn conformance_legacy_without_queued_invalidation() {
     conformance("legacy-no-qi");

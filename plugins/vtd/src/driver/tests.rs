@@ -576,6 +576,39 @@ fn scalable_attach_writes_pasid_entries() {
 }
 
 #[test]
+fn a_pasid_beyond_the_devices_width_is_refused() {
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let h = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let narrow = DeviceInfo { pasid_bits: 5, ..dev(4) };
+    assert_eq!(unit.attach(&narrow, Some(Pasid(32)), &h).unwrap_err().code, ErrorCode::OUT_OF_RANGE);
+    unit.attach(&narrow, Some(Pasid(31)), &h).unwrap();
+    let none = DeviceInfo { pasid_bits: 0, ..dev(5) };
+    assert_eq!(unit.attach(&none, Some(Pasid(1)), &h).unwrap_err().code, ErrorCode::OUT_OF_RANGE);
+    unit.detach(&narrow, Some(Pasid(31))).unwrap();
+}
+
+#[test]
+fn domain_ids_stay_within_cap_nd_and_are_reused() {
+    // ND 0: 16 domain ids, DID 0 never handed out.
+    let f = Fake::new(CAP & !7, ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let c = &unit.core;
+    let mut dids: Vec<u16> = (0..15).map(|_| c.alloc_did().unwrap()).collect();
+    let e = c.alloc_did().unwrap_err();
+    assert_eq!(e.code, ErrorCode::NO_MEMORY, "{e}");
+    dids.sort_unstable();
+    assert_eq!(dids, (1..16).collect::<Vec<u16>>());
+    c.free_did(7);
+    assert_eq!(c.alloc_did().unwrap(), 7);
+    c.free_did(15);
+    c.free_did(1);
+    let again = [c.alloc_did().unwrap(), c.alloc_did().unwrap()];
+    assert!(again.contains(&1) && again.contains(&15), "{again:?}");
+    assert!(c.alloc_did().is_err());
+}
+
+#[test]
 fn a_pasid_directory_covers_the_pasids_of_the_device() {
     use super::pasid::{pdir_log2, pdir_pages};
     // 9.4/9.5: PASID bits 19:6 index the directory; at least a page, at most 2^14 entries.
