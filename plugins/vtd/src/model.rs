@@ -378,7 +378,11 @@ impl VtdModel {
         let invalid = miss(fail(reason::CONTEXT_INVALID, Fault::BAD_ENTRY));
         let did = context::did_of(ce.hi);
         let mode = match ce.lo & context::TT_MASK {
-            context::TT_PT if self.cfg.has_ecap(ecap::PT) => Mode::PassThrough,
+            // 9.3: with TT = 10b, AW still names an address width the unit supports (SAGAW).
+            context::TT_PT if self.cfg.has_ecap(ecap::PT) => {
+                self.agaw(ce.hi & context::AW_MASK).ok_or(invalid)?;
+                Mode::PassThrough
+            }
             context::TT_SL => self.legacy_ss(&ce).ok_or(invalid)?,
             context::TT_SL_DT if self.cfg.has_ecap(ecap::DT) => self.legacy_ss(&ce).ok_or(invalid)?,
             _ => return Err(invalid),
@@ -498,7 +502,11 @@ impl VtdModel {
                 let fs = fs().map_err(|f| Failure::new(f.vtd, Fault::BAD_CONFIG))?;
                 Ok(Mode::Nested(fs, ss()?))
             }
-            pasid_entry::PGTT_PT if self.cfg.has_ecap(ecap::PT) => Ok(Mode::PassThrough),
+            // 9.6: pass-through keeps an AW the unit supports, as the context entry does.
+            pasid_entry::PGTT_PT if self.cfg.has_ecap(ecap::PT) => {
+                self.agaw((q0 >> 2) & 7).ok_or(invalid)?;
+                Ok(Mode::PassThrough)
+            }
             _ => Err(invalid),
         }
     }

@@ -325,6 +325,11 @@ fn context_faults_and_pass_through() {
     assert_eq!(r.pa(DEV, None, 0xabc_d000, Prot::WRITE), 0xabc_d000);
     // With a PASID: refused in legacy mode.
     assert_eq!(r.dma(DEV, Some(1), 0, Prot::READ).unwrap_err().reason, Fault::BAD_PASID);
+    // Pass-through with an AW the unit does not support (SAGAW has no 5-level tables here).
+    r.legacy_ctx(DEV, 0, 3, 3, context::TT_PT);
+    r.wr(off::CCMD, ccmd::ICC | ccmd::GLOBAL);
+    assert_eq!(r.dma(DEV, None, 0, Prot::READ).unwrap_err().reason, Fault::BAD_ENTRY);
+    assert_eq!(r.last_reason(), reason::CONTEXT_INVALID);
     // Reserved bits in a context entry.
     r.mem.w(CTX + context::offset(DEV) + 8, 2 | (1 << 30));
     r.wr(off::CCMD, ccmd::ICC | ccmd::GLOBAL);
