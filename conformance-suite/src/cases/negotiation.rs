@@ -93,6 +93,12 @@ pub(crate) fn pasid_width_and_formats(r: &Rig, _: u64) -> Result<Pass, String> {
         if ok.pasids != Some(want.clone()) {
             return Err(format!("PASID range {:?}, expected {want:?}", ok.pasids));
         }
+        // A device that asks for fewer bits gets them: PASIDs below its width.
+        let narrow = c.pasid_bits.min(5);
+        let ok = r.ctx.negotiate(dev, &Intent::new([IntentItem::PasidDma { width: narrow }])).map_err(e)?;
+        if ok.pasids != Some(1..=((1u32 << narrow) - 1)) {
+            return Err(format!("{narrow}-bit PASIDs asked: granted range {:?}", ok.pasids));
+        }
         if c.pasid_bits < 20
             && r.ctx.negotiate(dev, &Intent::new([IntentItem::PasidDma { width: c.pasid_bits + 1 }])).is_ok()
         {

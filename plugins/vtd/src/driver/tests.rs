@@ -93,6 +93,13 @@ impl Fake {
     }
 }
 
+impl State {
+    /// Like the framework's host services: a driver writes only live table pages.
+    fn owns(&self, pa: u64, len: u64) -> bool {
+        len > 0 && (pa & !0xfff..pa + len).step_by(4096).all(|p| self.live.contains(&p))
+    }
+}
+
 fn ok<T>(v: T) -> RResult<T, HostError> {
     RResult::ROk(v)
 }
@@ -156,6 +163,9 @@ impl HostServices for Fake {
     }
     fn write_phys(&self, pa: PhysAddr, data: RSlice<'_, u8>) -> RResult<(), HostError> {
         let mut s = self.st();
+        if !s.owns(pa.0, data.len() as u64) {
+            return RResult::RErr(HostError::new(HostError::NOT_OWNED, pa.0));
+        }
         for (i, c) in data.as_slice().chunks(8).enumerate() {
             let mut b = [0u8; 8];
             b[..c.len()].copy_from_slice(c);
@@ -167,11 +177,18 @@ impl HostServices for Fake {
         ok(self.rd(pa.0))
     }
     fn write_u64(&self, pa: PhysAddr, value: u64) -> RResult<(), HostError> {
-        self.st().mem.insert(pa.0, value);
+        let mut s = self.st();
+        if !s.owns(pa.0, 8) {
+            return RResult::RErr(HostError::new(HostError::NOT_OWNED, pa.0));
+        }
+        s.mem.insert(pa.0, value);
         ok(())
     }
     fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> RResult<u64, HostError> {
         let mut s = self.st();
+        if !s.owns(pa.0, 8) {
+            return RResult::RErr(HostError::new(HostError::NOT_OWNED, pa.0));
+        }
         let old = *s.mem.get(&pa.0).unwrap_or(&0);
         s.mem.insert(pa.0, old & mask);
         ok(old)
@@ -639,6 +656,12 @@ fn dirty_tracking_reaches_only_the_entries_a_hwpt_still_owns() {
     assert_ne!(f.rd(e) & pasid_entry::SSADE, 0);
     h2.set_dirty_tracking(false).unwrap();
     assert_eq!(f.rd(e), entry);
+    // After the unit shut down, its PASID tables are gone: the HWPTs no longer reach them.
+    unit.attach(&d, None, &h2).unwrap();
+    unit.attach(&dev(5), Some(Pasid(0x7f)), &h2).unwrap();
+    unit.shutdown().unwrap();
+    h2.set_dirty_tracking(true).unwrap();
+    h1.set_dirty_tracking(false).unwrap();
 }
 
 // ---- vIOMMUs (interface 0.3). ----

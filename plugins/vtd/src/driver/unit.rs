@@ -449,11 +449,11 @@ impl VtdUnit {
             io.wr64(off::PQH, 0)?;
             io.wr64(off::PQT, 0)?;
             io.wr64(off::PQA, regs::pqa::value(q, 0))?;
-            io.wr32(off::PRS, prs::PPR | prs::PRO)?;
+            io.wr32(off::PRS, prs::W1C)?;
             prq = Some(q);
         }
         // Stale fault records from before are not ours to report.
-        io.wr32(off::FSTS, fsts::PFO | fsts::IQE | fsts::ICE | fsts::ITE)?;
+        io.wr32(off::FSTS, fsts::W1C)?;
         io.gcmd(gcmd::TE, 0, "enable translation", |s| s & gcmd::TE != 0)?;
         Ok((root_table, prq))
     }

@@ -226,6 +226,8 @@ pub mod fsts {
     pub const ICE: u32 = 1 << 5;
     /// ITE bit 6: invalidation time-out error.
     pub const ITE: u32 = 1 << 6;
+    /// The write-1-to-clear bits: PFO and the invalidation errors (PPF is read-only).
+    pub const W1C: u32 = Word::ZERO.flag(0, true).with(6, 4, !0).get() as u32;
     /// The invalidation errors: IQE, ICE and ITE (bits 6:4).
     pub const INVALIDATION_ERRORS: u32 = Word::ZERO.with(6, 4, !0).get() as u32;
     /// FRI bits 15:8: index of the first pending fault record.
@@ -388,7 +390,7 @@ mod tests {
             (0x800, 0x1234_5807, 0x1007)
         );
         assert_eq!((ICS_IWC, prs::PPR, prs::PRO, prs::W1C), (1, 1, 2, 3));
-        assert_eq!((fsts::INVALIDATION_ERRORS, cap::DRAINING), (0x70, 0x00c0_0000_0000_0000));
+        assert_eq!((fsts::INVALIDATION_ERRORS, fsts::W1C, cap::DRAINING), (0x70, 0x71, 0x00c0_0000_0000_0000));
         assert_eq!((pqa::value(0x1234_5fff, 0), pqa::value(0x1000, 0xb)), (0x1234_5000, 0x1003));
         assert_eq!((event_ctl::IM, event_ctl::IP), (0x8000_0000, 0x4000_0000));
         assert_eq!((IQ_OFFSET_MASK, PQ_OFFSET_MASK), (0x7fff0, 0x7ffe0));
