@@ -826,6 +826,9 @@ fn viommu_rig() -> (Fake, VtdUnit, VtdViommu, Vec<VtdHwpt>) {
 fn guest_invalidations_are_mapped_to_the_vms_ids_and_end_with_one_wait() {
     let (f, _unit, v, _h) = viommu_rig();
     let tag = v.info().tag as u16;
+    // The DID the unit tags the VM's translations with: the one in the devices' PASID entries.
+    assert_eq!(pasid_entry_of(&f, 0x20, 0).1 & pasid_entry::DID_MASK, u64::from(tag));
+    assert_ne!(tag, 1, "the parent HWPT took DID 1");
     let cmds = [
         // The guest's DID 7, all of PASID 0.
         cmd(p_iotlb::q0(p_iotlb::PASID, 7, 0), 0),
