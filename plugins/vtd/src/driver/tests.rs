@@ -853,6 +853,21 @@ fn guest_invalidations_are_mapped_to_the_vms_ids_and_end_with_one_wait() {
 }
 
 #[test]
+fn without_page_selective_invalidation_a_guest_page_range_becomes_all_of_its_pasid() {
+    let f = Fake::new(CAP & !cap::PSI, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let s2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let v = alloc_viommu(&unit, &s2);
+    let n = v.alloc_nested(HwptFlags::default(), &stage1(0x1000)).unwrap();
+    unit.attach(&dev(4), None, &n).unwrap();
+    f.st().descs.clear();
+    let out = v.invalidate(&[cmd(p_iotlb::q0(p_iotlb::PAGE, 9, 0), 0x4000_2000 | 1)]);
+    assert_eq!((out.handled, out.error.into_option().is_none()), (1, true));
+    let tag = v.info().tag as u16;
+    assert_eq!(f.st().descs[0], [p_iotlb::q0(p_iotlb::PASID, tag, 0), 0]);
+}
+
+#[test]
 fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
     let (f, _unit, v, _h) = viommu_rig();
     let tag = v.info().tag as u16;
@@ -898,6 +913,11 @@ fn a_refused_guest_descriptor_stops_the_batch_after_the_ones_before_it() {
     assert!(m.contains("not aligned"), "{m}");
     let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0x2));
     assert!(m.contains("reserved bits 0x2 set in qword 1"), "{m}");
+    let m = run(VirtualCommand { words: [p_dev_tlb::q0(0x0110, 0, 0), 0, 4, 4] });
+    assert!(m.contains("bits 255:128 (qword 2 0x4, qword 3 0x4)"), "{m}");
+    // AM at CAP.MAMV is the largest that is allowed.
+    let out = v.invalidate(&[cmd(p_iotlb::q0(p_iotlb::PAGE, 1, 0), 0x4000_0000 | 18)]);
+    assert_eq!((out.handled, out.error.into_option().map(|e| e.message.to_string())), (1, None));
     // A cleared vDEVICE is unknown from then on.
     v.clear_vdevice(&DeviceInfo { ats: true, ..dev(4) }).unwrap();
     let m = run(cmd(p_dev_tlb::q0(0x0110, 0, 0), 0));

@@ -225,10 +225,8 @@ impl VtdViommu {
                 }
             }
             p_dev_tlb::TYPE => {
-                // 6.5.2.6: SID is the guest's requester id of the device.
-                if q0 & !p_dev_tlb::Q0_DEFINED != 0 {
-                    return Err(reserved("qword 0", q0 & !p_dev_tlb::Q0_DEFINED));
-                }
+                // 6.5.2.6: SID is the guest's requester id of the device. Qword 0 has no
+                // reserved bits but the type extension (11:9), which makes it another type.
                 if q1 & !p_dev_tlb::Q1_DEFINED != 0 {
                     return Err(reserved("qword 1", q1 & !p_dev_tlb::Q1_DEFINED));
                 }
