@@ -800,6 +800,7 @@ fn alloc_viommu_refusals_name_what_is_missing() {
     let e = v.alloc_hw_queue(&q).unwrap_err();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("no hardware-accelerated guest invalidation queue"), "{}", e.message);
+    assert_eq!(v.free_hw_queue(1).unwrap_err().code, ErrorCode::NOT_FOUND, "no queue to free");
     // A stage-1 root with reserved bits above MGAW, or unaligned.
     assert!(v.alloc_nested(HwptFlags::default(), &stage1(1 << 50)).is_err());
     assert!(v.alloc_nested(HwptFlags::default(), &stage1(0x1008)).is_err());
