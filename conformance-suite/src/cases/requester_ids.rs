@@ -3,7 +3,7 @@
 //! name it.
 
 use ioasis::abi::Fault;
-use ioasis::{DeviceRef, Intent, IntentItem, Iova, PhysAddr, Prot, RequesterId, Target};
+use ioasis::{DeviceRef, HwptSpec, Intent, IntentItem, Iova, PhysAddr, Prot, RequesterId, Target};
 
 use super::{done, e};
 use crate::bench::Need;
@@ -30,6 +30,7 @@ pub(crate) fn across_buses_and_functions(r: &Rig, _: u64) -> Result<Pass, String
     // Each function in its own IOAS, one page at the same IOVA onto its own page.
     let pa = |i: usize| 0x60_0000 + (i as u64) * 0x1000;
     let mut devs = Vec::new();
+    let mut spaces = Vec::new();
     for (i, rid) in RIDS.iter().enumerate() {
         let id = r.bind_at(*rid, |_| {})?;
         r.ctx.negotiate(id, &Intent::new([IntentItem::UntaggedDma])).map_err(e)?;
@@ -37,6 +38,7 @@ pub(crate) fn across_buses_and_functions(r: &Rig, _: u64) -> Result<Pass, String
         r.ctx.map(ioas, Some(Iova(0x10_0000)), PhysAddr(pa(i)), 0x1000, Prot::RW).map_err(e)?;
         r.ctx.attach(id, None, Target::Ioas(ioas)).map_err(e)?;
         devs.push(id);
+        spaces.push(ioas);
     }
     // Only after every function is attached: an entry one of them overwrote shows now.
     for (i, rid) in RIDS.iter().enumerate() {
@@ -62,6 +64,22 @@ pub(crate) fn across_buses_and_functions(r: &Rig, _: u64) -> Result<Pass, String
     }
     for (i, rid) in RIDS.iter().enumerate().filter(|(i, _)| *i != 2) {
         r.lands_at(*rid, None, 0x10_0018, pa(i) + 0x18, b"still")?;
+    }
+    // Blocking one, then translating it again, leaves its neighbours alone too (devfn 0x80
+    // sits right after 0x7f in a legacy context table).
+    r.ctx.attach(devs[2], None, Target::Ioas(spaces[2])).map_err(e)?;
+    if let Ok(blocking) = r.ctx.alloc_hwpt(r.unit, HwptSpec::Blocking) {
+        r.ctx.replace(devs[2], None, Target::Hwpt(blocking)).map_err(e)?;
+        if r.write_at(RIDS[2], None, 0x10_0010, b"x").is_ok() {
+            return Err(format!("{} translates through a blocking HWPT", RIDS[2]));
+        }
+        for (i, rid) in RIDS.iter().enumerate().filter(|(i, _)| *i != 2) {
+            r.lands_at(*rid, None, 0x10_0020, pa(i) + 0x20, b"blocked beside")?;
+        }
+        r.ctx.replace(devs[2], None, Target::Ioas(spaces[2])).map_err(e)?;
+    }
+    for (i, rid) in RIDS.iter().enumerate() {
+        r.lands_at(*rid, None, 0x10_0028, pa(i) + 0x28, b"again")?;
     }
     done(format!("{} functions on buses 0 to 0xff, devfn 0x08 to 0xff: own entries, own faults", RIDS.len()))
 }

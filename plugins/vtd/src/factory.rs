@@ -42,6 +42,8 @@ pub struct VtdUnitConfig {
     /// Completion latency in register reads ([`VtdModelConfig::latency`]).
     #[serde(default)]
     pub latency: u32,
+    /// Entries per cache ([`VtdModelConfig::cache_entries`]; default 4096).
+    pub cache_entries: Option<usize>,
 }
 
 impl VtdUnitConfig {
@@ -57,6 +59,7 @@ impl VtdUnitConfig {
             cap: self.cap.unwrap_or(base.cap),
             ecap: self.ecap.unwrap_or(base.ecap),
             latency: self.latency,
+            cache_entries: self.cache_entries.unwrap_or(base.cache_entries),
         }
     }
 }
@@ -100,7 +103,7 @@ mod tests {
             assert!(f.build(&table(&format!("generation = \"{g}\""))).is_ok(), "{g}");
         }
         let c: VtdUnitConfig = table("generation = \"legacy\"\necap = 0xf00").try_into().unwrap();
-        assert_eq!(c.model_config(), VtdModelConfig { cap: VtdModelConfig::legacy().cap, ecap: 0xf00, latency: 0 });
+        assert_eq!(c.model_config(), VtdModelConfig::legacy_no_qi());
         let c: VtdUnitConfig = table("latency = 3").try_into().unwrap();
         assert_eq!(c.model_config(), VtdModelConfig::scalable().with_latency(3));
     }

@@ -265,7 +265,7 @@ impl VtdModel {
         cfg.validate()?;
         let state = State {
             regs: Regs::new(cfg.nfr()),
-            caches: Caches::default(),
+            caches: Caches::new(cfg.cache_entries),
             responses: Vec::new(),
             log: VecDeque::new(),
             next_group: 0,

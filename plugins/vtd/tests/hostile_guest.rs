@@ -231,7 +231,7 @@ fn unit(kind: u8) -> VtdModelConfig {
             let mut c = field(s.cap, 8, 5, 0b01110);
             c = field(c, 16, 6, 56);
             c = (c | cap::FS5LP | cap::CM) & !cap::PSI;
-            VtdModelConfig { cap: c, ecap: s.ecap, latency: 0 }
+            VtdModelConfig { cap: c, ..s }
         }
     }
 }

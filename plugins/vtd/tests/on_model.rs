@@ -118,6 +118,22 @@ fn conformance_scalable() {
     conformance("scalable");
 }
 
+/// Units whose caches hold one entry, or none: every translation re-reads its entries from
+/// memory, so a write that lands in a neighbour's entry (the wrong half of a 128-bit entry, an
+/// index off by one) breaks the neighbour at once instead of hiding behind its cached copy.
+#[test]
+fn conformance_with_tiny_caches() {
+    for generation in ["legacy", "scalable"] {
+        for entries in [0, 1] {
+            let mut unit_model = model_config(generation);
+            unit_model.insert("cache_entries".into(), toml::Value::Integer(entries));
+            let opts = Options { seed: 1, unit_model, ..Default::default() };
+            let report = ioasis_conformance::run(&[plugin()], &[&VtdModelFactory], &opts, |_| {});
+            assert!(report.passed(), "[{generation}, {entries} entries]\n{}", report.summary());
+        }
+    }
+}
+
 /// A scalable-capable unit driven in legacy mode offers only what legacy mode can do (no
 /// PASID, dirty tracking or nesting: those need scalable-mode tables), and all of it passes.
 #[test]

@@ -11,8 +11,8 @@ use ioasis::Prot;
 
 use crate::layout::tables::sl;
 
-/// Most entries each cache holds; past it an arbitrary entry is evicted.
-pub(super) const CAPACITY: usize = 4096;
+/// Most entries the model keeps of other kinds (page responses).
+pub(super) const CAPACITY: usize = super::config::CACHE_ENTRIES;
 
 /// Leaf sizes an IOTLB entry can have, smallest first (the lookup order).
 const PAGE_SIZES: [u64; 3] = [sl::span(1), sl::span(2), sl::span(3)];
@@ -100,9 +100,12 @@ pub struct CacheStats {
     pub walks: u64,
 }
 
-/// Inserts into a map holding at most [`CAPACITY`] entries.
-fn insert_bounded<K: Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, key: K, value: V) {
-    if map.len() >= CAPACITY && !map.contains_key(&key) {
+/// Inserts into a map holding at most `capacity` entries (none when 0).
+fn insert_bounded<K: Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, capacity: usize, key: K, value: V) {
+    if capacity == 0 {
+        return;
+    }
+    if map.len() >= capacity && !map.contains_key(&key) {
         if let Some(victim) = map.keys().next().copied() {
             map.remove(&victim);
         }
@@ -121,8 +124,9 @@ pub(super) fn fm_ignore(fm: u64) -> u16 {
 }
 
 /// All of the unit's caches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Caches {
+    capacity: usize,
     ctx: HashMap<u16, CtxEntry>,
     pasid: HashMap<(u16, u32), PasidEntry>,
     iotlb: HashMap<IotlbKey, IotlbEntry>,
@@ -131,6 +135,11 @@ pub(super) struct Caches {
 }
 
 impl Caches {
+    /// Empty caches of `capacity` entries each.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, ctx: HashMap::new(), pasid: HashMap::new(), iotlb: HashMap::new(), hits: 0, walks: 0 }
+    }
+
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             context_entries: self.ctx.len(),
@@ -155,7 +164,7 @@ impl Caches {
     }
 
     pub fn insert_context(&mut self, sid: u16, e: CtxEntry) {
-        insert_bounded(&mut self.ctx, sid, e);
+        insert_bounded(&mut self.ctx, self.capacity, sid, e);
     }
 
     pub fn pasid(&self, sid: u16, pasid: u32) -> Option<PasidEntry> {
@@ -163,7 +172,7 @@ impl Caches {
     }
 
     pub fn insert_pasid(&mut self, sid: u16, pasid: u32, e: PasidEntry) {
-        insert_bounded(&mut self.pasid, (sid, pasid), e);
+        insert_bounded(&mut self.pasid, self.capacity, (sid, pasid), e);
     }
 
     /// Looks `addr` up for `did`/`pasid`, smallest page size first.
@@ -180,7 +189,7 @@ impl Caches {
         for size in PAGE_SIZES {
             self.iotlb.remove(&(did, pasid, addr & !(size - 1), size));
         }
-        insert_bounded(&mut self.iotlb, (did, pasid, addr & !(e.size - 1), e.size), e);
+        insert_bounded(&mut self.iotlb, self.capacity, (did, pasid, addr & !(e.size - 1), e.size), e);
     }
 
     /// Context-cache global invalidation (6.5.1.1 / 6.5.2.1 G = 01).

@@ -20,6 +20,10 @@ pub struct VtdModelConfig {
     /// N-th register read after; status writes of wait descriptors come with their batch. A
     /// global command written while the previous one is still in flight is dropped.
     pub latency: u32,
+    /// Entries each cache (context, PASID, IOTLB; 6.2) holds before it evicts one; 0 caches
+    /// nothing. A small cache re-reads entries from memory often, so a write that lands in a
+    /// neighbour's entry shows, where a large one would hide it behind the cached copy.
+    pub cache_entries: usize,
 }
 
 /// A configuration the model cannot run with.
@@ -58,6 +62,9 @@ pub enum ConfigError {
     },
 }
 
+/// Entries each cache holds by default.
+pub const CACHE_ENTRIES: usize = 4096;
+
 /// First register offset after the fixed registers the model answers (PEUADDR ends at 0xf0).
 const FIXED_END: u64 = 0xf0;
 
@@ -71,13 +78,13 @@ impl VtdModelConfig {
     /// QEMU 7.2's intel-iommu in legacy mode: CAP 0x00d2008c222f0606, ECAP 0xf42 (QI, PT,
     /// IRO 0xf0; SAGAW 39/48, MGAW 48, ND 6, NFR 1 at FRO 0x220, SLLPS 2M+1G, PSI, MAMV 18).
     pub const fn legacy() -> Self {
-        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf42, latency: 0 }
+        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf42, latency: 0, cache_entries: CACHE_ENTRIES }
     }
 
     /// An old unit: QEMU's legacy CAP, no queued invalidation (register-based only), no
     /// pass-through, IOTLB registers at 0xf0.
     pub const fn legacy_no_qi() -> Self {
-        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf00, latency: 0 }
+        Self { cap: 0x00d2_008c_222f_0606, ecap: 0xf00, latency: 0, cache_entries: CACHE_ENTRIES }
     }
 
     /// A 39-bit unit without superpages: QEMU's legacy unit with SAGAW 39 only, MGAW 39 and
@@ -87,7 +94,7 @@ impl VtdModelConfig {
         c = field(c, 8, 5, 0b00010); // SAGAW: 39-bit only.
         c = field(c, 16, 6, 38); // MGAW - 1.
         c = field(c, 34, 4, 0); // SLLPS.
-        Self { cap: c, ecap: Self::legacy().ecap, latency: 0 }
+        Self { cap: c, ecap: Self::legacy().ecap, latency: 0, cache_entries: CACHE_ENTRIES }
     }
 
     /// A modern scalable-mode unit: SMTS, SSTS, FSTS, NEST, PRS, SSADS, PASID (20 bits), QI,
@@ -108,7 +115,7 @@ impl VtdModelConfig {
         e = field(e, 8, 10, 0x500 / 16); // IRO.
         e |= ecap::NEST | ecap::PRS | ecap::PASID | ecap::SMTS | ecap::SSADS | ecap::SSTS | ecap::FSTS;
         e = field(e, 35, 5, 19); // PSS: 20-bit PASIDs.
-        Self { cap: c, ecap: e, latency: 0 }
+        Self { cap: c, ecap: e, latency: 0, cache_entries: CACHE_ENTRIES }
     }
 
     /// Offset of the first fault-recording register (CAP.FRO * 16).
@@ -144,6 +151,11 @@ impl VtdModelConfig {
             return Err(ConfigError::Overlap { fro, iro });
         }
         Ok(())
+    }
+
+    /// The same unit with caches of `entries` (see [`VtdModelConfig::cache_entries`]).
+    pub const fn with_cache_entries(self, entries: usize) -> Self {
+        Self { cache_entries: entries, ..self }
     }
 
     /// The same unit with completion `latency` (see [`VtdModelConfig::latency`]).
