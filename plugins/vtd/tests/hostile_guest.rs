@@ -1076,7 +1076,7 @@ impl Guest {
                 // 11.4.2 FRO bits 33:24 = 0x200 / 16, NFR bits 47:40 < 128; 11.4.3 IRO bits
                 // 17:8 = 0xc00 / 16: both register blocks inside the 4 KiB window.
                 let c = field(field(c, 24, 10, 0x20), 47, 1, 0);
-                let cfg = VtdModelConfig { cap: c, ecap: field(e, 8, 10, 0xc0), latency: 0 };
+                let cfg = VtdModelConfig { cap: c, ecap: field(e, 8, 10, 0xc0), ..VtdModelConfig::legacy() };
                 if VtdModel::new(cfg).is_ok() {
                     cfg
                 } else {
