@@ -536,6 +536,13 @@ fn faults_are_decoded_and_cleared() {
     let warned = |s: &State| s.logs.iter().filter(|(l, m)| *l == LogLevel::Warn && m.contains("overflowed")).count();
     assert_eq!(warned(&s), 1, "{:?}", s.logs);
     drop(s);
+    // Without PPF there is nothing to read, whatever a record says.
+    {
+        let mut s = f.st();
+        s.regs.insert(off::FSTS, 0);
+        s.regs.insert(fro + 8, crate::layout::fault::frcd::hi(0x58, 0x4, None, true));
+    }
+    assert!(unit.read_faults(8).unwrap().is_empty());
     // Warned once: a later overflow is cleared without another message.
     f.st().regs.insert(off::FSTS, fsts::PFO as u64);
     assert!(unit.read_faults(8).unwrap().is_empty());
@@ -968,6 +975,7 @@ fn nested_fault_records_name_the_stage_and_the_guests_configuration() {
     assert_eq!(decode_at(0x21, None, reason::PASID_ENTRY_INVALID), Fault::BAD_ENTRY);
     assert_eq!(decode_at(0x21, None, sm::PASID_ENTRY_RESERVED), Fault::BAD_ENTRY);
     assert_eq!(decode_at(0x20, Some(7), reason::PASID_NOT_PRESENT), Fault::BAD_PASID);
+    assert_eq!(decode_at(0x20, Some(7), reason::PASID_ENTRY_INVALID), Fault::BAD_ENTRY, "PASID 7 is not nested");
     assert_eq!(decode_at(0x20, Some(0), reason::PASID_NOT_PRESENT), Fault::BLOCKED, "PASID 0 is RID_PASID");
     assert_eq!(decode(crate::layout::fault::reason_more::PASID_DIR_ERROR), Fault::BAD_PASID);
 }
