@@ -157,7 +157,7 @@ fn largest_pages_split_unmap_and_free() {
     assert_eq!(t.count_pages(&mem).unwrap(), 1, "empty tables are unlinked");
     // Unlinked, not freed: the unit may reach them until the backend's invalidation is done.
     assert_eq!(mem.live(), live, "nothing is freed before the invalidation");
-    assert_eq!(u.freed.len(), live - 1);
+    assert_eq!((u.freed.len(), u.freed.is_empty()), (live - 1, false));
     u.freed.release(&mem);
     assert_eq!(mem.live(), 1, "released after it");
     t.destroy(&mem);
@@ -217,4 +217,24 @@ fn dirty_bits_are_read_and_cleared_per_page() {
     assert_eq!(t.walk(&mem, 1 << 39).unwrap(), None);
     t.destroy(&mem);
     assert_eq!(mem.live(), 0);
+}
+
+#[test]
+fn ranges_are_checked_before_anything_is_touched() {
+    let mem = Mem::default();
+    let t = table(&mem, 4, 48);
+    let bad = |iova: u64, len: u64| t.map(&mem, iova, 0x10_0000, len, Prot::RW).unwrap_err().code;
+    assert_eq!(bad(0x1800, 0x1000), ErrorCode::INVALID, "IOVA not 4 KiB aligned");
+    assert_eq!(bad(0x1000, 0x1800), ErrorCode::INVALID, "length not 4 KiB granular");
+    assert_eq!(bad(0x1000, 0), ErrorCode::INVALID, "empty");
+    assert_eq!(bad(u64::MAX & !0xfff, 0x2000), ErrorCode::INVALID, "wraps");
+    assert_eq!(bad((1 << 48) - 0x1000, 0x2000), ErrorCode::OUT_OF_RANGE, "ends beyond 48 bits");
+    assert_eq!(mem.live(), 1, "only the root");
+    // The last page of the aperture is the caller's.
+    t.map(&mem, (1 << 48) - 0x1000, 0x10_0000, 0x1000, Prot::READ).unwrap();
+    assert_eq!(t.translate(&mem, (1 << 48) - 8).unwrap().map(|x| x.0), Some(0x10_0ff8));
+    assert_eq!(t.translate(&mem, 1 << 48).unwrap(), None);
+    // A 64-bit input space has no "beyond".
+    let wide = table(&mem, 4, 64);
+    assert_eq!(wide.translate(&mem, 1 << 63).unwrap(), None);
 }
