@@ -234,7 +234,14 @@ fn ranges_are_checked_before_anything_is_touched() {
     t.map(&mem, (1 << 48) - 0x1000, 0x10_0000, 0x1000, Prot::READ).unwrap();
     assert_eq!(t.translate(&mem, (1 << 48) - 8).unwrap().map(|x| x.0), Some(0x10_0ff8));
     assert_eq!(t.translate(&mem, 1 << 48).unwrap(), None);
+    // Output addresses: 4 KiB aligned, up to the format's last page.
+    let top = Toy::ADDR;
+    assert_eq!(t.map(&mem, 0x2000, 0x1_0800, 0x1000, Prot::RW).unwrap_err().code, ErrorCode::INVALID);
+    assert_eq!(t.map(&mem, 0x2000, top, 0x2000, Prot::RW).unwrap_err().code, ErrorCode::INVALID);
+    t.map(&mem, 0x2000, top, 0x1000, Prot::RW).unwrap();
+    assert_eq!(t.translate(&mem, 0x2008).unwrap().map(|x| x.0), Some(top + 8));
     // A 64-bit input space has no "beyond".
     let wide = table(&mem, 4, 64);
     assert_eq!(wide.translate(&mem, 1 << 63).unwrap(), None);
+    wide.map(&mem, 0x1000, 0x1000, 0x1000, Prot::READ).unwrap();
 }

@@ -562,6 +562,40 @@ const SM_ECAP: u64 = ECAP
     | (19 << 35);
 
 #[test]
+fn page_requests_are_drained_at_most_max_at_a_time_and_ppr_cleared_when_empty() {
+    use crate::layout::fault::page_request;
+    let f = Fake::new(CAP, SM_ECAP);
+    let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
+    let q = f.st().regs[&off::PQA] & !0xfff;
+    {
+        let mut s = f.st();
+        for i in 0..3u64 {
+            s.mem.insert(q + i * 32, page_request::q0(0x20, Some(5 + i as u32)));
+            s.mem.insert(q + i * 32 + 8, page_request::q1(0x1000 * (i + 1), 7 + i as u32, true, false, true));
+        }
+        s.regs.insert(off::PQT, 96);
+        s.regs.insert(off::PRS, u64::from(regs::prs::PPR));
+        s.writes.clear();
+    }
+    let first = unit.read_faults(2).unwrap();
+    assert_eq!(
+        first.iter().map(|x| (x.pasid.into_option(), x.group)).collect::<Vec<_>>(),
+        [(Some(Pasid(5)), 7), (Some(Pasid(6)), 8)]
+    );
+    assert_eq!((first[1].addr, first[1].access, first[1].page_request), (Iova(0x2000), Prot::READ, true));
+    {
+        let s = f.st();
+        assert_eq!(s.regs[&off::PQH], 64, "two consumed");
+        assert!(!s.writes.iter().any(|w| w.0 == off::PRS), "requests still queued: PPR stays");
+    }
+    let rest = unit.read_faults(8).unwrap();
+    assert_eq!(rest.iter().map(|x| x.group).collect::<Vec<_>>(), [9]);
+    let s = f.st();
+    assert_eq!(s.regs[&off::PQH], 96);
+    assert!(s.writes.contains(&(off::PRS, 4, u64::from(regs::prs::PPR))), "queue empty: PPR cleared");
+}
+
+#[test]
 fn scalable_attach_writes_pasid_entries() {
     let f = Fake::new(CAP, SM_ECAP);
     let unit = VtdUnit::probe(&desc(""), Io::new(f.host())).unwrap();
