@@ -245,3 +245,23 @@ fn ranges_are_checked_before_anything_is_touched() {
     assert_eq!(wide.translate(&mem, 1 << 63).unwrap(), None);
     wide.map(&mem, 0x1000, 0x1000, 0x1000, Prot::READ).unwrap();
 }
+
+#[test]
+fn a_failed_map_clears_the_leaves_it_wrote_into_existing_tables() {
+    let mem = Mem::default();
+    let t = table(&mem, 4, 48);
+    // A 4 KiB page: tables down to level 0 exist for [0, 2 MiB).
+    t.map(&mem, 0x1000, 0x1000, 0x1000, Prot::RW).unwrap();
+    let live = mem.live();
+    // The rest of that 2 MiB (existing table, no allocation), then past it, where the next
+    // level-0 table cannot be allocated.
+    mem.fail_at(Some(1));
+    let e = t.map(&mem, 0x2000, 0x10_0000, 2 * MB, Prot::RW).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NO_MEMORY);
+    mem.fail_at(None);
+    for iova in [0x2000, 0x10_0000, 2 * MB - 0x1000] {
+        assert_eq!(t.translate(&mem, iova).unwrap(), None, "{iova:#x} was rolled back");
+    }
+    assert_eq!(t.translate(&mem, 0x1000).unwrap().map(|x| x.0), Some(0x1000), "what was there stays");
+    assert_eq!(mem.live(), live);
+}
