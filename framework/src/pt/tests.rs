@@ -21,6 +21,8 @@ impl Format for Toy {
         e & P != 0
     }
     fn is_leaf(&self, e: u64, level: u32) -> bool {
+        // As in x86-64 paging, where bit 7 of a 4 KiB leaf is PAT: never set there.
+        assert!(level > 0 || e & PS == 0, "PS in a 4 KiB leaf: {e:#x}");
         level == 0 || e & PS != 0
     }
     fn table(&self, table: u64) -> u64 {
@@ -264,4 +266,47 @@ fn a_failed_map_clears_the_leaves_it_wrote_into_existing_tables() {
     }
     assert_eq!(t.translate(&mem, 0x1000).unwrap().map(|x| x.0), Some(0x1000), "what was there stays");
     assert_eq!(mem.live(), live);
+}
+
+#[test]
+fn large_leaves_split_only_where_a_range_cuts_them() {
+    let mem = Mem::default();
+    let t = table(&mem, 4, 48);
+    // A 2 MiB leaf at IOVA 0 and a 1 GiB leaf at 1 GiB.
+    t.map(&mem, 0, 0x4000_0000, 2 * MB, Prot::RW).unwrap();
+    t.map(&mem, GB, 2 * GB, GB, Prot::READ).unwrap();
+    let pages = t.count_pages(&mem).unwrap();
+    // At a leaf's own boundary nothing is split, and nothing needs allocating.
+    mem.fail_at(Some(1));
+    t.split(&mem, GB).unwrap();
+    t.split(&mem, 2 * MB).unwrap();
+    assert_eq!(t.count_pages(&mem).unwrap(), pages);
+    let u = t.unmap(&mem, GB, GB).unwrap();
+    assert_eq!((u.bytes, u.flush), (GB, Some((GB, GB))));
+    u.freed.release(&mem);
+    mem.fail_at(None);
+    // The first page of the aperture, cut out of its 2 MiB leaf: the rest stays.
+    let u = t.unmap(&mem, 0, 0x1000).unwrap();
+    assert_eq!(u.bytes, 0x1000);
+    u.freed.release(&mem);
+    assert_eq!(t.translate(&mem, 0).unwrap(), None);
+    assert_eq!(t.translate(&mem, 0x1008).unwrap(), Some((0x4000_1008, Prot::RW, 0x1000)));
+    assert_eq!(t.translate(&mem, 2 * MB - 8).unwrap(), Some((0x4000_0000 + 2 * MB - 8, Prot::RW, 0x1000)));
+}
+
+#[test]
+fn a_split_that_fails_half_way_puts_the_large_leaf_back() {
+    let mem = Mem::default();
+    let t = table(&mem, 4, 48);
+    t.map(&mem, GB, 2 * GB, GB, Prot::RW).unwrap();
+    let live = mem.live();
+    // 1 GiB -> 2 MiB takes one table, 2 MiB -> 4 KiB the second, which fails.
+    mem.fail_at(Some(2));
+    assert_eq!(t.split(&mem, GB + 3 * MB + 0x1000).unwrap_err().code, ErrorCode::NO_MEMORY);
+    assert_eq!(mem.live(), live, "the first table is freed");
+    assert_eq!(t.translate(&mem, GB + 3 * MB).unwrap(), Some((2 * GB + 3 * MB, Prot::RW, GB)));
+    mem.fail_at(Some(2));
+    assert_eq!(t.unmap(&mem, GB + 3 * MB, 0x1000).unwrap_err().code, ErrorCode::NO_MEMORY);
+    assert_eq!(mem.live(), live);
+    assert_eq!(t.translate(&mem, GB + 3 * MB).unwrap().map(|x| x.2), Some(GB));
 }
