@@ -214,6 +214,13 @@ fn dirty_bits_are_read_and_cleared_per_page() {
     let mut bm3 = [0u64; 64 * 17];
     assert_eq!(t.read_and_clear_dirty(&mem, 0, 4 * MB + 8192, 12, &mut bm3, false).unwrap(), None);
     assert_eq!(t.read_and_clear_dirty(&mem, 0, 4096, 11, &mut bm3, false).unwrap_err().code, ErrorCode::INVALID);
+    let invalid = |iova: u64, len: u64, shift: u8, bm: &mut [u64]| {
+        t.read_and_clear_dirty(&mem, iova, len, shift, bm, false).unwrap_err().code == ErrorCode::INVALID
+    };
+    assert!(invalid(0x1000, 2 * MB, 21, &mut bm3), "IOVA not aligned to the page size");
+    assert!(invalid(0, 0x3000, 13, &mut bm3), "length not a whole number of pages");
+    assert!(invalid(0, 4 * MB + 8192, 12, &mut [0u64; 16]), "1,026 pages, a 1,024-bit bitmap");
+    t.read_and_clear_dirty(&mem, 0, 4 * MB, 12, &mut [0u64; 16], false).unwrap();
     // Beyond the 39-bit aperture.
     assert_eq!(t.map(&mem, 1 << 39, 0, 4096, Prot::RW).unwrap_err().code, ErrorCode::OUT_OF_RANGE);
     assert_eq!(t.walk(&mem, 1 << 39).unwrap(), None);

@@ -44,6 +44,8 @@ struct State {
     descs: Vec<[u64; 2]>,
     /// Every message logged through the host.
     logs: Vec<(LogLevel, String)>,
+    /// Every 8-byte table write: (address, value).
+    mem_writes: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Default)]
@@ -182,6 +184,7 @@ impl HostServices for Fake {
             return RResult::RErr(HostError::new(HostError::NOT_OWNED, pa.0));
         }
         s.mem.insert(pa.0, value);
+        s.mem_writes.push((pa.0, value));
         ok(())
     }
     fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> RResult<u64, HostError> {
@@ -435,11 +438,32 @@ fn legacy_attach_writes_the_context_entry() {
     let e = unit.attach(&d, Some(Pasid(3)), &h).unwrap_err();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED);
     assert!(e.message.contains("scalable"));
+    // A replace (6.5.3.3): P cleared with the rest of the lower qword kept, the caches
+    // dropped, then the upper qword, then the lower one with P.
+    let h2 = unit.alloc_hwpt(&paging(HwptFlags::default())).unwrap();
+    let at = ctx + 0x20 * 16;
+    f.st().mem_writes.clear();
+    unit.attach(&d, None, &h2).unwrap();
+    let writes: Vec<(u64, u64)> = f.st().mem_writes.iter().copied().filter(|w| w.0 == at || w.0 == at + 8).collect();
+    let (lo2, hi2) = (f.rd(at), f.rd(at + 8));
+    assert_eq!(writes, [(at, lo & !context::P), (at + 8, hi2), (at, lo2)]);
+    assert_eq!(context::did_of(hi2), 2);
+    // Back to h: the same again, from h2's entry.
+    unit.attach(&d, None, &h).unwrap();
     // Detach blocks: P clear, then the old domain's IOTLB is flushed.
     f.st().descs.clear();
     unit.detach(&d, None).unwrap();
     assert_eq!(f.rd(ctx + 0x20 * 16) & context::P, 0);
     assert!(f.st().descs.iter().any(|x| x[0] == qi::iotlb::q0(qi::iotlb::DOMAIN, 1)));
+    // A first attach writes the upper qword, then the lower: nothing to clear before.
+    let d5 = dev(5);
+    f.st().mem_writes.clear();
+    unit.attach(&d5, None, &h).unwrap();
+    let at5 = ctx + 0x28 * 16;
+    let writes: Vec<u64> = f.st().mem_writes.iter().filter(|w| w.0 == at5 || w.0 == at5 + 8).map(|w| w.0).collect();
+    assert_eq!(writes, [at5 + 8, at5]);
+    unit.detach(&d5, None).unwrap();
+    drop(h2);
     drop(h);
     unit.shutdown().unwrap();
     assert!(f.st().live.is_empty());
