@@ -63,14 +63,7 @@ impl Format for MockFormat {
         e & ADDR_MASK
     }
     fn leaf_prot(&self, e: u64) -> Prot {
-        let mut p = Prot::NONE;
-        if e & pte::R != 0 {
-            p = p | Prot::READ;
-        }
-        if e & pte::W != 0 {
-            p = p | Prot::WRITE;
-        }
-        p
+        Prot::new(e & pte::R != 0, e & pte::W != 0)
     }
     fn dirty_bits(&self) -> u64 {
         pte::D

@@ -608,13 +608,7 @@ impl MockUnit {
             let devid = w0 as u32;
             let mask = if self.core.params.defect == Some(Defect::FaultPasid19Bits) { 0x7ffff } else { 0xfffff };
             let pasid = (w0 & fault::PASID_V != 0).then_some(Pasid(((w0 >> fault::PASID_SHIFT) & mask) as u32));
-            let mut access = Prot::NONE;
-            if w0 & fault::READ != 0 {
-                access = access | Prot::READ;
-            }
-            if w0 & fault::WRITE != 0 {
-                access = access | Prot::WRITE;
-            }
+            let access = Prot::new(w0 & fault::READ != 0, w0 & fault::WRITE != 0);
             out.push(Fault {
                 dev: self.device_of(&t, devid),
                 pasid: pasid.into(),
